@@ -1,0 +1,71 @@
+"""The `nami` command. Subcommands import torch and nami_core lazily, so `nami --help` is instant."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
+
+from . import info, sample, stubs
+
+app = typer.Typer(
+    name="nami",
+    help="NAMI progressive rectified flow transformers: prepare data, train, sample, benchmark, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("prepare-data", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(stubs.prepare_data)
+app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(stubs.train)
+app.command("sample")(sample.sample)
+app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(stubs.bench)
+app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(stubs.evaluate)
+app.command("info")(info.info)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one line to stderr and exit."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    from nami_core.errors import NamiError
+
+    try:
+        result = app(args=argv, prog_name="nami", standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError:
+        raise SystemExit(0) from None  # the help was already printed
+    except click_exceptions.UsageError as exc:
+        fail(exc.format_message().replace("\n", " "))
+    except typer.Abort:
+        fail("aborted", 130)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except NamiError as exc:
+        fail(str(exc).replace("\n", " "))
+    except FileNotFoundError as exc:
+        fail(f"file not found: {exc.filename or exc}")
+    except PermissionError as exc:
+        fail(f"permission denied: {exc.filename or exc}")
+    except MemoryError:
+        fail("out of memory")
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            fail("out of memory: " + str(exc).splitlines()[0])
+        raise
+    if isinstance(result, int) and result != 0:
+        raise SystemExit(result)
+
+
+if __name__ == "__main__":
+    run()

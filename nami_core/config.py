@@ -1,0 +1,350 @@
+"""Configuration as data: model shape, stage plan, flow windows, named presets.
+
+Every dataclass validates itself on construction and raises `ConfigError` naming
+the bad field, so the CLI can print one line and exit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, replace
+from typing import Any, Iterable, Sequence
+
+from .errors import ConfigError
+
+MODES = ("nami", "flow-only", "flux-base")
+PREDICTIONS = ("velocity", "sample")
+GRIDS = ("exact", "public")
+JUMPS = ("renoise", "bridge")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a NAMI transformer (FLUX MM-DiT blocks cut into nested stage modules).
+
+    `stage_ends` are cumulative block counts over the ordered list
+    [double blocks..., single blocks...]: stage k runs blocks `[0, stage_ends[k])`.
+    """
+
+    width: int
+    heads: int
+    double_blocks: int
+    single_blocks: int
+    stage_ends: tuple[int, ...]
+    in_channels: int = 64
+    text_dim: int = 4096
+    pooled_dim: int = 768
+    rope_axes: tuple[int, ...] = (16, 56, 56)
+    prediction: str = "velocity"
+
+    def __post_init__(self) -> None:
+        for name in ("width", "heads", "in_channels", "text_dim", "pooled_dim"):
+            _positive_int(name, getattr(self, name))
+        for name in ("double_blocks", "single_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.depth == 0:
+            raise ConfigError("double_blocks + single_blocks must be at least 1")
+        if self.width % self.heads != 0:
+            raise ConfigError(f"heads ({self.heads}) must divide width ({self.width})")
+        object.__setattr__(self, "stage_ends", tuple(int(e) for e in self.stage_ends))
+        object.__setattr__(self, "rope_axes", tuple(int(a) for a in self.rope_axes))
+        validate_stage_ends(self.stage_ends, self.depth)
+        if sum(self.rope_axes) != self.head_dim:
+            raise ConfigError(
+                f"rope_axes {list(self.rope_axes)} must sum to the head dim "
+                f"width/heads = {self.head_dim}"
+            )
+        if any(a % 2 for a in self.rope_axes):
+            raise ConfigError(f"rope_axes {list(self.rope_axes)} must all be even")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def depth(self) -> int:
+        return self.double_blocks + self.single_blocks
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_ends)
+
+    def transformer_kwargs(self) -> dict[str, Any]:
+        """Arguments for `NamiTransformer(**kwargs)` (FluxTransformer2DModel names + stage plan)."""
+        return dict(
+            patch_size=1,
+            in_channels=self.in_channels,
+            out_channels=None,
+            num_layers=self.double_blocks,
+            num_single_layers=self.single_blocks,
+            attention_head_dim=self.head_dim,
+            num_attention_heads=self.heads,
+            joint_attention_dim=self.text_dim,
+            pooled_projection_dim=self.pooled_dim,
+            axes_dims_rope=tuple(self.rope_axes),
+            stage_ends=tuple(self.stage_ends),
+            prediction=self.prediction,
+        )
+
+    @classmethod
+    def from_transformer_config(cls, cfg: dict[str, Any]) -> "ModelConfig":
+        """Inverse of `transformer_kwargs` (reads a saved `transformer/config.json`)."""
+        heads = int(cfg["num_attention_heads"])
+        return cls(
+            width=heads * int(cfg["attention_head_dim"]),
+            heads=heads,
+            double_blocks=int(cfg["num_layers"]),
+            single_blocks=int(cfg["num_single_layers"]),
+            stage_ends=tuple(cfg.get("stage_ends") or (int(cfg["num_layers"]) + int(cfg["num_single_layers"]),)),
+            in_channels=int(cfg["in_channels"]),
+            text_dim=int(cfg["joint_attention_dim"]),
+            pooled_dim=int(cfg["pooled_projection_dim"]),
+            rope_axes=tuple(cfg.get("axes_dims_rope", (16, 56, 56))),
+            prediction=cfg.get("prediction", "velocity"),
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}")
+        missing = sorted(
+            name
+            for name, f in cls.__dataclass_fields__.items()
+            if name not in data and f.default is MISSING and f.default_factory is MISSING
+        )
+        if missing:
+            raise ConfigError(f"model config is missing field(s): {', '.join(missing)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stage_ends"] = list(self.stage_ends)
+        data["rope_axes"] = list(self.rope_axes)
+        return data
+
+
+def validate_stage_ends(stage_ends: Sequence[int], depth: int) -> None:
+    """Stage ends must be strictly increasing, start above 0 and end at the full depth."""
+    if len(stage_ends) == 0:
+        raise ConfigError("stage_ends must list at least one stage")
+    previous = 0
+    for k, end in enumerate(stage_ends):
+        if end <= previous:
+            raise ConfigError(
+                f"stage_ends {list(stage_ends)} must be strictly increasing and positive "
+                f"(stage {k + 1} ends at {end})"
+            )
+        previous = end
+    if stage_ends[-1] > depth:
+        raise ConfigError(f"stage_ends {list(stage_ends)} exceed the model depth of {depth} blocks")
+    if stage_ends[-1] != depth:
+        raise ConfigError(
+            f"stage_ends {list(stage_ends)} must end at the model depth of {depth} blocks "
+            "(the last stage runs every block)"
+        )
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """The piecewise flow: one window per stage, low to high resolution (SPEC §3)."""
+
+    resolutions: tuple[int, ...]
+    window_ratios: tuple[float, ...] = ()
+    gamma: float = 1.0 / 3.0
+    grid: str = "exact"
+    jump: str = "renoise"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))
+        validate_resolutions(self.resolutions)
+        ratios = tuple(float(w) for w in self.window_ratios) or (1.0,) * len(self.resolutions)
+        object.__setattr__(self, "window_ratios", ratios)
+        if len(ratios) != len(self.resolutions):
+            raise ConfigError(
+                f"window_ratios has {len(ratios)} entries but there are {len(self.resolutions)} stages"
+            )
+        if any(not (w > 0) or math.isinf(w) for w in ratios):
+            raise ConfigError(f"window_ratios must be positive, got {list(ratios)}")
+        if not (0.0 < float(self.gamma) <= 1.0 / 3.0 + 1e-12):
+            raise ConfigError(f"gamma must be in (0, 1/3], got {self.gamma}")
+        if self.grid not in GRIDS:
+            raise ConfigError(f"grid must be one of {', '.join(GRIDS)}, got {self.grid!r}")
+        if self.jump not in JUMPS:
+            raise ConfigError(f"jump must be one of {', '.join(JUMPS)}, got {self.jump!r}")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.resolutions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resolutions": list(self.resolutions),
+            "window_ratios": list(self.window_ratios),
+            "gamma": self.gamma,
+            "grid": self.grid,
+            "jump": self.jump,
+        }
+
+
+def validate_resolutions(resolutions: Sequence[int]) -> None:
+    if len(resolutions) == 0:
+        raise ConfigError("stages must list at least one resolution")
+    for r in resolutions:
+        if r <= 0:
+            raise ConfigError(f"stage resolutions must be positive, got {list(resolutions)}")
+    for low, high in zip(resolutions, resolutions[1:]):
+        if high != 2 * low:
+            raise ConfigError(
+                f"stage resolutions must double from one stage to the next, got {list(resolutions)} "
+                f"({low} -> {high})"
+            )
+
+
+def parse_int_list(text: str | Iterable[int], name: str) -> tuple[int, ...]:
+    """Parse "256,512,1024" into (256, 512, 1024); errors name the option."""
+    if not isinstance(text, str):
+        return tuple(int(v) for v in text)
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ConfigError(f"{name} is empty")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated integers, got {text!r}") from None
+    return values
+
+
+def parse_float_list(text: str, name: str) -> tuple[float, ...]:
+    parts = [p.strip() for p in text.replace(":", ",").split(",") if p.strip()]
+    if not parts:
+        raise ConfigError(f"{name} is empty")
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated numbers, got {text!r}") from None
+
+
+def split_steps(steps: str | int | Sequence[int], num_stages: int) -> tuple[int, ...]:
+    """Per-stage Euler step counts.
+
+    "10,10,10" is taken as is (one count per stage). A single number is split evenly,
+    the remainder going to the earliest (cheapest) stages: 31 over 3 stages -> 11,10,10.
+    """
+    if isinstance(steps, int):
+        counts: tuple[int, ...] = (steps,)
+    elif isinstance(steps, str):
+        counts = parse_int_list(steps, "steps")
+    else:
+        counts = tuple(int(s) for s in steps)
+    if any(c <= 0 for c in counts):
+        raise ConfigError(f"steps must be positive, got {list(counts)}")
+    if len(counts) == 1 and num_stages > 1:
+        total = counts[0]
+        if total < num_stages:
+            raise ConfigError(f"steps={total} is fewer than the {num_stages} stages")
+        base, extra = divmod(total, num_stages)
+        return tuple(base + (1 if k < extra else 0) for k in range(num_stages))
+    if len(counts) != num_stages:
+        raise ConfigError(f"steps lists {len(counts)} counts but the plan has {num_stages} stages")
+    return counts
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model: its shape, the stage resolutions it is meant for, and a description."""
+
+    name: str
+    model: ModelConfig
+    resolutions: tuple[int, ...]
+    description: str
+    default_mode: str = "nami"
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "nami-2b",
+            ModelConfig(
+                width=2048, heads=16, double_blocks=8, single_blocks=14, stage_ends=(9, 16, 22),
+                in_channels=64, text_dim=4096, pooled_dim=1024, rope_axes=(16, 56, 56),
+            ),
+            (256, 512, 1024),
+            "paper Table 1 / public NAMI-T2I checkpoint: 8 double + 14 single blocks, stages 9:7:6",
+        ),
+        Preset(
+            "nami-0.6b",
+            ModelConfig(
+                width=1536, heads=12, double_blocks=4, single_blocks=8, stage_ends=(5, 9, 12),
+                in_channels=64, text_dim=4096, pooled_dim=1024, rope_axes=(16, 56, 56),
+            ),
+            (256, 512, 1024),
+            "paper Table 1: 4 double + 8 single blocks, stages 5:4:3",
+        ),
+        Preset(
+            "flux-base-2b",
+            ModelConfig(
+                width=2048, heads=16, double_blocks=8, single_blocks=14, stage_ends=(22,),
+                in_channels=64, text_dim=4096, pooled_dim=1024, rope_axes=(16, 56, 56),
+            ),
+            (1024,),
+            "the paper's baseline: nami-2b's blocks, one stage, all 22 blocks at every step",
+            default_mode="flux-base",
+        ),
+        Preset(
+            "tiny",
+            ModelConfig(
+                width=64, heads=2, double_blocks=2, single_blocks=4, stage_ends=(2, 4, 6),
+                in_channels=64, text_dim=32, pooled_dim=32, rope_axes=(8, 12, 12),
+            ),
+            (256, 512, 1024),
+            "a few-hundred-thousand-parameter model for tests and smoke runs",
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def with_stage_ends(model: ModelConfig, stage_ends: Sequence[int]) -> ModelConfig:
+    return replace(model, stage_ends=tuple(stage_ends))
+
+
+__all__ = [
+    "MODES",
+    "PRESETS",
+    "FlowConfig",
+    "ModelConfig",
+    "Preset",
+    "check_mode",
+    "get_preset",
+    "parse_float_list",
+    "parse_int_list",
+    "split_steps",
+    "validate_resolutions",
+    "validate_stage_ends",
+    "with_stage_ends",
+]

@@ -1,0 +1,9 @@
+"""Errors a user can cause. The CLI prints them as one line and exits with status 2."""
+
+
+class NamiError(Exception):
+    """A problem with the user's input: a bad flag, file, config or checkpoint."""
+
+
+class ConfigError(NamiError, ValueError):
+    """A configuration value is invalid. The message names the field."""

@@ -1,0 +1,120 @@
+"""`nami info`: the plan of a model before any weights are loaded or GPU hours spent."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .bench.flops import plan_flops
+from .config import MODES, FlowConfig, ModelConfig, get_preset
+from .errors import NamiError
+from .flow.schedule import FlowPlan
+from .model.params import count_parameters
+
+FLUX_VAE_PIXELS_PER_TOKEN = 16  # f8 VAE, 2x2 packing
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What `nami info` needs: model shape, flow, pixels per token and sampling defaults."""
+
+    name: str
+    model: ModelConfig
+    flow: FlowConfig
+    pixels_per_token: int
+    default_steps: tuple[int, ...]
+    default_mode: str = "nami"
+
+
+def describe_preset(name: str, resolutions: Sequence[int] | None = None) -> ModelDescription:
+    preset = get_preset(name)
+    flow = FlowConfig(resolutions=tuple(resolutions or preset.resolutions))
+    steps = (30,) if preset.default_mode == "flux-base" else tuple([10] * flow.num_stages)
+    return ModelDescription(name, preset.model, flow, FLUX_VAE_PIXELS_PER_TOKEN, steps, preset.default_mode)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise NamiError(f"missing {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NamiError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def describe_model_dir(path: str | Path, resolutions: Sequence[int] | None = None) -> ModelDescription:
+    """Read a saved model directory's configs (no weights)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise NamiError(f"model directory {root} does not exist")
+    transformer = _read_json(root / "transformer" / "config.json")
+    scheduler = _read_json(root / "scheduler" / "scheduler_config.json")
+    codec = _read_json(root / "codec" / "config.json")
+    model = ModelConfig.from_transformer_config(transformer)
+    flow = FlowConfig(
+        resolutions=tuple(resolutions or scheduler["resolutions"]),
+        window_ratios=tuple(scheduler.get("window_ratios") or ()),
+        gamma=scheduler.get("gamma", 1 / 3),
+        grid=scheduler.get("grid", "exact"),
+        jump=scheduler.get("jump", "renoise"),
+    )
+    if codec.get("_class_name") == "PixelCodec":
+        ppt = int(codec.get("patch_size", 1))
+    else:
+        ppt = FLUX_VAE_PIXELS_PER_TOKEN
+    return ModelDescription(
+        root.name,
+        model,
+        flow,
+        ppt,
+        tuple(scheduler.get("default_steps", (10,) * flow.num_stages)),
+        scheduler.get("default_mode", "nami"),
+    )
+
+
+def plan_report(desc: ModelDescription, steps: Sequence[int] | str | None = None, text_tokens: int = 256) -> dict[str, Any]:
+    """The JSON of `nami info`: params, stages, flops per mode, reduction vs flux-base."""
+    if text_tokens <= 0:
+        raise NamiError(f"text tokens must be positive, got {text_tokens}")
+    model, flow = desc.model, desc.flow
+    total, per_block = count_parameters(model)
+    shared = total - sum(per_block)
+    mode = desc.default_mode if model.num_stages == flow.num_stages else "flux-base"
+    plan = FlowPlan(mode, flow, model.stage_ends, desc.pixels_per_token)
+    stage_steps = plan.stage_steps(steps if steps is not None else desc.default_steps)
+    stages = []
+    for k, window in enumerate(plan):
+        last = k == len(plan) - 1
+        alpha, beta = (None, None) if last else plan.jumps[k]
+        stages.append(
+            {
+                "resolution": window.resolution,
+                "tokens": (window.resolution // desc.pixels_per_token) ** 2,
+                "blocks": window.blocks,
+                "params_active": shared + sum(per_block[: window.blocks]),
+                "sigma_start": window.sigma_start,
+                "sigma_end": window.sigma_end,
+                "tau_start": window.tau_start,
+                "tau_end": window.tau_end,
+                "steps": stage_steps[k],
+                "jump_alpha": alpha,
+                "jump_beta": beta,
+            }
+        )
+    flops = {}
+    for m in MODES:
+        if m == "nami" and model.num_stages != flow.num_stages:
+            continue
+        p = FlowPlan(m, flow, model.stage_ends, desc.pixels_per_token)
+        flops[m] = plan_flops(model, p, p.stage_steps(stage_steps), text_tokens)
+    reduction = {m: 1.0 - flops[m] / flops["flux-base"] for m in ("flow-only", "nami") if m in flops}
+    return {
+        "model": desc.name,
+        "params": int(total),
+        "text_tokens": text_tokens,
+        "stages": stages,
+        "flops": flops,
+        "reduction": reduction,
+    }

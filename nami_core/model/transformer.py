@@ -1,0 +1,166 @@
+"""NamiTransformer: a FLUX MM-DiT whose block list is cut into nested stage modules.
+
+The module names and shapes are those of diffusers' `FluxTransformer2DModel`, so a
+FLUX-family state dict (or the public NAMI checkpoint) loads without renaming. Stage k
+runs the prefix `[0, stage_ends[k])` of the ordered list [double blocks..., single
+blocks...], then the shared final norm and projection.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import AdaLayerNormContinuous
+from diffusers.models.transformers.transformer_flux import (
+    FluxPosEmbed,
+    FluxSingleTransformerBlock,
+    FluxTransformerBlock,
+)
+from torch import nn
+
+from ..config import ModelConfig
+
+
+class NamiTransformer(ModelMixin, ConfigMixin):
+    """FLUX-compatible transformer with a stage plan.
+
+    Config: the `FluxTransformer2DModel` arguments (no guidance embedding) plus
+    `stage_ends` (cumulative block ends per stage) and `prediction` ("velocity" or
+    "sample": what the output head predicts; see `nami_core.flow.parameterization`).
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
+    _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: int = 1,
+        in_channels: int = 64,
+        out_channels: int | None = None,
+        num_layers: int = 8,
+        num_single_layers: int = 14,
+        attention_head_dim: int = 128,
+        num_attention_heads: int = 16,
+        joint_attention_dim: int = 4096,
+        pooled_projection_dim: int = 1024,
+        axes_dims_rope: Sequence[int] = (16, 56, 56),
+        stage_ends: Sequence[int] = (9, 16, 22),
+        prediction: str = "velocity",
+    ) -> None:
+        super().__init__()
+        # Validates heads/width, rope axes and the stage plan; raises ConfigError.
+        self.model_config = ModelConfig.from_transformer_config(self.config)
+        if patch_size != 1:
+            raise ValueError("NamiTransformer packs patches outside the model; patch_size must be 1")
+        self.out_channels = out_channels or in_channels
+        self.inner_dim = num_attention_heads * attention_head_dim
+
+        self.pos_embed = FluxPosEmbed(theta=10000, axes_dim=list(axes_dims_rope))
+        self.time_text_embed = CombinedTimestepTextProjEmbeddings(
+            embedding_dim=self.inner_dim, pooled_projection_dim=pooled_projection_dim
+        )
+        self.context_embedder = nn.Linear(joint_attention_dim, self.inner_dim)
+        self.x_embedder = nn.Linear(in_channels, self.inner_dim)
+        self.transformer_blocks = nn.ModuleList(
+            [
+                FluxTransformerBlock(self.inner_dim, num_attention_heads, attention_head_dim)
+                for _ in range(num_layers)
+            ]
+        )
+        self.single_transformer_blocks = nn.ModuleList(
+            [
+                FluxSingleTransformerBlock(self.inner_dim, num_attention_heads, attention_head_dim)
+                for _ in range(num_single_layers)
+            ]
+        )
+        self.norm_out = AdaLayerNormContinuous(self.inner_dim, self.inner_dim, elementwise_affine=False, eps=1e-6)
+        self.proj_out = nn.Linear(self.inner_dim, self.out_channels, bias=True)
+        self.gradient_checkpointing = False
+
+    @property
+    def depth(self) -> int:
+        return len(self.transformer_blocks) + len(self.single_transformer_blocks)
+
+    @property
+    def stage_ends(self) -> tuple[int, ...]:
+        return tuple(self.config.stage_ends)
+
+    def blocks(self) -> list[nn.Module]:
+        """The ordered block list: double-stream blocks, then single-stream blocks."""
+        return list(self.transformer_blocks) + list(self.single_transformer_blocks)
+
+    def num_blocks_for(self, stage: int | None = None, num_blocks: int | None = None) -> int:
+        if num_blocks is not None:
+            if not 1 <= num_blocks <= self.depth:
+                raise ValueError(f"num_blocks must be in [1, {self.depth}], got {num_blocks}")
+            return num_blocks
+        if stage is None:
+            return self.depth
+        if not 0 <= stage < len(self.stage_ends):
+            raise ValueError(f"stage must be in [0, {len(self.stage_ends) - 1}], got {stage}")
+        return self.stage_ends[stage]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        pooled_projections: torch.Tensor,
+        timestep: torch.Tensor,
+        img_ids: torch.Tensor,
+        txt_ids: torch.Tensor,
+        stage: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        num_blocks: int | None = None,
+    ) -> torch.Tensor:
+        """Run the block prefix of `stage` (0-based; None = all blocks) and the final layer.
+
+        Args:
+            hidden_states: image tokens (B, N, in_channels).
+            encoder_hidden_states: text tokens (B, T, joint_attention_dim).
+            pooled_projections: pooled text (B, pooled_projection_dim).
+            timestep: (B,) model timestep tau in [0, 1] (multiplied by 1000 inside).
+            img_ids: (N, 3) rotary ids (0, row, col); txt_ids: (T, 3), zeros.
+            attention_mask: optional (B, T) text mask, True = real token.
+            num_blocks: run exactly this many blocks (overrides `stage`).
+        Returns:
+            (B, N, out_channels).
+        """
+        n_blocks = self.num_blocks_for(stage, num_blocks)
+        hidden_states = self.x_embedder(hidden_states)
+        timestep = timestep.to(hidden_states.dtype) * 1000
+        temb = self.time_text_embed(timestep, pooled_projections)
+        encoder_hidden_states = self.context_embedder(encoder_hidden_states)
+        image_rotary_emb = self.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
+
+        joint_kwargs = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            image_mask = attention_mask.new_ones(attention_mask.shape[0], hidden_states.shape[1])
+            joint_kwargs = {"attention_mask": torch.cat([attention_mask, image_mask], dim=1).bool()}
+
+        for block in self.blocks()[:n_blocks]:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                encoder_hidden_states, hidden_states = self._gradient_checkpointing_func(
+                    block, hidden_states, encoder_hidden_states, temb, image_rotary_emb, joint_kwargs
+                )
+            else:
+                encoder_hidden_states, hidden_states = block(
+                    hidden_states=hidden_states,
+                    encoder_hidden_states=encoder_hidden_states,
+                    temb=temb,
+                    image_rotary_emb=image_rotary_emb,
+                    joint_attention_kwargs=joint_kwargs,
+                )
+
+        hidden_states = self.norm_out(hidden_states, temb)
+        return self.proj_out(hidden_states)
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig) -> "NamiTransformer":
+        return cls(**config.transformer_kwargs())

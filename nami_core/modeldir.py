@@ -1,0 +1,99 @@
+"""Model directories: the bundled default model, loading a saved pipeline with clear errors."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from .errors import NamiError
+
+DEFAULT_MODEL_NAME = "nami-shapes"
+COMPONENTS = ("transformer", "scheduler", "codec", "text_encoder")
+
+
+def bundled_model_dir() -> Path:
+    return Path(__file__).resolve().parent / "assets" / DEFAULT_MODEL_NAME
+
+
+def resolve_model_dir(model: str | Path | None) -> Path:
+    """A model directory from `--model`; None or "default" means the bundled model."""
+    if model is None or str(model) == "default":
+        path = bundled_model_dir()
+        if not (path / "model_index.json").is_file():
+            raise NamiError(
+                f"the bundled default model is not installed ({path}); pass --model DIR"
+            )
+        return path
+    path = Path(model)
+    if not path.exists():
+        raise NamiError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise NamiError(f"--model must be a model directory, {path} is a file")
+    return path
+
+
+def check_model_dir(path: Path) -> None:
+    if not (path / "model_index.json").is_file():
+        raise NamiError(f"{path} is not a nami model directory (no model_index.json)")
+    for name in COMPONENTS:
+        if not (path / name).is_dir():
+            raise NamiError(f"model directory {path} is missing its {name}/ folder")
+    weights = list((path / "transformer").glob("diffusion_pytorch_model*.safetensors"))
+    if not weights:
+        raise NamiError(f"model directory {path} has no transformer weights (transformer/*.safetensors)")
+
+
+def has_ema(path: Path) -> bool:
+    return (path / "transformer" / "diffusion_pytorch_model.ema.safetensors").is_file()
+
+
+def quiet_loading():
+    """Silence the libraries' loading chatter (progress bars, experimental-API warnings)."""
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    dlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
+    tlogging.set_verbosity_error()
+    tlogging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="diffusers")
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.dtype, attention: str = "auto",
+                  weights: str = "auto"):
+    """Load a `NamiPipeline` from a model directory onto `device`.
+
+    weights: "ema" (the EMA variant), "raw", or "auto" (EMA when the directory has it).
+    The transformer runs in `dtype`; text encoders stay in float32.
+    """
+    from .model.attention import apply_backend
+    from .pipeline import NamiPipeline
+
+    path = resolve_model_dir(model)
+    check_model_dir(path)
+    if weights not in ("auto", "ema", "raw"):
+        raise NamiError(f"weights must be auto, ema or raw, got {weights!r}")
+    if weights == "ema" and not has_ema(path):
+        raise NamiError(f"{path} has no EMA weights (transformer/diffusion_pytorch_model.ema.safetensors)")
+    variant = "ema" if weights == "ema" or (weights == "auto" and has_ema(path)) else None
+    quiet_loading()
+    try:
+        pipe = NamiPipeline.from_pretrained(path, variant=variant)
+    except NamiError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NamiError(f"cannot load the model in {path}: {first}") from None
+    pipe.transformer.to(device=device, dtype=dtype)
+    pipe.codec.to(device=device, dtype=dtype if pipe.codec.__class__.__name__ != "PixelCodec" else torch.float32)
+    pipe.text_encoder.to(device)
+    if pipe.bridge is not None:
+        pipe.bridge.to(device)
+    apply_backend(pipe.transformer, attention, device.type)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

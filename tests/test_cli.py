@@ -1,0 +1,111 @@
+"""The `nami` command: instant help, sampling to PNG with metadata, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nami_cli.main import run
+
+
+def test_help_lists_commands_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from nami_cli.main import run\n"
+        "try:\n    run(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'diffusers' not in sys.modules, 'diffusers imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for command in ("prepare-data", "train", "sample", "bench", "eval", "info"):
+        assert command in out.stdout
+
+
+def run_cli(args, capsys):
+    try:
+        run(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sample_writes_pngs_with_metadata(tiny_model_dir, tmp_path, capsys):
+    out_dir = tmp_path / "samples"
+    code, out, err = run_cli(["sample", "a red circle", "--model", str(tiny_model_dir), "--out", str(out_dir),
+                              "--n", "2", "--seed", "5", "--steps", "2,2,2", "--cfg", "2"], capsys)
+    assert code == 0, err
+    pngs = sorted(out_dir.glob("*.png"))
+    assert [p.name for p in pngs] == ["a-red-circle-5.png", "a-red-circle-6.png"]
+    meta = json.loads(pngs[1].with_suffix(".json").read_text())
+    assert meta["prompt"] == "a red circle" and meta["seed"] == 6 and meta["steps"] == [2, 2, 2]
+    assert meta["cfg"] == 2.0 and meta["mode"] == "nami" and meta["model"] == str(tiny_model_dir)
+    with Image.open(pngs[1]) as img:
+        assert img.size == (64, 64)
+        assert json.loads(img.text["nami"]) == meta
+        second = np.asarray(img.convert("RGB"), dtype=np.int16)
+    # image i depends only on its own seed: seed 6 alone gives the same picture
+    single = tmp_path / "one.png"
+    code, _, err = run_cli(["sample", "a red circle", "--model", str(tiny_model_dir), "--out", str(single),
+                            "--seed", "6", "--steps", "2,2,2", "--cfg", "2"], capsys)
+    assert code == 0, err
+    with Image.open(single) as img:
+        assert np.abs(np.asarray(img.convert("RGB"), dtype=np.int16) - second).max() <= 1
+
+
+@pytest.mark.parametrize("mode", ["flow-only", "flux-base"])
+def test_sample_other_modes(tiny_model_dir, tmp_path, capsys, mode):
+    target = tmp_path / f"{mode}.png"
+    code, _, err = run_cli(["sample", "a blue square", "--model", str(tiny_model_dir), "--out", str(target),
+                            "--mode", mode, "--steps", "4", "--cfg", "1"], capsys)
+    assert code == 0, err
+    assert json.loads(target.with_suffix(".json").read_text())["mode"] == mode
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--device", "cuda"], "no CUDA GPU is available"),
+        (["--attention", "xformers"], "pip install 'nami[xformers]'"),
+        (["--attention", "sdpa2"], "attention must be one of"),
+        (["--steps", "1,2"], "steps lists 2 counts but the plan has 3 stages"),
+        (["--mode", "fast"], "mode must be one of"),
+        (["--dtype", "fp8"], "dtype must be one of"),
+        (["--n", "0"], "--n must be at least 1"),
+    ],
+)
+def test_sample_bad_input_is_one_line(tiny_model_dir, tmp_path, capsys, extra, message):
+    if extra[:2] == ["--attention", "xformers"]:
+        pytest.importorskip("torch")
+        import importlib.util
+
+        if importlib.util.find_spec("xformers") is not None:
+            pytest.skip("xformers is installed")
+    code, _, err = run_cli(["sample", "x", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"), *extra],
+                           capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_or_broken_model_dir(tmp_path, capsys):
+    code, _, err = run_cli(["sample", "x", "--model", str(tmp_path / "none")], capsys)
+    assert code == 2 and "does not exist" in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{}")
+    code, _, err = run_cli(["sample", "x", "--model", str(broken)], capsys)
+    assert code == 2 and "missing its transformer/ folder" in err
+    code, _, err = run_cli(["sample", "--model", str(broken)], capsys)
+    assert code == 2 and "Missing argument" in err
+
+
+def test_unavailable_subcommands_exit_2(capsys):
+    code, _, err = run_cli(["bench", "latency"], capsys)
+    assert code == 2 and "not yet available" in err
