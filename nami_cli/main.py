@@ -11,7 +11,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from . import info, sample, stubs
+from . import evaluate, info, prepare, sample, stubs, train
 
 app = typer.Typer(
     name="nami",
@@ -22,11 +22,11 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-app.command("prepare-data", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(stubs.prepare_data)
-app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(stubs.train)
+app.command("prepare-data")(prepare.prepare_data)
+app.command("train")(train.train)
 app.command("sample")(sample.sample)
 app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(stubs.bench)
-app.command("eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(stubs.evaluate)
+app.add_typer(evaluate.app, name="eval")
 app.command("info")(info.info)
 
 
@@ -47,7 +47,9 @@ def run(argv: list[str] | None = None) -> None:
         raise SystemExit(0) from None  # the help was already printed
     except click_exceptions.UsageError as exc:
         fail(exc.format_message().replace("\n", " "))
-    except typer.Abort:
+    except typer.Abort as exc:
+        if isinstance(exc.__cause__, EOFError):
+            fail("unexpected end of file (a truncated or corrupt file?)")
         fail("aborted", 130)
     except KeyboardInterrupt:
         fail("interrupted", 130)

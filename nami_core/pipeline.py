@@ -10,12 +10,16 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+# Every component class must be importable from sys.modules when diffusers loads a saved pipeline.
+from .codecs import flux_vae, pixel  # noqa: F401
 from .config import FlowConfig, check_mode
 from .denoiser import Denoiser
 from .errors import ConfigError
+from .flow import scheduler  # noqa: F401
 from .flow.jump import RenoiseJump
 from .flow.sampler import ProgressiveSampler, initial_noise
 from .flow.schedule import FlowPlan
+from .model import transformer  # noqa: F401
 from .text.encoder import TextEmbeddings
 
 

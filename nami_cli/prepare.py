@@ -1,0 +1,77 @@
+"""`nami prepare-data`: images and captions -> latents and text embeddings at the stage resolutions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def prepare_data(
+    source: str = typer.Argument(..., help="Image folder, datasets folder, parquet file(s), webdataset .tar pattern, or 'shapes'."),
+    out: Path = typer.Option(..., "--out", help="Output folder (re-running resumes it)."),
+    stages: str = typer.Option(..., "--stages", help="Stage resolutions in pixels, low to high, e.g. 256,512,1024."),
+    codec: str = typer.Option("pixel", "--codec", help="pixel | pixel:PATCH | flux-vae:PATH."),
+    text_encoder: str = typer.Option("minilm", "--text-encoder", help="minilm | t5:PATH | mt5:PATH,mclip:PATH | PATH."),
+    max_text_tokens: Optional[int] = typer.Option(None, "--max-text-tokens", help="Text length (default: 32 for minilm, else 256)."),
+    shard_size: int = typer.Option(1024, "--shard-size", help="Source items per work unit / shard."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per codec / text-encoder batch."),
+    image_column: Optional[str] = typer.Option(None, "--image-column", help="Image column of a datasets/parquet source."),
+    caption_column: Optional[str] = typer.Option(None, "--caption-column", help="Caption column of a datasets/parquet source."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda for the codec and text encoder."),
+    n: int = typer.Option(10000, "--n", help="shapes only: number of scenes."),
+    seed: int = typer.Option(0, "--seed", help="shapes only: seed of the scene generator."),
+    images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="shapes only: also write the scenes as PNGs here."),
+) -> None:
+    """Prepare training data once: codec latents at the largest stage each image fills, plus text embeddings.
+
+    Examples:
+
+      nami prepare-data photos/ --out data/photos --stages 256,512,1024 --codec flux-vae:/w/flux/vae --text-encoder mt5:/w/mt5,mclip:/w/mclip
+
+      nami prepare-data "shards/{00000..00099}.tar" --out data/laion --stages 256,512,1024 --codec flux-vae:/w/vae
+
+      nami prepare-data shapes --n 20000 --seed 0 --out data/shapes --stages 16,32,64
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nami_core.config import parse_int_list
+    from nami_core.data.prepare import Preparer, PrepareRequest, prepare
+    from nami_core.data.sources import open_source
+    from nami_core.modeldir import quiet_loading
+    from nami_core.runtime import resolve_device
+
+    from .progress import console
+
+    quiet_loading()
+    resolutions = parse_int_list(stages, "--stages")
+    if source == "shapes":
+        from nami_core.data.shapes import ShapesSource
+
+        src = ShapesSource(n=n, seed=seed, size=resolutions[-1], images_dir=images_dir)
+    else:
+        src = open_source(source, image_column, caption_column)
+    req = PrepareRequest(
+        out=out, stages=resolutions, codec=codec, text_encoder=text_encoder, max_text_tokens=max_text_tokens,
+        shard_size=shard_size, batch_size=batch_size, device=str(resolve_device(device)),
+    )
+    preparer = Preparer(req)
+    progress = Progress(TextColumn("[bold]preparing"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), console=console)
+    with progress:
+        task = progress.add_task("prepare", total=None, rate="-")
+
+        def update(seen: int, total: int | None, report) -> None:
+            rate = report.images / report.seconds if report.seconds > 0 else 0.0
+            progress.update(task, completed=seen, total=total, rate=f"{rate:.1f}")
+
+        report = prepare(src, req, update, preparer)
+    counts = ", ".join(f"{n} at {r}px" for r, n in sorted(report.counts.items())) or "none"
+    console.print(f"{report.images} images ({counts}) in {report.seconds:.1f}s; "
+                  f"{report.units_done} units written, {report.units_skipped} already done")
+    if report.skipped:
+        console.print("skipped: " + ", ".join(f"{k} x{v}" for k, v in report.skipped.items()))
+    if report.converted:
+        console.print("converted: " + ", ".join(f"{k} x{v}" for k, v in report.converted.items()))
+    typer.echo(str(Path(out) / "manifest.json"))

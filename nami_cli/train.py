@@ -1,0 +1,86 @@
+"""`nami train`: the multi-resolution NAMI objective (Algorithm 1) on accelerate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def train(
+    data: Path = typer.Option(..., "--data", help="Folder written by `nami prepare-data`."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints/, metrics.jsonl, final/."),
+    stages: str = typer.Option(..., "--stages", help="Stage resolutions; must equal the data's, e.g. 256,512,1024."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="nami-2b | nami-0.6b | flux-base-2b | tiny."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Model config JSON (ModelConfig fields, optional \"flow\")."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from a model directory (e.g. from `nami convert flux`)."),
+    mode: str = typer.Option("nami", "--mode", help="nami | flow-only | flux-base."),
+    steps: int = typer.Option(1000, "--steps", help="Total optimizer steps."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Samples per step per process."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Constant learning rate (default: --lr-schedule)."),
+    ratio_schedule: Optional[str] = typer.Option(None, "--ratio-schedule", help="Stage sampling phases, e.g. \"0:4:2:1,120000:2:4:1,200000:1:2:4\" (the default)."),
+    lr_schedule: Optional[str] = typer.Option(None, "--lr-schedule", help="LR phases, e.g. \"0:1e-4,200000:5e-5\" (the default)."),
+    timestep_sampling: str = typer.Option("logit-normal", "--timestep-sampling", help="logit-normal | uniform."),
+    stage_loss_weights: str = typer.Option("auto", "--stage-loss-weights", help="auto (balance by running loss) or fixed, e.g. 1,1,1."),
+    cfg_dropout: float = typer.Option(0.1, "--cfg-dropout", help="Probability of training on the empty prompt."),
+    ema_decay: float = typer.Option(0.9999, "--ema-decay", help="EMA decay (0 = no EMA)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 mixed precision."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
+    fsdp: bool = typer.Option(False, "--fsdp", help="Shard with FSDP, wrapping transformer blocks (default: DDP)."),
+    save_every: int = typer.Option(1000, "--save-every", help="Checkpoint every N steps."),
+    keep: int = typer.Option(3, "--keep", help="Checkpoints kept (0 = all)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="latest | PATH of a checkpoint."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and data order."),
+    log_every: int = typer.Option(10, "--log-every", help="Steps per metrics line."),
+    patch_size: Optional[int] = typer.Option(None, "--patch-size", help="Pixel codec only: tokens are PxP patches."),
+    prediction: Optional[str] = typer.Option(None, "--prediction", help="velocity | sample: what the network outputs."),
+    window_ratios: Optional[str] = typer.Option(None, "--window-ratios", help="Flow window lengths, e.g. 1:1:1."),
+    sample_steps: Optional[str] = typer.Option(None, "--sample-steps", help="Default sampling steps saved with the model."),
+    sample_cfg: float = typer.Option(3.0, "--sample-cfg", help="Default guidance scale saved with the model."),
+    max_nan_steps: int = typer.Option(20, "--max-nan-steps", help="Stop after this many non-finite steps in a row."),
+    grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clip."),
+    preload: str = typer.Option("auto", "--preload", help="auto | yes | no: hold the data in memory."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop after this many minutes of training (checkpoint + final model); resumable."),
+) -> None:
+    """Train a NAMI model: each sample trains one stage, drawn by the stage ratio in force.
+
+    Runs in one process, or in many under `accelerate launch` / `torchrun` (DDP; --fsdp to shard).
+
+    Examples:
+
+      nami train --data data/shapes --out runs/shapes --config examples/nami-shapes/model.json --stages 16,32,64 --steps 20000 --lr 5e-4
+
+      accelerate launch --num_processes 8 $(which nami) train --data data/laion --out runs/2b --preset nami-2b --stages 256,512,1024 --precision bf16 --grad-checkpointing
+
+      nami train --data data/shapes --out runs/shapes --stages 16,32,64 --config model.json --resume latest
+    """
+    from nami_core.config import parse_int_list
+    from nami_core.modeldir import quiet_loading
+    from nami_core.train.config import TrainConfig
+    from nami_core.train.loop import train as run_training
+
+    from .progress import console
+
+    quiet_loading()
+    cfg = TrainConfig(
+        data=data, out=out, stages=parse_int_list(stages, "--stages"), preset=preset, config_file=config, init=init,
+        mode=mode, steps=steps, batch_size=batch_size, lr=lr, ratio_schedule=ratio_schedule, lr_schedule=lr_schedule,
+        timestep_sampling=timestep_sampling, stage_loss_weights=stage_loss_weights, cfg_dropout=cfg_dropout,
+        ema_decay=ema_decay, precision=precision, grad_checkpointing=grad_checkpointing, fsdp=fsdp,
+        save_every=save_every, keep=keep, resume=resume, seed=seed, log_every=log_every, patch_size=patch_size,
+        prediction=prediction, window_ratios=window_ratios, sample_steps=sample_steps, sample_cfg=sample_cfg,
+        max_nan_steps=max_nan_steps, grad_clip=grad_clip, preload=preload, time_budget=time_budget,
+    )
+
+    def on_log(r: dict) -> None:
+        stages_txt = " ".join("-" if v is None else f"{v:.4f}" for v in r["loss_stage"])
+        console.print(
+            f"step {r['step']:>7}  loss {r['loss']:.4f}  stages [{stages_txt}]  lr {r['lr']:.2e}  "
+            f"{r['images_per_s']:.1f} img/s  {r['tokens_per_s']:.0f} tok/s"
+            + (f"  nan-skipped {r['nan_skipped']}" if r["nan_skipped"] else "")
+        )
+
+    result = run_training(cfg, on_log=on_log)
+    if result.final_dir is not None:
+        console.print(f"done at step {result.step}; model: {result.final_dir}")

@@ -1,0 +1,443 @@
+"""GenEval: prompt metadata, the rule engine that scores one image, and the folder layout.
+
+The rules are those of GenEval's `evaluation/evaluate_images.py` (Ghosh et al., 2023):
+
+* per class, detections are sorted by score (highest first), kept when the score is strictly
+  greater than `THRESHOLD` (0.3; `COUNTING_THRESHOLD` 0.9 for the "counting" tag) and capped at
+  `MAX_OBJECTS` (16); GenEval's optional same-class NMS is off by default (`NMS_THRESHOLD` 1.0);
+* every `include` entry takes the top-`count` detections of its class: fewer than `count` fails;
+  with a `color`, all of them must have that color; with a `position` [relation, i], each of them
+  must stand in `relation` to every object that include entry i matched (a failed entry i fails
+  the position too). Color and position are only checked for entries whose count was met, and
+  position only when the color check passed;
+* every `exclude` entry fails when the kept detections of its class number `count` or more.
+
+A GenEval folder holds one subfolder per prompt: `<out>/00000/metadata.jsonl` (that prompt's
+metadata line) and `<out>/00000/samples/0000.png, 0001.png, ...`. `evaluate_folder` writes
+`results.jsonl` (one record per image, GenEval's keys; `metadata` and `details` are JSON strings as
+GenEval writes them, so its `summary_scores.py` reads the file) and `summary.json`
+(`overall` = mean over tags of the tag's fraction of correct images, and `tags`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import NamiError
+
+THRESHOLD = 0.3
+COUNTING_THRESHOLD = 0.9
+MAX_OBJECTS = 16
+NMS_THRESHOLD = 1.0  # 1.0 = no same-class non-maximum suppression (GenEval's default)
+POSITION_THRESHOLD = 0.1
+RELATIONS = ("left of", "right of", "above", "below")
+# GenEval's color vocabulary; reasons list color counts in this order, then any other names.
+GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+METADATA_NAME = "metadata.jsonl"
+SAMPLES_NAME = "samples"
+RESULTS_NAME = "results.jsonl"
+SUMMARY_NAME = "summary.json"
+_PROMPT_DIR = re.compile(r"\d+")
+_SAMPLE_FILE = re.compile(r"\d+\.png")
+
+
+# -- detections ---------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Detection:
+    """One detected object.
+
+    cls: class name; score: confidence in [0, 1]; box: (x0, y0, x1, y1) in pixels, x right, y down;
+    mask: optional (H, W) bool array of the object's pixels; color: the detector's color name, or None.
+    """
+
+    cls: str
+    score: float
+    box: tuple[float, float, float, float]
+    mask: np.ndarray | None = None
+    color: str | None = None
+
+
+class Detector(Protocol):
+    """Finds objects in an image and names their colors itself (the engine compares names).
+
+    `classes` lists the class names it can report (None: open vocabulary).
+    """
+
+    name: str
+    classes: tuple[str, ...] | None
+
+    def detect(self, image) -> list[Detection]:  # image: PIL.Image.Image
+        ...
+
+
+# -- metadata -----------------------------------------------------------------------------------------
+
+
+def _problem(where: str, message: str) -> NamiError:
+    return NamiError(f"{where}: {message}")
+
+
+def _count(value: Any, where: str, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _problem(where, f"{field} must be a positive integer, got {json.dumps(value)}")
+    return value
+
+
+def _check_entry(entry: Any, index: int, kind: str, where: str) -> None:
+    field = f"{kind}[{index}]"
+    if not isinstance(entry, dict):
+        raise _problem(where, f"{field} must be an object with class and count")
+    allowed = ("class", "count", "color", "position") if kind == "include" else ("class", "count")
+    unknown = sorted(set(entry) - set(allowed))
+    if unknown:
+        raise _problem(where, f"{field} has unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
+    cls = entry.get("class")
+    if not isinstance(cls, str) or not cls.strip():
+        raise _problem(where, f"{field}.class must be a non-empty string")
+    if "count" not in entry:
+        raise _problem(where, f"{field} has no count")
+    _count(entry["count"], where, f"{field}.count")
+    if "color" in entry and (not isinstance(entry["color"], str) or not entry["color"].strip()):
+        raise _problem(where, f"{field}.color must be a non-empty string")
+    if "position" in entry:
+        position = entry["position"]
+        if not (isinstance(position, list) and len(position) == 2):
+            raise _problem(where, f"{field}.position must be [relation, include index]")
+        relation, target = position
+        if relation not in RELATIONS:
+            raise _problem(where, f"{field}.position relation must be one of {', '.join(RELATIONS)}, "
+                                  f"got {json.dumps(relation)}")
+        if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < index:
+            raise _problem(where, f"{field}.position must refer to an earlier include entry (0..{index - 1}), "
+                                  f"got {json.dumps(target)}")
+
+
+def validate_metadata(meta: Any, where: str) -> dict:
+    """Check one GenEval metadata object; `where` ("file:line") prefixes the one-line NamiError."""
+    if not isinstance(meta, dict):
+        raise _problem(where, "a metadata line must be a JSON object")
+    tag = meta.get("tag")
+    if not isinstance(tag, str) or not tag.strip():
+        raise _problem(where, "tag must be a non-empty string")
+    prompt = meta.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise _problem(where, "prompt must be a non-empty string")
+    include = meta.get("include")
+    if not isinstance(include, list) or not include:
+        raise _problem(where, "include must be a non-empty list of {class, count} objects")
+    for i, entry in enumerate(include):
+        _check_entry(entry, i, "include", where)
+    exclude = meta.get("exclude", [])
+    if not isinstance(exclude, list):
+        raise _problem(where, "exclude must be a list of {class, count} objects")
+    for i, entry in enumerate(exclude):
+        _check_entry(entry, i, "exclude", where)
+    return meta
+
+
+def parse_metadata_line(text: str, where: str) -> dict:
+    """One JSON metadata line -> validated dict (NamiError naming `where` otherwise)."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _problem(where, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    return validate_metadata(meta, where)
+
+
+def read_metadata(path: str | Path) -> list[dict]:
+    """All metadata lines of a GenEval `.jsonl` file (blank lines skipped), validated."""
+    path = Path(path)
+    if not path.exists():
+        raise NamiError(f"metadata file {path} does not exist")
+    if not path.is_file():
+        raise NamiError(f"metadata file {path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise NamiError(f"metadata file {path} is not UTF-8 text") from None
+    lines = [parse_metadata_line(line, f"{path}:{number}")
+             for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise NamiError(f"metadata file {path} has no metadata lines")
+    return lines
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_metadata(path: str | Path, lines: Iterable[dict]) -> None:
+    """Write metadata objects as JSON lines (atomically)."""
+    _atomic_write(Path(path), "".join(json.dumps(line) + "\n" for line in lines))
+
+
+# -- the rules ----------------------------------------------------------------------------------------
+
+
+def relative_position(box_a: Sequence[float], box_b: Sequence[float],
+                      margin: float = POSITION_THRESHOLD) -> set[str]:
+    """Where box a lies relative to box b (x right, y down), GenEval's rule.
+
+    The centre offset shrinks by `margin` x the two boxes' summed sides on each axis; a relation
+    holds when the shrunk offset, divided by the length of the unshrunk offset, is beyond 0.5 on
+    its axis. Shrunk offsets that vanish (< 1e-3 on both axes) give no relation.
+    """
+    a = np.asarray(box_a[:4], dtype=np.float64)
+    b = np.asarray(box_b[:4], dtype=np.float64)
+    offset = (a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2
+    sides = np.abs(a[2:] - a[:2]) + np.abs(b[2:] - b[:2])
+    revised = np.maximum(np.abs(offset) - margin * sides, 0) * np.sign(offset)
+    if np.all(np.abs(revised) < 1e-3):
+        return set()
+    dx, dy = revised / np.linalg.norm(offset)
+    found = set()
+    if dx < -0.5:
+        found.add("left of")
+    if dx > 0.5:
+        found.add("right of")
+    if dy < -0.5:
+        found.add("above")
+    if dy > 0.5:
+        found.add("below")
+    return found
+
+
+def box_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
+    """GenEval's IoU (inclusive pixel boxes: sides are x1 - x0 + 1), used only by its optional NMS."""
+    def area(box):
+        return max(box[2] - box[0] + 1, 0) * max(box[3] - box[1] + 1, 0)
+
+    inter = area([max(box_a[0], box_b[0]), max(box_a[1], box_b[1]), min(box_a[2], box_b[2]), min(box_a[3], box_b[3])])
+    union = area(box_a) + area(box_b) - inter
+    return inter / union if union else 0.0
+
+
+def keep_detections(detections: Iterable[Detection], tag: str, threshold: float = THRESHOLD,
+                    counting_threshold: float = COUNTING_THRESHOLD, max_objects: int = MAX_OBJECTS,
+                    nms_threshold: float = NMS_THRESHOLD) -> dict[str, list[Detection]]:
+    """Class name -> its detections that count, highest score first (classes with none are absent)."""
+    cutoff = counting_threshold if tag == "counting" else threshold
+    by_class: dict[str, list[Detection]] = {}
+    for det in detections:
+        by_class.setdefault(det.cls, []).append(det)
+    kept: dict[str, list[Detection]] = {}
+    for cls, dets in by_class.items():
+        ranked = sorted(dets, key=lambda d: -d.score)  # stable: ties keep the detector's order
+        ranked = [d for d in ranked if d.score > cutoff][:max_objects]
+        chosen: list[Detection] = []
+        while ranked:
+            best = ranked.pop(0)
+            chosen.append(best)
+            if nms_threshold < 1:
+                ranked = [d for d in ranked if box_iou(best.box, d.box) < nms_threshold]
+        if chosen:
+            kept[cls] = chosen
+    return kept
+
+
+def _color_tally(colors: list[str | None]) -> str:
+    names = [c if c is not None else "unknown" for c in colors]
+    order = [c for c in GENEVAL_COLORS if c in names] + sorted({c for c in names if c not in GENEVAL_COLORS})
+    return ", ".join(f"{names.count(c)} {c}" for c in order)
+
+
+def evaluate_image(detections: Iterable[Detection], metadata: dict, threshold: float = THRESHOLD,
+                   counting_threshold: float = COUNTING_THRESHOLD, max_objects: int = MAX_OBJECTS,
+                   nms_threshold: float = NMS_THRESHOLD,
+                   position_threshold: float = POSITION_THRESHOLD) -> tuple[bool, str, dict]:
+    """Score one image's detections against one (validated) metadata line.
+
+    Returns (correct, reason, details): `reason` holds one line per failed requirement ("" when
+    correct); `details` maps each class to its kept detections as [x0, y0, x1, y1, score] lists,
+    as GenEval reports them.
+    """
+    kept = keep_detections(detections, metadata["tag"], threshold, counting_threshold, max_objects, nms_threshold)
+    correct = True
+    reasons: list[str] = []
+    matched_groups: list[list[Detection] | None] = []
+    for req in metadata.get("include", []):
+        cls, count = req["class"], req["count"]
+        found = kept.get(cls, [])[:count]
+        matched = True
+        if len(found) < count:
+            matched = False
+            reasons.append(f"expected {cls}>={count}, found {len(found)}")
+        else:
+            if "color" in req:
+                colors = [d.color for d in found]
+                if colors.count(req["color"]) < count:
+                    matched = False
+                    reasons.append(f"expected {req['color']} {cls}>={count}, found "
+                                   f"{colors.count(req['color'])} {req['color']}; and {_color_tally(colors)}")
+            if "position" in req and matched:
+                relation, target = req["position"]
+                targets = matched_groups[target]
+                if targets is None:
+                    matched = False
+                    reasons.append(f"no target for {cls} to be {relation}")
+                else:
+                    target_cls = metadata["include"][target]["class"]
+                    for det in found:
+                        for other in targets:
+                            actual = relative_position(det.box, other.box, position_threshold)
+                            if relation not in actual:
+                                matched = False
+                                seen = " and ".join(sorted(actual)) if actual else "no clear relation to"
+                                reasons.append(f"expected {cls} {relation} {target_cls}, found {cls} {seen} {target_cls}")
+                                break
+                        if not matched:
+                            break
+        correct = correct and matched
+        matched_groups.append(found if matched else None)
+    for req in metadata.get("exclude", []):
+        cls, count = req["class"], req["count"]
+        n = len(kept.get(cls, []))
+        if n >= count:
+            correct = False
+            reasons.append(f"expected {cls}<{count}, found {n}")
+    details = {cls: [[*map(float, d.box), float(d.score)] for d in dets] for cls, dets in kept.items()}
+    return correct, "\n".join(reasons), details
+
+
+# -- folder layout ------------------------------------------------------------------------------------
+
+
+def prompt_dir(out: str | Path, index: int) -> Path:
+    return Path(out) / f"{index:05d}"
+
+
+def sample_path(out: str | Path, index: int, image: int) -> Path:
+    """Where image `image` of prompt `index` goes: `<out>/<index:05d>/samples/<image:04d>.png`."""
+    return prompt_dir(out, index) / SAMPLES_NAME / f"{image:04d}.png"
+
+
+def write_prompt_folders(out: str | Path, lines: Sequence[dict]) -> list[Path]:
+    """Create `<out>/<i:05d>/metadata.jsonl` and an empty `samples/` folder for every metadata line."""
+    dirs = []
+    for i, meta in enumerate(lines):
+        folder = prompt_dir(out, i)
+        (folder / SAMPLES_NAME).mkdir(parents=True, exist_ok=True)
+        _atomic_write(folder / METADATA_NAME, json.dumps(meta) + "\n")
+        dirs.append(folder)
+    return dirs
+
+
+@dataclass
+class PromptFolder:
+    """One prompt of a GenEval folder: its metadata and its sample PNGs (sorted by name)."""
+
+    path: Path
+    metadata: dict
+    images: list[Path]
+
+
+def read_layout(folder: str | Path) -> list[PromptFolder]:
+    """The prompt subfolders of a GenEval folder in name order; NamiError when the layout is wrong.
+
+    Entries whose name is not all digits (results.jsonl, summary.json, notes) are ignored, as in GenEval.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise NamiError(f"{folder} does not exist")
+    if not folder.is_dir():
+        raise NamiError(f"{folder} is a file, expected a folder of GenEval samples")
+    subdirs = sorted((p for p in folder.iterdir() if _PROMPT_DIR.fullmatch(p.name)), key=lambda p: (int(p.name), p.name))
+    prompts = []
+    for sub in subdirs:
+        if not sub.is_dir():
+            raise NamiError(f"{sub} should be a prompt folder (with {METADATA_NAME} and {SAMPLES_NAME}/), it is a file")
+        meta_path = sub / METADATA_NAME
+        if not meta_path.is_file():
+            raise NamiError(f"{sub} has no {METADATA_NAME}; expected the GenEval layout "
+                            f"<out>/00000/{METADATA_NAME} + <out>/00000/{SAMPLES_NAME}/0000.png")
+        text = meta_path.read_text(encoding="utf-8").strip()
+        meta = parse_metadata_line(text, f"{meta_path}:1") if text else None
+        if meta is None:
+            raise NamiError(f"{meta_path} is empty")
+        samples = sub / SAMPLES_NAME
+        if not samples.is_dir():
+            raise NamiError(f"{sub} has no {SAMPLES_NAME}/ folder")
+        images = sorted((p for p in samples.iterdir() if p.is_file() and _SAMPLE_FILE.fullmatch(p.name)),
+                        key=lambda p: (int(p.stem), p.name))
+        if not images:
+            raise NamiError(f"{samples} has no images (expected 0000.png, 0001.png, ...)")
+        prompts.append(PromptFolder(sub, meta, images))
+    if not prompts:
+        raise NamiError(f"{folder} has no prompt folders; expected the GenEval layout "
+                        f"<out>/00000/{METADATA_NAME} + <out>/00000/{SAMPLES_NAME}/0000.png")
+    return prompts
+
+
+# -- scoring a folder ---------------------------------------------------------------------------------
+
+
+def summarize(results: Sequence[dict]) -> dict:
+    """{"overall": mean of the per-tag means, "tags": tag -> fraction of correct images}.
+
+    Tags appear in the order they first occur, as in GenEval's `summary_scores.py`.
+    """
+    per_tag: dict[str, list[bool]] = {}
+    for r in results:
+        per_tag.setdefault(r["tag"], []).append(bool(r["correct"]))
+    tags = {tag: sum(v) / len(v) for tag, v in per_tag.items()}
+    overall = sum(tags.values()) / len(tags) if tags else math.nan
+    return {"overall": overall, "tags": tags}
+
+
+def evaluate_folder(folder: str | Path, detector: Detector,
+                    on_image: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Detect and score every sample of a GenEval folder; write results.jsonl and summary.json.
+
+    Both files are written only after every image was scored (each atomically), so a failure
+    leaves no partial result file. `on_image(done, total)` reports progress. Returns the records.
+    """
+    from PIL import Image, ImageOps
+
+    folder = Path(folder)
+    prompts = read_layout(folder)
+    total = sum(len(p.images) for p in prompts)
+    results: list[dict] = []
+    for prompt in prompts:
+        for path in prompt.images:
+            try:
+                with Image.open(path) as raw:
+                    image = ImageOps.exif_transpose(raw).convert("RGB")
+            except OSError as exc:
+                raise NamiError(f"cannot read image {path}: {exc}") from None
+            correct, reason, details = evaluate_image(detector.detect(image), prompt.metadata)
+            results.append({
+                "filename": str(path),
+                "tag": prompt.metadata["tag"],
+                "prompt": prompt.metadata["prompt"],
+                "correct": correct,
+                "reason": reason,
+                "metadata": json.dumps(prompt.metadata),
+                "details": json.dumps(details),
+            })
+            if on_image is not None:
+                on_image(len(results), total)
+    _atomic_write(folder / RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in results))
+    _atomic_write(folder / SUMMARY_NAME, json.dumps(summarize(results), indent=2) + "\n")
+    return results
+
+
+def read_results(folder: str | Path) -> list[dict]:
+    """The records of `<folder>/results.jsonl`."""
+    path = Path(folder) / RESULTS_NAME
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

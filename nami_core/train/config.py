@@ -1,0 +1,134 @@
+"""`nami train` settings and the model they build, checked against the prepared data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..config import FlowConfig, ModelConfig, check_mode, get_preset, parse_float_list
+from ..errors import ConfigError, NamiError
+from ..flow.objective import RATIO_SAMPLINGS
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    data: Path
+    out: Path
+    stages: tuple[int, ...]
+    preset: str | None = None
+    config_file: Path | None = None
+    init: Path | None = None
+    mode: str = "nami"
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float | None = None
+    ratio_schedule: str | None = None
+    lr_schedule: str | None = None
+    timestep_sampling: str = "logit-normal"
+    stage_loss_weights: str = "auto"
+    cfg_dropout: float = 0.1
+    ema_decay: float = 0.9999
+    precision: str = "fp32"
+    grad_checkpointing: bool = False
+    fsdp: bool = False
+    save_every: int = 1000
+    keep: int = 3
+    resume: str | None = None
+    seed: int = 0
+    log_every: int = 10
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    max_nan_steps: int = 20
+    patch_size: int | None = None
+    window_ratios: str | None = None
+    prediction: str | None = None
+    sample_steps: str | None = None
+    sample_cfg: float = 3.0
+    preload: str = "auto"
+    time_budget: float | None = None
+
+    def validate(self) -> None:
+        check_mode(self.mode)
+        for name in ("steps", "batch_size", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.keep < 0:
+            raise ConfigError("--keep must be 0 (keep all) or more")
+        if self.timestep_sampling not in RATIO_SAMPLINGS:
+            raise ConfigError(f"--timestep-sampling must be one of {', '.join(RATIO_SAMPLINGS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if not 0.0 <= self.cfg_dropout < 1.0:
+            raise ConfigError("--cfg-dropout must be in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError("--ema-decay must be in [0, 1)")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError("--lr must be positive")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ConfigError("--time-budget must be a positive number of minutes")
+        if self.preload not in ("auto", "yes", "no"):
+            raise ConfigError("--preload must be auto, yes or no")
+        if sum(x is not None for x in (self.preset, self.config_file, self.init)) > 1:
+            raise ConfigError("give one of --preset, --config and --init")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, Path):
+                data[key] = str(value)
+        data["stages"] = list(self.stages)
+        return data
+
+
+def read_model_file(path: Path) -> tuple[ModelConfig | None, dict[str, Any]]:
+    """A `--config` JSON: model fields (ModelConfig) plus optional "flow" settings."""
+    if not path.is_file():
+        raise NamiError(f"--config {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NamiError(f"--config {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise NamiError(f"--config {path} must hold a JSON object")
+    flow = data.pop("flow", {}) or {}
+    data.pop("comment", None)
+    return data, flow
+
+
+def build_model_config(cfg: TrainConfig, manifest: dict[str, Any], patch_size: int) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model to train. Input width and text dims follow the data (codec and text encoder)."""
+    codec = manifest["codec"]
+    data_dims = {
+        "in_channels": int(codec["channels"]) * patch_size * patch_size,
+        "text_dim": int(manifest["text_encoder"]["sequence_dim"]),
+        "pooled_dim": int(manifest["text_encoder"]["pooled_dim"]),
+    }
+    flow: dict[str, Any] = {}
+    if cfg.config_file is not None:
+        fields, flow = read_model_file(cfg.config_file)
+        for key, value in data_dims.items():
+            if key in fields and int(fields[key]) != value:
+                raise NamiError(f"--config sets {key}={fields[key]} but the data needs {value}")
+        model = ModelConfig.from_dict({**fields, **data_dims})
+    else:
+        model = replace(get_preset(cfg.preset or "tiny").model, **data_dims)
+    if cfg.prediction is not None:
+        model = replace(model, prediction=cfg.prediction)
+    if cfg.mode == "nami" and model.num_stages != len(cfg.stages):
+        raise NamiError(
+            f"the model has {model.num_stages} stage modules but --stages lists {len(cfg.stages)} resolutions"
+        )
+    return model, flow
+
+
+def build_flow(cfg: TrainConfig, flow_fields: dict[str, Any]) -> FlowConfig:
+    ratios = parse_float_list(cfg.window_ratios, "--window-ratios") if cfg.window_ratios else flow_fields.get("window_ratios", ())
+    return FlowConfig(
+        resolutions=tuple(cfg.stages),
+        window_ratios=tuple(ratios),
+        gamma=float(flow_fields.get("gamma", 1 / 3)),
+    )

@@ -1,0 +1,65 @@
+"""Piecewise-constant schedules over training steps: stage sampling ratios and learning rate.
+
+Written as `"STEP:VALUES,STEP:VALUES"`, each phase starting at its step:
+
+* ratios, one weight per stage low to high resolution: `"0:4:2:1,120000:2:4:1,200000:1:2:4"`
+  (the paper's schedule and the default for three stages);
+* learning rate: `"0:1e-4,200000:5e-5"` (the paper's, the default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..errors import ConfigError
+
+PAPER_RATIOS = "0:4:2:1,120000:2:4:1,200000:1:2:4"
+PAPER_LR = "0:1e-4,200000:5e-5"
+
+
+@dataclass(frozen=True)
+class Phase:
+    start: int
+    values: tuple[float, ...]
+
+
+def parse_phases(text: str, name: str, width: int | None = None) -> list[Phase]:
+    """Parse a schedule; `width` is the number of values each phase must have (None: any, >= 1)."""
+    phases = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        fields = part.split(":")
+        try:
+            start = int(fields[0])
+            values = tuple(float(v) for v in fields[1:])
+        except ValueError:
+            raise ConfigError(f"{name}: cannot read phase {part!r} (expected STEP:VALUE[:VALUE...])") from None
+        if start < 0:
+            raise ConfigError(f"{name}: phase {part!r} starts at a negative step")
+        if not values or (width is not None and len(values) != width):
+            raise ConfigError(f"{name}: phase {part!r} has {len(values)} values, expected {width}")
+        if any(v < 0 for v in values) or sum(values) <= 0:
+            raise ConfigError(f"{name}: phase {part!r} needs non-negative values that are not all zero")
+        phases.append(Phase(start, values))
+    if not phases:
+        raise ConfigError(f"{name} is empty")
+    if phases[0].start != 0:
+        raise ConfigError(f"{name}: the first phase must start at step 0, not {phases[0].start}")
+    if any(b.start <= a.start for a, b in zip(phases, phases[1:])):
+        raise ConfigError(f"{name}: phase steps must increase")
+    return phases
+
+
+def value_at(phases: Sequence[Phase], step: int) -> tuple[float, ...]:
+    """Values of the phase in force at `step`."""
+    current = phases[0]
+    for phase in phases:
+        if phase.start <= step:
+            current = phase
+    return current.values
+
+
+def default_ratios(num_stages: int) -> str:
+    return PAPER_RATIOS if num_stages == 3 else "0:" + ":".join(["1"] * num_stages)

@@ -1,0 +1,186 @@
+"""`nami train`: end to end, overfitting, exact resume after SIGKILL, DDP on CPU, phases, errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nami_cli.main import run
+from nami_core.config import FlowConfig
+from nami_core.data.prepare import PrepareRequest, prepare
+from nami_core.data.shapes import ShapesSource
+from nami_core.data.store import LatentStore
+from nami_core.flow.schedule import FlowPlan
+from nami_core.train.batches import BatchDrawer
+from nami_core.train.phases import parse_phases, value_at
+
+MODEL = {"width": 32, "heads": 2, "double_blocks": 1, "single_blocks": 2, "stage_ends": [1, 2, 3],
+         "rope_axes": [4, 6, 6]}
+
+
+@pytest.fixture(scope="module")
+def shapes_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    prepare(ShapesSource(n=12, seed=0, size=64), PrepareRequest(out=root / "data", stages=(16, 32, 64), max_text_tokens=12))
+    (root / "model.json").write_text(json.dumps(MODEL))
+    return root
+
+
+def train_args(root, out, *extra):
+    return ["train", "--data", str(root / "data"), "--out", str(out), "--config", str(root / "model.json"),
+            "--stages", "16,32,64", "--batch-size", "8", "--lr", "1e-3", "--log-every", "5", *extra]
+
+
+def cli(args):
+    try:
+        run(args)
+        return 0
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_end_to_end_prepare_train_sample(shapes_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(train_args(shapes_data, out, "--steps", "20", "--save-every", "10", "--keep", "1")) == 0
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000020"]  # rotated, no temp dirs left
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    keys = {"loss", "loss_stage", "loss_tau_bins", "images_per_s", "tokens_per_s", "stage_weights", "nan_skipped"}
+    assert keys <= set(records[-1]) and len(records[-1]["loss_tau_bins"]) == 10
+    final = out / "final"
+    assert (final / "transformer" / "diffusion_pytorch_model.ema.safetensors").is_file()
+    assert json.loads((final / "scheduler" / "scheduler_config.json").read_text())["resolutions"] == [16, 32, 64]
+    image = tmp_path / "a.png"
+    assert cli(["sample", "a red circle", "--model", str(final), "--out", str(image), "--steps", "2,2,2"]) == 0
+    assert image.is_file()
+
+
+def test_overfit_halves_every_stage_loss(shapes_data, tmp_path):
+    """12 images, uniform ratios, fixed weights: the per-stage loss of the last 20 steps is under half the first 20's."""
+    out = tmp_path / "overfit"
+    code = cli(train_args(shapes_data, out, "--steps", "120", "--save-every", "1000", "--log-every", "20",
+                          "--ratio-schedule", "0:1:1:1", "--stage-loss-weights", "1,1,1", "--cfg-dropout", "0",
+                          "--lr", "3e-3", "--ema-decay", "0", "--timestep-sampling", "uniform"))
+    assert code == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first, last = records[0]["loss_stage"], records[-1]["loss_stage"]
+    for k in range(3):
+        assert last[k] < 0.5 * first[k], (k, first, last)
+
+
+def run_subprocess(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "nami_cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_resume_after_sigkill_is_exact(shapes_data, tmp_path):
+    common = ["--steps", "20", "--save-every", "10", "--batch-size", "32", "--keep", "0", "--ema-decay", "0.9"]
+    straight = tmp_path / "straight"
+    assert cli(train_args(shapes_data, straight, *common)) == 0
+
+    killed = tmp_path / "killed"
+    proc = run_subprocess(train_args(shapes_data, killed, *common))
+    marker = killed / "checkpoints" / "step-00000010" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.is_file()
+    assert not (killed / "final").exists(), "the run finished before it was killed"
+    shutil.rmtree(killed / "checkpoints" / "step-00000020", ignore_errors=True)
+    assert cli(train_args(shapes_data, killed, *common, "--resume", "latest")) == 0
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.ema.safetensors"):
+        a = load_file(straight / "final" / "transformer" / name)
+        b = load_file(killed / "final" / "transformer" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20]
+
+
+def test_torchrun_two_ranks_on_cpu(shapes_data, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    nami = Path(sys.executable).with_name("nami")
+    if not torchrun.exists() or not nami.exists():
+        pytest.skip("torchrun or the nami script is not installed")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [str(torchrun), "--nproc-per-node", "2", "--no-python", str(nami),
+            *train_args(shapes_data, out, "--steps", "4", "--save-every", "4")]
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
+    assert json.loads((out / "train_config.json").read_text())["world_size"] == 2
+    assert (out / "final" / "model_index.json").is_file()
+
+
+def test_ranks_draw_the_same_stages_but_different_images(shapes_data):
+    store = LatentStore(shapes_data / "data")
+    plan = FlowPlan("nami", FlowConfig((16, 32, 64)), (1, 2, 3), 4)
+    drawers = [BatchDrawer(store, plan, 1, 16, seed=3, rank=r) for r in (0, 1)]
+    a, b = (d.draw(7, (1, 1, 1)) for d in drawers)
+    assert [g.window for g in a] == [g.window for g in b]
+    assert [len(g.r) for g in a] == [len(g.r) for g in b]
+    assert any(not torch.equal(x.latents, y.latents) for x, y in zip(a, b))
+    again = drawers[0].draw(7, (1, 1, 1))
+    assert all(torch.equal(x.latents, y.latents) and torch.equal(x.noise, y.noise) for x, y in zip(a, again))
+
+
+def test_stage_ratio_schedule_switches_phases(shapes_data):
+    phases = parse_phases("0:4:2:1,100:0:1:0,200:1:0:3", "--ratio-schedule", 3)
+    assert value_at(phases, 99) == (4, 2, 1) and value_at(phases, 100) == (0, 1, 0) and value_at(phases, 250) == (1, 0, 3)
+    store = LatentStore(shapes_data / "data")
+    drawer = BatchDrawer(store, FlowPlan("nami", FlowConfig((16, 32, 64)), (1, 2, 3), 4), 1, 70, seed=0)
+    counts = {}
+    for step in (0, 150, 250):
+        stages = torch.cat([drawer.draw_stages(s, value_at(phases, s)) for s in range(step, step + 20)])
+        counts[step] = torch.bincount(stages, minlength=3).tolist()
+    # 1400 draws per phase: the binomial SD of a share is under 0.014
+    assert counts[0][0] / 1400 == pytest.approx(4 / 7, abs=0.05) and counts[0][2] / 1400 == pytest.approx(1 / 7, abs=0.05)
+    assert counts[150] == [0, 1400, 0]
+    assert counts[250][1] == 0 and counts[250][2] / 1400 == pytest.approx(0.75, abs=0.05)
+
+
+def test_non_finite_losses_stop_the_run_with_a_checkpoint(shapes_data, tmp_path, capsys):
+    out = tmp_path / "nan"
+    code = cli(train_args(shapes_data, out, "--steps", "40", "--lr", "1e30", "--max-nan-steps", "3",
+                          "--save-every", "1000", "--grad-clip", "1e30"))
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite losses in a row" in err[0] and "checkpoint" in err[0]
+    assert any((out / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"--data": "missing"}, "does not exist"),
+        ({"--stages": "32,64,128"}, "differ from the data's stages 16,32,64"),
+        ({"--config": None, "--preset": "giant"}, "unknown preset 'giant'"),
+        ({"--ratio-schedule": "0:1:1"}, "has 2 values, expected 3"),
+        ({"--mode": "turbo"}, "mode must be one of"),
+    ],
+)
+def test_bad_train_input_is_one_line(shapes_data, tmp_path, capsys, change, message):
+    args = train_args(shapes_data, tmp_path / "bad", "--steps", "2")
+    for flag, value in change.items():
+        i = args.index(flag) if flag in args else None
+        if value is None:
+            del args[i : i + 2]
+        elif i is None:
+            args += [flag, value]
+        else:
+            args[i + 1] = str(tmp_path / value) if value == "missing" else value
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
