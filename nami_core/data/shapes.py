@@ -149,16 +149,20 @@ def _random_color(rng) -> str:
 def _relation_scene(rng, size) -> Scene | None:
     """Two objects with a stated relation that GenEval's rule confirms."""
     relation = _pick(rng, RELATIONS)
-    boxes = place(rng, 2, size)
-    if boxes is None:
-        return None
-    rel_a_b = relations_between(boxes[0], boxes[1])
-    if relation not in rel_a_b:
+    for _ in range(100):
+        boxes = place(rng, 2, size)
+        if boxes is not None and relation in relations_between(boxes[0], boxes[1]):
+            break
+    else:
         return None
     a_cls, b_cls = _pick(rng, CLASSES), _pick(rng, CLASSES)
     a_col, b_col = _random_color(rng), _random_color(rng)
-    shapes = [Shape(a_cls, a_col, boxes[0]), Shape(b_cls, b_col, boxes[1])]
     with_colors = rng.random() < 0.6
+    if a_cls == b_cls:  # "a square left of a square" says nothing: name the colours, and make them differ
+        with_colors = True
+        while b_col == a_col:
+            b_col = _random_color(rng)
+    shapes = [Shape(a_cls, a_col, boxes[0]), Shape(b_cls, b_col, boxes[1])]
     a = noun_phrase(a_cls, a_col if with_colors else None)
     b = noun_phrase(b_cls, b_col if with_colors else None)
     style = rng.random()

@@ -1,0 +1,110 @@
+"""The shapes world: vocabulary contract, determinism, truthful captions, scenes for GenEval metadata."""
+
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from nami_core.data.shapes import (
+    BACKGROUND,
+    CLASSES,
+    COLORS,
+    NUMBERS,
+    RELATIONS,
+    ShapesSource,
+    make_suite,
+    random_scene,
+    relations_between,
+    render,
+    scene_for_metadata,
+    scene_rng,
+)
+
+WORD_COUNTS = {"a": 1, "an": 1, **{w: n for n, w in NUMBERS.items()}}
+PHRASE = re.compile(
+    r"\b(a|an|one|two|three|four) (?:(" + "|".join(COLORS) + r") )?(" + "|".join(CLASSES) + r")s?\b"
+)
+
+
+def parse(caption):
+    """(count, color or None, class) for every noun phrase, plus the relation if one is stated."""
+    phrases = [(WORD_COUNTS[m.group(1)], m.group(2), m.group(3)) for m in PHRASE.finditer(caption)]
+    relation = next((r for r in RELATIONS if f" {r} " in caption), None)
+    return phrases, relation
+
+
+def test_vocabulary_is_the_contract():
+    assert CLASSES == ("circle", "square", "triangle", "diamond")
+    assert tuple(COLORS) == ("red", "orange", "yellow", "green", "blue", "purple", "black", "white")
+    assert RELATIONS == ("left of", "right of", "above", "below")
+    assert BACKGROUND == (128, 128, 128)
+
+
+def test_scenes_are_deterministic_by_seed():
+    a = random_scene(scene_rng(3, 17))
+    b = random_scene(scene_rng(3, 17))
+    c = random_scene(scene_rng(4, 17))
+    assert a == b and a != c
+    assert np.array_equal(np.asarray(render(a.shapes)), np.asarray(render(b.shapes)))
+    items = list(ShapesSource(n=5, seed=3))
+    assert [i.caption for i in items] == [random_scene(scene_rng(3, i)).caption for i in range(5)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_captions_are_truthful(seed):
+    counts = Counter()
+    for i in range(400):
+        scene = random_scene(scene_rng(seed, i))
+        phrases, relation = parse(scene.caption)
+        assert phrases, scene.caption
+        assert 1 <= len(scene.shapes) <= 4
+        # every object is described: the counts per class add up
+        described = Counter()
+        for n, color, cls in phrases:
+            described[cls] += n
+            if color:
+                assert sum(1 for s in scene.shapes if s.cls == cls and s.color == color) >= n, scene.caption
+        assert described == Counter(s.cls for s in scene.shapes), scene.caption
+        if relation:
+            counts["relation"] += 1
+            first, second = phrases[0], phrases[1]
+            a = next(s for s in scene.shapes if s.cls == first[2] and (first[1] is None or s.color == first[1]))
+            b = next(s for s in scene.shapes if s is not a and s.cls == second[2]
+                     and (second[1] is None or s.color == second[1]))
+            assert relation in relations_between(a.box, b.box), scene.caption
+        for s in scene.shapes:
+            assert 0 <= s.box[0] < s.box[2] <= 64 and 0 <= s.box[1] < s.box[3] <= 64
+        counts[len(scene.shapes)] += 1
+    assert 60 <= counts["relation"] <= 140  # about a quarter of the scenes state a relation
+    assert counts[1] > 50 and counts[4] > 0
+
+
+def test_shapes_do_not_overlap_and_are_drawn_in_their_colors():
+    scene = random_scene(scene_rng(0, 5))
+    img = np.asarray(render(scene.shapes)).astype(int)
+    for s in scene.shapes:
+        cx, cy = (int(v) for v in s.center)
+        assert tuple(img[cy, cx]) == COLORS[s.color]
+    for i, a in enumerate(scene.shapes):
+        for b in scene.shapes[i + 1:]:
+            assert a.box[2] <= b.box[0] or b.box[2] <= a.box[0] or a.box[3] <= b.box[1] or b.box[3] <= a.box[1]
+    assert tuple(img[0, 0]) == BACKGROUND or any(s.box[0] < 1 and s.box[1] < 1 for s in scene.shapes)
+
+
+def test_suite_covers_geneval_tags_and_scenes_satisfy_metadata():
+    suite = make_suite(5, seed=0)
+    assert Counter(line["tag"] for line in suite) == {t: 5 for t in
+                                                      ("single_object", "two_object", "counting", "colors", "position", "color_attr")}
+    rng = np.random.default_rng(0)
+    for line in suite:
+        shapes = scene_for_metadata(line, rng)
+        for spec in line["include"]:
+            matching = [s for s in shapes if s.cls == spec["class"] and s.color == spec.get("color", s.color)]
+            assert len(matching) >= spec["count"]
+        if line["tag"] == "position":
+            relation, other = line["include"][1]["position"]
+            a = next(s for s in shapes if s.cls == line["include"][1]["class"])
+            b = next(s for s in shapes if s.cls == line["include"][other]["class"])
+            assert relation in relations_between(a.box, b.box)
+    assert suite[0]["prompt"].startswith("a photo of a")
