@@ -11,7 +11,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from . import evaluate, info, prepare, sample, stubs, train
+from . import bench, convert, evaluate, info, prepare, sample, train
 
 app = typer.Typer(
     name="nami",
@@ -25,8 +25,9 @@ app = typer.Typer(
 app.command("prepare-data")(prepare.prepare_data)
 app.command("train")(train.train)
 app.command("sample")(sample.sample)
-app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(stubs.bench)
+app.add_typer(bench.app, name="bench")
 app.add_typer(evaluate.app, name="eval")
+app.add_typer(convert.app, name="convert")
 app.command("info")(info.info)
 
 

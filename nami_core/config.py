@@ -312,6 +312,15 @@ PRESETS: dict[str, Preset] = {
             (256, 512, 1024),
             "a few-hundred-thousand-parameter model for tests and smoke runs",
         ),
+        Preset(
+            "cpu-bench",
+            ModelConfig(
+                width=256, heads=4, double_blocks=2, single_blocks=4, stage_ends=(2, 4, 6),
+                in_channels=64, text_dim=256, pooled_dim=256, rope_axes=(16, 24, 24),
+            ),
+            (128, 256, 512),
+            "a 9M-parameter model wide enough to be compute-bound on a CPU at 256-512 px (`nami bench` there)",
+        ),
     )
 }
 

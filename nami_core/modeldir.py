@@ -36,8 +36,18 @@ def resolve_model_dir(model: str | Path | None) -> Path:
 
 
 def check_model_dir(path: Path) -> None:
+    """A saved nami model (model_index.json + components), or the public NAMI-T2I layout
+    (`nami_core.interop.public_layout`: transformer/, bridge_flow.bin, vae/, mclip/, mt5/)."""
+    from .interop.public_layout import check_public_parts, is_public_layout
+
+    if is_public_layout(path):
+        check_public_parts(path)
+        return
     if not (path / "model_index.json").is_file():
-        raise NamiError(f"{path} is not a nami model directory (no model_index.json)")
+        raise NamiError(
+            f"{path} is not a nami model directory (no model_index.json) nor the public NAMI-T2I layout "
+            "(transformer/, bridge_flow.bin, vae/, mclip/, mt5/)"
+        )
     for name in COMPONENTS:
         if not (path / name).is_dir():
             raise NamiError(f"model directory {path} is missing its {name}/ folder")
@@ -68,9 +78,11 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
                   weights: str = "auto"):
     """Load a `NamiPipeline` from a model directory onto `device`.
 
+    The directory is a saved nami model or the public NAMI-T2I layout (read in place).
     weights: "ema" (the EMA variant), "raw", or "auto" (EMA when the directory has it).
     The transformer runs in `dtype`; text encoders stay in float32.
     """
+    from .interop.public_layout import is_public_layout, load_public_pipeline
     from .model.attention import apply_backend
     from .pipeline import NamiPipeline
 
@@ -78,12 +90,13 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     check_model_dir(path)
     if weights not in ("auto", "ema", "raw"):
         raise NamiError(f"weights must be auto, ema or raw, got {weights!r}")
-    if weights == "ema" and not has_ema(path):
+    public = is_public_layout(path)
+    if weights == "ema" and (public or not has_ema(path)):
         raise NamiError(f"{path} has no EMA weights (transformer/diffusion_pytorch_model.ema.safetensors)")
-    variant = "ema" if weights == "ema" or (weights == "auto" and has_ema(path)) else None
+    variant = "ema" if weights == "ema" or (weights == "auto" and not public and has_ema(path)) else None
     quiet_loading()
     try:
-        pipe = NamiPipeline.from_pretrained(path, variant=variant)
+        pipe = load_public_pipeline(path) if public else NamiPipeline.from_pretrained(path, variant=variant)
     except NamiError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -19,6 +19,7 @@ from .flow import scheduler  # noqa: F401
 from .flow.jump import RenoiseJump
 from .flow.sampler import ProgressiveSampler, initial_noise
 from .flow.schedule import FlowPlan
+from .interop.diffusers_registry import register_pipeline_class
 from .model import transformer  # noqa: F401
 from .text.encoder import TextEmbeddings
 
@@ -85,9 +86,21 @@ class NamiPipeline(DiffusionPipeline):
             return self.bridge
         return RenoiseJump(plan.jumps, plan.gamma)
 
+    # -- model offload --------------------------------------------------------------------
+    def _onload(self, name: str) -> None:
+        """Under `enable_model_cpu_offload`, move component `name` to the execution device (and
+        offload the component before it in `model_cpu_offload_seq`) before a call that is not
+        its `forward` (text encoding, decoding), which accelerate's hooks would not see.
+        Without offload hooks, or for a component with no weights, this does nothing."""
+        module = getattr(self, name)
+        hook = getattr(module, "_hf_hook", None)
+        if hook is not None and hasattr(hook, "pre_forward") and next(module.parameters(), None) is not None:
+            hook.pre_forward(module)
+
     # -- text -----------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> TextEmbeddings:
         """Encode each distinct prompt once; returns embeddings in the given order (B = len(prompts))."""
+        self._onload("text_encoder")
         unique = list(dict.fromkeys(prompts))
         emb = self.text_encoder.encode(unique)
         index = torch.tensor([unique.index(p) for p in prompts])
@@ -163,6 +176,7 @@ class NamiPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = result.latents
         else:
+            self._onload("codec")
             pixels = self.codec.decode(result.latents.to(device))
             array = ((pixels.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
             images = array if output_type == "np" else self.numpy_to_pil(array)
@@ -170,3 +184,7 @@ class NamiPipeline(DiffusionPipeline):
         if not return_dict:
             return images, result.stage_seconds, seeds
         return NamiPipelineOutput(images=images, stage_seconds=result.stage_seconds, seeds=seeds)
+
+
+# `DiffusionPipeline.from_pretrained(dir)` resolves the saved "_class_name" on the diffusers package.
+register_pipeline_class(NamiPipeline)

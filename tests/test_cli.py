@@ -106,6 +106,7 @@ def test_missing_or_broken_model_dir(tmp_path, capsys):
     assert code == 2 and "Missing argument" in err
 
 
-def test_unavailable_subcommands_exit_2(capsys):
-    code, _, err = run_cli(["bench", "latency"], capsys)
-    assert code == 2 and "not yet available" in err
+def test_unknown_subcommand_exits_2_with_one_line(capsys):
+    code, _, err = run_cli(["bench", "speed"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and "speed" in lines[0], err

@@ -87,8 +87,8 @@ def test_background_is_estimated_from_the_border():
 
 def test_registry():
     assert isinstance(get_detector("shapes"), ShapesDetector)
-    with pytest.raises(NamiError, match="unknown detector 'mask2former'; choices: shapes"):
-        get_detector("mask2former:/w/m2f.pth")
+    with pytest.raises(NamiError, match="unknown detector 'yolo'; choices: shapes, mask2former"):
+        get_detector("yolo")
 
 
 def ground_truth_folder(out, lines, images_for_line):

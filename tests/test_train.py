@@ -169,13 +169,18 @@ def test_non_finite_losses_stop_the_run_with_a_checkpoint(shapes_data, tmp_path,
         ({"--config": None, "--preset": "giant"}, "unknown preset 'giant'"),
         ({"--ratio-schedule": "0:1:1"}, "has 2 values, expected 3"),
         ({"--mode": "turbo"}, "mode must be one of"),
+        ({"--fsdp": ""}, "--fsdp needs CUDA GPUs"),
     ],
 )
 def test_bad_train_input_is_one_line(shapes_data, tmp_path, capsys, change, message):
+    if "--fsdp" in change and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
     args = train_args(shapes_data, tmp_path / "bad", "--steps", "2")
     for flag, value in change.items():
         i = args.index(flag) if flag in args else None
-        if value is None:
+        if value == "":
+            args.append(flag)
+        elif value is None:
             del args[i : i + 2]
         elif i is None:
             args += [flag, value]

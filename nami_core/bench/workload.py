@@ -116,7 +116,19 @@ def random_transformer(model: ModelConfig, device: torch.device, dtype: torch.dt
     torch.manual_seed(seed)
     with torch.device(device):
         transformer = NamiTransformer.from_model_config(model)
-    return transformer.to(dtype=dtype).eval()
+    return place(transformer, device, dtype).eval()
+
+
+def place(module, device: torch.device, dtype: torch.dtype):
+    """`module.to(device, dtype)` without diffusers' warning about casting a model loaded without torch_dtype."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        return module.to(device=device, dtype=dtype)
+    finally:
+        dlogging.set_verbosity(level)
 
 
 def random_text(model: ModelConfig, batch: int, tokens: int, device: torch.device) -> TextEmbeddings:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
@@ -21,6 +20,8 @@ class FluxVAECodec(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, vae_config: dict[str, Any] | None = None, patch_size: int = 2) -> None:
         super().__init__()
+        from diffusers import AutoencoderKL  # imported on use: pixel-space models never pay for it
+
         self.vae = AutoencoderKL.from_config(dict(vae_config or {}))
         cfg = self.vae.config
         self.channels = int(cfg.latent_channels)
@@ -30,7 +31,8 @@ class FluxVAECodec(ModelMixin, ConfigMixin):
         self.shift_factor = float(cfg.shift_factor or 0.0)
 
     @classmethod
-    def from_vae(cls, vae: AutoencoderKL, patch_size: int = 2) -> "FluxVAECodec":
+    def from_vae(cls, vae, patch_size: int = 2) -> "FluxVAECodec":
+        """Wrap a loaded diffusers `AutoencoderKL`."""
         config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
         codec = cls(vae_config=config, patch_size=patch_size)
         codec.vae.load_state_dict(vae.state_dict())
@@ -41,6 +43,8 @@ class FluxVAECodec(ModelMixin, ConfigMixin):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise NamiError(f"no diffusers AutoencoderKL at {path} (missing config.json)")
+        from diffusers import AutoencoderKL
+
         try:
             vae = AutoencoderKL.from_pretrained(path)
         except (OSError, ValueError, RuntimeError) as exc:

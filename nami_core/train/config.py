@@ -108,7 +108,18 @@ def build_model_config(cfg: TrainConfig, manifest: dict[str, Any], patch_size: i
         "pooled_dim": int(manifest["text_encoder"]["pooled_dim"]),
     }
     flow: dict[str, Any] = {}
-    if cfg.config_file is not None:
+    if cfg.init is not None:
+        path = Path(cfg.init) / "transformer" / "config.json"
+        if not path.is_file():
+            raise NamiError(f"--init {cfg.init} has no transformer/config.json (a model directory, e.g. from `nami convert flux`)")
+        try:
+            model = ModelConfig.from_transformer_config(json.loads(path.read_text()))
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise NamiError(f"--init {cfg.init}: unreadable transformer config ({exc})") from None
+        for key, value in data_dims.items():
+            if getattr(model, key) != value:
+                raise NamiError(f"--init model has {key}={getattr(model, key)} but the data needs {value}")
+    elif cfg.config_file is not None:
         fields, flow = read_model_file(cfg.config_file)
         for key, value in data_dims.items():
             if key in fields and int(fields[key]) != value:
@@ -116,6 +127,8 @@ def build_model_config(cfg: TrainConfig, manifest: dict[str, Any], patch_size: i
         model = ModelConfig.from_dict({**fields, **data_dims})
     else:
         model = replace(get_preset(cfg.preset or "tiny").model, **data_dims)
+    if cfg.prediction is not None and cfg.init is not None and cfg.prediction != model.prediction:
+        raise NamiError(f"--prediction {cfg.prediction} differs from the --init model's {model.prediction}")
     if cfg.prediction is not None:
         model = replace(model, prediction=cfg.prediction)
     if cfg.mode == "nami" and model.num_stages != len(cfg.stages):

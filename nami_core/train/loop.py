@@ -64,6 +64,8 @@ def _accelerator(cfg: TrainConfig):
     from accelerate.utils import DistributedDataParallelKwargs
 
     kwargs = {}
+    if cfg.fsdp and not torch.cuda.is_available():
+        raise NamiError("--fsdp needs CUDA GPUs; without them train with DDP (the default)")
     if cfg.fsdp:
         from accelerate.utils import FullyShardedDataParallelPlugin
 
@@ -143,13 +145,10 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
             )
 
     if cfg.init is not None:
-        transformer = NamiTransformer.from_pretrained(Path(cfg.init) / "transformer")
-        init_cfg = type(model_cfg).from_transformer_config(transformer.config)
-        for key in ("in_channels", "text_dim", "pooled_dim"):
-            if getattr(init_cfg, key) != getattr(model_cfg, key):
-                raise NamiError(f"--init model has {key}={getattr(init_cfg, key)} but the data needs {getattr(model_cfg, key)}")
-        model_cfg = init_cfg
-        plan = FlowPlan(cfg.mode, flow, model_cfg.stage_ends, downsample * patch)
+        try:
+            transformer = NamiTransformer.from_pretrained(Path(cfg.init) / "transformer")
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise NamiError(f"--init {cfg.init}: cannot load the transformer ({str(exc).strip().splitlines()[0]})") from None
     else:
         torch.manual_seed(cfg.seed)
         transformer = NamiTransformer.from_model_config(model_cfg)

@@ -1,0 +1,43 @@
+"""Copy a trained shapes run into the package as the bundled default model.
+
+    python examples/nami-shapes/bundle.py runs/nami-shapes/final nami_core/assets/nami-shapes
+
+The EMA weights become the model's only weights, stored as float16 safetensors (the
+package keeps them under 25 MB); every config is copied unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+EMA_WEIGHTS = "diffusion_pytorch_model.ema.safetensors"
+
+
+def bundle(final: Path, target: Path) -> None:
+    if not (final / "model_index.json").is_file():
+        sys.exit(f"error: {final} is not a model directory")
+    source = final / "transformer" / (EMA_WEIGHTS if (final / "transformer" / EMA_WEIGHTS).is_file() else WEIGHTS)
+    tmp = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for part in ("scheduler", "codec", "text_encoder"):
+        shutil.copytree(final / part, tmp / part)
+    (tmp / "transformer").mkdir(parents=True)
+    shutil.copy(final / "transformer" / "config.json", tmp / "transformer" / "config.json")
+    state = {k: v.to(torch.float16).contiguous() for k, v in load_file(source).items()}
+    save_file(state, tmp / "transformer" / WEIGHTS, metadata={"format": "pt", "source": source.name})
+    shutil.copy(final / "model_index.json", tmp / "model_index.json")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    print(json.dumps({"bundled": str(target), "weights_from": source.name, "bytes": size}))
+
+
+if __name__ == "__main__":
+    bundle(Path(sys.argv[1]), Path(sys.argv[2]))

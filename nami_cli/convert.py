@@ -1,0 +1,118 @@
+"""`nami convert`: bring outside weights into nami (the public NAMI-T2I checkpoint, FLUX-family transformers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="convert",
+    help="Convert outside weights: the public NAMI-T2I checkpoint, or a FLUX transformer cut to chosen blocks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.command("nami-t2i")
+def nami_t2i(
+    src: Path = typer.Argument(..., help="Public NAMI-T2I directory: transformer/, bridge_flow.bin, vae/, mclip/, mt5/."),
+    out: Path = typer.Option(..., "--out", help="New model directory (must not exist or be empty)."),
+    link_text: bool = typer.Option(False, "--link-text", help="Symlink mt5/ and mclip/ instead of copying them."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Rewrite the public NAMI-T2I checkpoint as a nami model directory (safetensors + configs).
+
+    `nami sample --model SRC` reads the public layout in place; converting gives a directory that `NamiPipeline.from_pretrained` and `DiffusionPipeline.from_pretrained` load.
+
+    Examples:
+
+      nami convert nami-t2i /w/NAMI-T2I --out models/nami-2b
+
+      nami convert nami-t2i /w/NAMI-T2I --out models/nami-2b --link-text
+    """
+    import json
+
+    from nami_core.interop.public_layout import convert_public_layout
+    from nami_core.modeldir import quiet_loading
+
+    from .progress import console
+
+    quiet_loading()
+    layout = convert_public_layout(src, out, link_text=link_text)
+    summary = {
+        "out": str(out),
+        "blocks": [layout.flux_config["num_layers"], layout.flux_config["num_single_layers"]],
+        "stage_ends": list(layout.stage_ends),
+        "resolutions": list(layout.resolutions),
+        "text_encoders": "linked" if link_text else "copied",
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    console.print(
+        f"wrote {out}: {summary['blocks'][0]} double + {summary['blocks'][1]} single blocks, stage ends "
+        f"{','.join(map(str, layout.stage_ends))}, stages {','.join(map(str, layout.resolutions))} px, "
+        f"bridge jumps, mt5/ and mclip/ {summary['text_encoders']}"
+    )
+
+
+@app.command("flux")
+def flux(
+    src: Path = typer.Argument(..., help="diffusers FluxTransformer2DModel folder (or a pipeline folder with transformer/), or a single checkpoint file."),
+    out: Path = typer.Option(..., "--out", help="New folder; the model goes to OUT/transformer (for `nami train --init OUT`)."),
+    stage_ends: str = typer.Option(..., "--stage-ends", help="Cumulative block ends per stage over the kept blocks, e.g. 9,16,22."),
+    keep_blocks: Optional[str] = typer.Option(None, "--keep-blocks", help="Blocks to keep, in source order: dI / sI or ranges dI-J, e.g. d0-7,s0-13."),
+    double: Optional[int] = typer.Option(None, "--double", help="Keep the first N double-stream blocks (with --single)."),
+    single: Optional[int] = typer.Option(None, "--single", help="Keep the first M single-stream blocks (with --double)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the conversion report as JSON."),
+) -> None:
+    """Initialise a NAMI transformer from a FLUX-family transformer: keep a subset of its blocks.
+
+    Without --keep-blocks or --double/--single every block is kept. A guidance embedder (guidance-distilled FLUX) is dropped and reported. The report is also written to OUT/convert_report.json.
+
+    Examples:
+
+      nami convert flux /w/FLUX.1-dev --out init/flux-8-14 --double 8 --single 14 --stage-ends 9,16,22
+
+      nami convert flux /w/flux/transformer --out init/pick --keep-blocks d0-3,d18,s0-7,s30-37 --stage-ends 6,12,21
+    """
+    import json
+
+    from nami_core.config import parse_int_list
+    from nami_core.errors import NamiError
+    from nami_core.interop.block_selection import BlockSelection, compact
+    from nami_core.interop.flux_convert import convert_flux
+    from nami_core.modeldir import quiet_loading
+
+    from .progress import console
+
+    if keep_blocks is not None and (double is not None or single is not None):
+        raise NamiError("give --keep-blocks or --double/--single, not both")
+    if (double is None) != (single is None):
+        raise NamiError("--double and --single go together")
+    selection = None
+    if keep_blocks is not None:
+        selection = BlockSelection.parse(keep_blocks)
+    elif double is not None:
+        selection = BlockSelection.first(double, single)  # type: ignore[arg-type]
+    quiet_loading()
+    report = convert_flux(src, out, parse_int_list(stage_ends, "--stage-ends"), selection)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    d, s = report.source_blocks
+    console.print(
+        f"wrote {out}/transformer: kept {len(report.kept_blocks)} of {d + s} blocks ({compact(report.kept_blocks)}), "
+        f"stage ends {','.join(map(str, report.stage_ends))}"
+    )
+    console.print(
+        f"parameters: kept {report.kept_params:,}, dropped {report.dropped_params:,} "
+        f"({report.dropped_block_params:,} in {len(report.dropped_blocks)} blocks, "
+        f"{report.dropped_guidance_params:,} in the guidance embedder)"
+    )
+    for note in report.notes:
+        console.print(note)

@@ -1,0 +1,300 @@
+"""`nami bench latency`: time the progressive sampler per mode and resolution, beside the FLOP bound.
+
+For each final resolution, the modes (flux-base, flow-only, nami) are run interleaved,
+round after round (warm-up rounds first, untimed), so drift of the machine (clocks,
+temperature, other load) hits every mode alike. One run is one `ProgressiveSampler`
+call over the mode's `FlowPlan` with the `Denoiser` (and, when asked, the text encoder
+before it and the codec's decode after it). Stage times come from marks taken after
+every jump, so stage k's time covers its Euler steps and the jump out of it, as in
+`SampleResult.stage_seconds`.
+
+Times are per image: a batch's time divided by the batch size. FLOPs are per image and
+come from `nami_core.bench.flops.plan_flops`; `bound = 1 - flops(mode) / flops(flux-base)`
+is the reduction a measured `reduction = 1 - ms(mode) / ms(flux-base)` can approach.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+
+from ..config import MODES, check_mode
+from ..errors import NamiError
+from .workload import BenchModel
+
+if TYPE_CHECKING:
+    from ..denoiser import Denoiser
+    from ..flow.schedule import FlowPlan
+    from ..text.encoder import TextEmbeddings
+
+DEFAULT_RESOLUTIONS = (256, 512, 1024, 2048)
+DEFAULT_MODES = ("flux-base", "flow-only", "nami")
+BENCH_PROMPT = "a photo of a red fox in the snow"
+
+# on_run(resolution, mode, round, timed) after every run; rounds count warm-up rounds too.
+RunCallback = Callable[[int, str, int, bool], None]
+
+
+@dataclass(frozen=True)
+class ScheduledRun:
+    """One sampler call of the interleaved schedule: round index, mode, and whether it is timed."""
+
+    round: int
+    mode: str
+    timed: bool
+
+
+def interleaved_schedule(modes: Sequence[str], warmup: int, repeats: int) -> list[ScheduledRun]:
+    """Round r runs every mode once, in the given order: warm-up rounds (untimed) first, then
+    `repeats` timed rounds. E.g. modes (a, b), warmup 1, repeats 2 -> a b | a b a b."""
+    return [
+        ScheduledRun(r, mode, r >= warmup)
+        for r in range(warmup + repeats)
+        for mode in modes
+    ]
+
+
+@dataclass
+class LatencyRequest:
+    """The options of `nami bench latency`. `dtype` "auto" is bf16 on CUDA, fp32 on the CPU."""
+
+    preset: str | None = None
+    model_dir: str | None = None
+    resolutions: tuple[int, ...] = DEFAULT_RESOLUTIONS
+    steps: str = "30"
+    batch: int = 1
+    modes: tuple[str, ...] = DEFAULT_MODES
+    dtype: str = "auto"
+    attention: str = "auto"
+    compile: bool = False
+    device: str = "auto"
+    warmup: int = 1
+    repeats: int = 3
+    cfg: float = 1.0
+    text_tokens: int = 256
+    include_codec: bool = False
+    include_text: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.batch < 1:
+            raise NamiError(f"--batch must be at least 1, got {self.batch}")
+        if self.warmup < 0:
+            raise NamiError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.repeats < 1:
+            raise NamiError(f"--repeats must be at least 1, got {self.repeats}")
+        if not self.modes:
+            raise NamiError(f"--modes is empty; choose from {', '.join(MODES)}")
+        for mode in self.modes:
+            check_mode(mode)
+        if len(set(self.modes)) != len(self.modes):
+            raise NamiError(f"--modes lists a mode twice: {','.join(self.modes)}")
+        if not self.resolutions:
+            raise NamiError("--resolutions is empty")
+        if len(set(self.resolutions)) != len(self.resolutions):
+            raise NamiError(f"--resolutions lists a resolution twice: {','.join(map(str, self.resolutions))}")
+        if not self.cfg > 0:
+            raise NamiError(f"--cfg must be positive (1 = no guidance), got {self.cfg}")
+
+
+def default_dtype(name: str, device: torch.device) -> str:
+    """"auto" -> bf16 on CUDA, fp32 on the CPU; any other name is returned as given."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
+@dataclass
+class RunTimes:
+    """One timed run, milliseconds per image: stages of the sampler, text encoding, decoding."""
+
+    stages: list[float]
+    text: float = 0.0
+    codec: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(self.stages) + self.text + self.codec
+
+
+class MarkedJump:
+    """Wraps a jump so a timestamp is taken right after it (the stage boundary)."""
+
+    def __init__(self, jump, on_done: Callable[[], None]) -> None:
+        self.jump = jump
+        self.on_done = on_done
+
+    def __call__(self, z: torch.Tensor, k: int, generators=None) -> torch.Tensor:
+        out = self.jump(z, k, generators)
+        self.on_done()
+        return out
+
+
+@dataclass
+class LatencyRunner:
+    """Everything a run needs that does not change between runs: model, text, optional codec/encoder."""
+
+    bench: BenchModel
+    denoiser: "Denoiser"
+    device: torch.device
+    batch: int
+    cfg: float
+    text: "TextEmbeddings"  # random conditioning of batch B, used when there is no text encoder
+    text_encoder: object | None = None  # NamiTextEncoder
+    codec: object | None = None  # PixelCodec or FluxVAECodec
+    noise_seed: int = 0
+
+    def run(self, plan: "FlowPlan", steps: Sequence[int]) -> RunTimes:
+        """One sampler call over `plan` with `steps[k]` Euler steps in window k, from noise (B, C, h_1, w_1)
+        to latents (B, C, H, W) (then decoded to (B, 3, res, res) with a codec); returns times per image."""
+        from ..flow.jump import RenoiseJump
+        from ..flow.sampler import ProgressiveSampler, initial_noise
+        from .timing import Clock
+
+        clock = Clock(self.device)
+        marks: list = []
+        sampler = ProgressiveSampler(self.denoiser, plan, MarkedJump(RenoiseJump(plan.jumps, plan.gamma),
+                                                                   lambda: marks.append(clock.mark())))
+        side = plan.flow.resolutions[-1] // self.bench.downsample
+        g = [torch.Generator().manual_seed(self.noise_seed + i) for i in range(self.batch)]
+        noise = initial_noise(self.batch, self.bench.channels, (side, side), plan, g, self.device)
+        clock.finish()
+        with torch.no_grad():
+            begin = clock.mark()
+            cond, uncond = self.text, (self.text if self.cfg != 1.0 else None)
+            if self.text_encoder is not None:
+                prompts = [BENCH_PROMPT] * self.batch
+                cond = self.text_encoder.encode(prompts).to(self.device)
+                uncond = self.text_encoder.encode([""] * self.batch).to(self.device) if self.cfg != 1.0 else None
+            start = clock.mark()
+            result = sampler(cond, uncond, noise, steps, self.cfg)
+            sampled = clock.mark()
+            if self.codec is not None:
+                self.codec.decode(result.latents)
+            decoded = clock.mark()
+        clock.finish()
+        per_image = 1.0 / self.batch
+        stages = [ms * per_image for ms in clock.spans_ms([start, *marks, sampled])]
+        return RunTimes(
+            stages,
+            text=clock.elapsed_ms(begin, start) * per_image if self.text_encoder is not None else 0.0,
+            codec=clock.elapsed_ms(sampled, decoded) * per_image if self.codec is not None else 0.0,
+        )
+
+
+def _build_runner(req: LatencyRequest, bench: BenchModel, device: torch.device, dtype: torch.dtype,
+                  backend: str) -> LatencyRunner:
+    from ..denoiser import Denoiser
+    from ..model.attention import apply_backend
+    from .workload import (
+        compile_blocks,
+        load_component,
+        place,
+        random_flux_vae_codec,
+        random_text,
+        random_transformer,
+    )
+
+    text_encoder = None
+    if req.include_text:
+        if bench.model_dir is None:
+            raise NamiError("--include-text needs --model DIR (a preset has no text encoder weights)")
+        text_encoder = load_component(bench.model_dir, "text_encoder").to(device)
+    codec = None
+    if req.include_codec:
+        codec = random_flux_vae_codec() if bench.model_dir is None else load_component(bench.model_dir, "codec")
+        pixel = codec.__class__.__name__ == "PixelCodec"
+        codec = place(codec, device, torch.float32 if pixel else dtype)
+    transformer = random_transformer(bench.model, device, dtype, req.seed)
+    apply_backend(transformer, backend, device.type)
+    if req.compile:
+        compile_blocks(transformer)
+    text = random_text(bench.model, req.batch, req.text_tokens, device)
+    return LatencyRunner(bench, Denoiser(transformer, bench.patch), device, req.batch, float(req.cfg), text,
+                         text_encoder, codec, req.seed)
+
+
+def run_latency(req: LatencyRequest, on_run: RunCallback | None = None) -> dict:
+    """Run the benchmark; returns the JSON report (see `nami bench latency --help`)."""
+    from ..flow.schedule import FlowPlan
+    from ..model.attention import resolve_backend
+    from ..runtime import resolve_device, resolve_dtype
+    from .flops import plan_flops
+    from .gpus import device_label
+    from .timing import Summary, peak_memory_bytes, reset_peak_memory
+    from .workload import load_bench_model
+
+    req.validate()
+    device = resolve_device(req.device)
+    dtype_name = default_dtype(req.dtype, device)
+    dtype = resolve_dtype(dtype_name)
+    backend = resolve_backend(req.attention, device.type)
+    bench = load_bench_model(req.preset, req.model_dir)
+    flows = {res: bench.flow(res) for res in req.resolutions}  # checks every resolution before any work
+    stage_ends = bench.model.stage_ends
+    plans = {
+        res: {mode: FlowPlan(mode, flow, stage_ends, bench.pixels_per_token) for mode in (*req.modes, "flux-base")}
+        for res, flow in flows.items()
+    }
+    steps = {
+        res: {mode: plan.stage_steps(req.steps) for mode, plan in by_mode.items()}
+        for res, by_mode in plans.items()
+    }
+    runner = _build_runner(req, bench, device, dtype, backend)
+    text_tokens = runner.text_encoder.max_tokens if runner.text_encoder is not None else req.text_tokens
+    forwards_per_step = 1 if req.cfg == 1.0 else 2
+
+    schedule = interleaved_schedule(req.modes, req.warmup, req.repeats)
+    results, reduction, bound = [], {}, {}
+    for res in req.resolutions:
+        timed: dict[str, list[RunTimes]] = {mode: [] for mode in req.modes}
+        peaks: dict[str, list[int]] = {mode: [] for mode in req.modes}
+        for item in schedule:
+            reset_peak_memory(device)
+            times = runner.run(plans[res][item.mode], steps[res][item.mode])
+            if item.timed:
+                timed[item.mode].append(times)
+                peak = peak_memory_bytes(device)
+                if peak is not None:
+                    peaks[item.mode].append(peak)
+            if on_run is not None:
+                on_run(res, item.mode, item.round, item.timed)
+        flops = {
+            mode: forwards_per_step * plan_flops(bench.model, plan, steps[res][mode], text_tokens)
+            for mode, plan in plans[res].items()
+        }
+        for mode in req.modes:
+            total = Summary.of([t.total for t in timed[mode]])
+            entry = {
+                "resolution": res,
+                "mode": mode,
+                "ms_median": total.median,
+                "ms_min": total.min,
+                "ms_max": total.max,
+                "ms_per_stage": [Summary.of(list(stage)).median for stage in zip(*(t.stages for t in timed[mode]))],
+                "flops": flops[mode],
+                "peak_mem_bytes": max(peaks[mode]) if peaks[mode] else None,
+            }
+            if req.include_text:
+                entry["ms_text"] = Summary.of([t.text for t in timed[mode]]).median
+            if req.include_codec:
+                entry["ms_codec"] = Summary.of([t.codec for t in timed[mode]]).median
+            results.append(entry)
+        others = [m for m in req.modes if m != "flux-base"]
+        bound[str(res)] = {m: 1.0 - flops[m] / flops["flux-base"] for m in others}
+        if "flux-base" in req.modes:
+            base_ms = next(r["ms_median"] for r in results if r["resolution"] == res and r["mode"] == "flux-base")
+            reduction[str(res)] = {
+                m: 1.0 - next(r["ms_median"] for r in results if r["resolution"] == res and r["mode"] == m) / base_ms
+                for m in others
+            }
+    return {
+        "device": device_label(device),
+        "dtype": dtype_name,
+        "attention": backend,
+        "results": results,
+        "reduction": reduction,
+        "bound": bound,
+    }

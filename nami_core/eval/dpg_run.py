@@ -1,0 +1,111 @@
+"""Running DPG-Bench: prompts folder -> 2x2 grids -> VQA answers -> results files.
+
+Layout: `--prompts DIR` holds DPG-Bench's `<item_id>.txt` prompt files; `--out DIR` receives one
+`<item_id>.png` grid per prompt (cells of the model's resolution; cell k of prompt i, prompts in
+name order, has seed `seed + 4 i + k`), then `dpg_results.jsonl` (per prompt: cell scores, the
+answers) and `dpg_summary.json` (scores, VQA model, comparability), both written only after every
+grid was scored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import NamiError
+from . import dpg
+from .io import atomic_write_json, atomic_write_jsonl, png_info, read_rgb, save_png_atomic
+from .vqa import REFERENCE, is_yes
+
+RESULTS_NAME = "dpg_results.jsonl"
+SUMMARY_NAME = "dpg_summary.json"
+NOT_COMPARABLE = f"not comparable to {REFERENCE}"
+
+
+def read_prompt_dir(folder: str | Path) -> dict[str, str]:
+    """item_id -> prompt from `<item_id>.txt` files, in name order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NamiError(f"--prompts {folder} is not a folder of DPG-Bench <item_id>.txt prompt files")
+    prompts = {}
+    for path in sorted(folder.glob("*.txt")):
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if not text:
+            raise NamiError(f"prompt file {path} is empty")
+        prompts[path.stem] = text
+    if not prompts:
+        raise NamiError(f"--prompts {folder} has no .txt prompt files")
+    return prompts
+
+
+def generate_grids(generator, prompts: dict[str, str], out: str | Path, seed: int, batch_size: int,
+                   on_grid: Callable[[int, int], None] | None = None) -> None:
+    """Write `<out>/<item_id>.png`, a 2x2 grid of the prompt's four images, for every prompt."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NamiError(f"--out {out} is a file, expected a folder")
+    if out.is_dir() and any(out.glob("*.png")):
+        raise NamiError(f"{out} already holds images; score them with --skip-generation or choose an empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    ids = list(prompts)
+    cells: list = []
+    for made in generator.images([prompts[i] for i in ids], dpg.CELLS, seed, batch_size):
+        cells.append(made.image)
+        if made.j == dpg.CELLS - 1:
+            item_id = ids[made.index]
+            info = generator.info(prompts[item_id], made.seed - (dpg.CELLS - 1), item_id=item_id,
+                                  cell_seeds=[made.seed - (dpg.CELLS - 1) + k for k in range(dpg.CELLS)])
+            save_png_atomic(dpg.make_grid(cells), out / f"{item_id}.png", info)
+            cells = []
+            if on_grid is not None:
+                on_grid(made.index + 1, len(ids))
+
+
+def grid_files(folder: str | Path, items: dict[str, dpg.Item]) -> list[Path]:
+    """The `<item_id>.png` grids of `folder` in name order; NamiError when the layout is wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NamiError(f"{folder} is not a folder of DPG-Bench grids (<item_id>.png)")
+    files = sorted(folder.glob("*.png"))
+    if not files:
+        raise NamiError(f"{folder} has no <item_id>.png grids")
+    for path in files:
+        if path.stem not in items:
+            raise NamiError(f"{path.name} in {folder} is not a DPG-Bench item of the csv; expected <item_id>.png")
+    return files
+
+
+def evaluate_grids(folder: str | Path, items: dict[str, dpg.Item], vqa,
+                   on_grid: Callable[[int, int], None] | None = None) -> dict:
+    """Ask every question of every cell of every grid; write the results files; return the summary."""
+    folder = Path(folder)
+    files = grid_files(folder, items)
+    results, records, skipped = [], [], []
+    for done, path in enumerate(files, start=1):
+        item = items[path.stem]
+        cells = dpg.grid_cells(read_rgb(path))
+        questions = [q.question for q in item.questions]
+        answers = [dict(zip((q.qid for q in item.questions), vqa.answer(cell, questions))) for cell in cells]
+        try:
+            result = dpg.score_item(item, answers, is_yes)
+        except dpg.MissingParent as exc:
+            skipped.append({"item_id": item.item_id, "reason": str(exc)})
+        else:
+            results.append(result)
+            records.append({"item_id": item.item_id, "file": path.name, "prompt": item.prompt,
+                            "seed": png_info(path).get("seed"), "score": 100 * result.score,
+                            "cell_scores": [100 * s for s in result.cell_scores],
+                            "answers": [{str(k): v for k, v in cell.items()} for cell in result.answers]})
+        if on_grid is not None:
+            on_grid(done, len(files))
+    summary = dpg.summarize(items, results)
+    summary.update({
+        "vqa_model": vqa.name,
+        "comparable": bool(vqa.comparable),
+        "note": "" if vqa.comparable else f"scored with {vqa.name}: {NOT_COMPARABLE} (DPG-Bench's reference VQA model)",
+        "skipped": skipped,
+        "missing": sorted(set(items) - {p.stem for p in files}),
+    })
+    atomic_write_jsonl(folder / RESULTS_NAME, records)
+    atomic_write_json(folder / SUMMARY_NAME, summary)
+    return summary

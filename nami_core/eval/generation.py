@@ -1,0 +1,58 @@
+"""Generating benchmark images with a nami model: one seed rule for every benchmark.
+
+Image j of prompt i gets seed `seed + i * per_prompt + j`, whatever the batch size, so any image
+of any benchmark can be regenerated alone with `nami sample PROMPT --seed S`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+
+def image_seed(seed: int, prompt_index: int, image_index: int, per_prompt: int) -> int:
+    return seed + prompt_index * per_prompt + image_index
+
+
+@dataclass
+class Generated:
+    """One generated image: prompt `index`, image `j` of that prompt, its seed, and the PIL image."""
+
+    index: int
+    j: int
+    seed: int
+    image: object
+
+
+class Generator:
+    """A loaded NamiPipeline with the steps and guidance every image of a run uses."""
+
+    def __init__(self, model: str | None, device: str = "auto", steps: str | None = None,
+                 cfg: float | None = None) -> None:
+        from ..modeldir import load_pipeline
+        from ..runtime import resolve_device
+
+        self.model_name = str(model or "default")
+        self.pipe = load_pipeline(model, resolve_device(device), torch.float32)
+        plan = self.pipe.plan(None)
+        defaults = tuple(self.pipe.scheduler.config.default_steps)
+        self.stage_steps = plan.stage_steps(steps if steps is not None else defaults)
+        self.cfg = float(self.pipe.scheduler.config.default_cfg if cfg is None else cfg)
+
+    def info(self, prompt: str, seed: int, **extra) -> dict:
+        """What a PNG's "nami" chunk records about its generation."""
+        return {"prompt": prompt, "seed": seed, "steps": list(self.stage_steps), "cfg": self.cfg,
+                "model": self.model_name, **extra}
+
+    def images(self, prompts: Sequence[str], per_prompt: int, seed: int, batch_size: int) -> Iterator[Generated]:
+        """Every image of every prompt, in order (prompt-major), `batch_size` images per model call."""
+        per_call = max(1, batch_size // per_prompt)
+        for first in range(0, len(prompts), per_call):
+            chunk = list(prompts[first:first + per_call])
+            result = self.pipe(chunk, num_images_per_prompt=per_prompt, seed=image_seed(seed, first, 0, per_prompt),
+                               steps=self.stage_steps, cfg=self.cfg)
+            for k, image in enumerate(result.images):
+                index, j = first + k // per_prompt, k % per_prompt
+                yield Generated(index, j, image_seed(seed, index, j, per_prompt), image)

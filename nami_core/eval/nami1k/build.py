@@ -1,0 +1,95 @@
+"""Assembling a NAMI-1K prompt set from source files, deterministically.
+
+Each source ("open", "human", "generated") takes one or more files:
+  * `.txt`: one prompt per non-blank line;
+  * `.jsonl`: objects with a "prompt" (GenEval's `evaluation_metadata.jsonl` works as is) and
+    optionally a "topic" from `topics.TOPICS` (otherwise `topics.topic_of` assigns one).
+Per source, prompts are de-duplicated (case- and space-insensitive, across all sources, first
+occurrence wins), prompts longer than `max_words` words are dropped, and `count` prompts are
+drawn without replacement by a generator seeded with (seed, source); they keep their order in
+the files. The paper's counts are 360 open / 320 human / 320 generated, up to 120 words.
+Ids are "0000", "0001", ... over the set (open first, then human, then generated).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Sequence
+
+from ...errors import NamiError
+from .prompts import SOURCES, PromptRecord, word_count
+from .topics import TOPICS, topic_of
+
+DEFAULT_COUNTS = {"open": 360, "human": 320, "generated": 320}
+MAX_WORDS = 120
+
+
+def read_source_file(path: str | Path) -> list[tuple[str, str | None]]:
+    """(prompt, topic or None) pairs of one source file (.txt or .jsonl)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NamiError(f"source file {path} does not exist" if not path.exists() else f"source file {path} is not a file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise NamiError(f"source file {path} is not UTF-8 text") from None
+    if path.suffix != ".jsonl":
+        return [(line.strip(), None) for line in lines if line.strip()]
+    pairs = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise NamiError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+            raise NamiError(f"{path}:{number}: expected an object with a non-empty \"prompt\"")
+        topic = obj.get("topic")
+        if topic is not None and topic not in TOPICS:
+            raise NamiError(f"{path}:{number}: topic must be one of {', '.join(TOPICS)}, got {topic!r}")
+        pairs.append((obj["prompt"].strip(), topic))
+    return pairs
+
+
+def _key(prompt: str) -> str:
+    return " ".join(prompt.lower().split())
+
+
+def build_prompt_set(sources: dict[str, Sequence[str | Path]], counts: dict[str, int] | None = None,
+                     seed: int = 0, max_words: int = MAX_WORDS) -> list[PromptRecord]:
+    """The prompt set drawn from `sources` (source -> files) with `counts` prompts per source."""
+    counts = dict(DEFAULT_COUNTS if counts is None else counts)
+    unknown = sorted(set(sources) - set(SOURCES)) + sorted(set(counts) - set(SOURCES))
+    if unknown:
+        raise NamiError(f"unknown source {unknown[0]!r}; sources are {', '.join(SOURCES)}")
+    seen: set[str] = set()
+    records: list[PromptRecord] = []
+    for source in SOURCES:
+        count = counts.get(source, 0)
+        if count < 0:
+            raise NamiError(f"the count of {source} prompts must be >= 0, got {count}")
+        files = sources.get(source, [])
+        if count and not files:
+            raise NamiError(f"{count} {source} prompts were asked for but no {source} source file was given")
+        pool: list[tuple[str, str | None]] = []
+        for path in files:
+            for prompt, topic in read_source_file(path):
+                key = _key(prompt)
+                if key in seen or word_count(prompt) > max_words:
+                    continue
+                seen.add(key)
+                pool.append((prompt, topic))
+        if len(pool) < count:
+            raise NamiError(f"{count} {source} prompts were asked for but the {source} files hold only {len(pool)} "
+                            f"distinct prompts of at most {max_words} words")
+        chosen = sorted(random.Random(f"nami1k:{seed}:{source}").sample(range(len(pool)), count))
+        for index in chosen:
+            prompt, topic = pool[index]
+            records.append(PromptRecord(f"{len(records):04d}", prompt, source, topic or topic_of(prompt),
+                                        word_count(prompt)))
+    if not records:
+        raise NamiError("the prompt set would be empty; give source files and counts")
+    return records

@@ -1,0 +1,67 @@
+"""Generating a model's NAMI-1K images: `<out>/<id>_<j>.png` plus `<out>/manifest.jsonl`.
+
+Image j of prompt i (prompt-set order) has seed `seed + i * images_per_prompt + j`
+(`generation.image_seed`). The manifest, one line per image with the file name, the prompt
+record's fields, the seed and the model, is written after the last image, so a folder with a
+manifest is complete; `annotate` reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ...errors import NamiError
+from ..io import atomic_write_jsonl, read_jsonl, save_png_atomic
+from .prompts import FIELDS, PromptRecord, validate_record
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+def image_name(record_id: str, j: int) -> str:
+    return f"{record_id}_{j:02d}.png"
+
+
+def generate_set(generator, records: Sequence[PromptRecord], out: str | Path, images_per_prompt: int = 1,
+                 seed: int = 0, batch_size: int = 8, on_image: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Generate every prompt's images into `out` and write the manifest; returns its lines."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NamiError(f"--out {out} is a file, expected a folder")
+    if out.is_dir() and (any(out.glob("*.png")) or (out / MANIFEST_NAME).exists()):
+        raise NamiError(f"{out} already holds generated images; choose an empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    total = len(records) * images_per_prompt
+    for made in generator.images([r.prompt for r in records], images_per_prompt, seed, batch_size):
+        record = records[made.index]
+        name = image_name(record.id, made.j)
+        save_png_atomic(made.image, out / name, generator.info(record.prompt, made.seed, id=record.id))
+        manifest.append({"file": name, **asdict(record), "image": made.j, "seed": made.seed,
+                         "model": generator.model_name})
+        if on_image is not None:
+            on_image(len(manifest), total)
+    atomic_write_jsonl(out / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> list[dict]:
+    """The manifest lines of a generated folder; NamiError when the folder is not one."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NamiError(f"--images {folder} is not a folder of generated NAMI-1K images")
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise NamiError(f"{folder} has no {MANIFEST_NAME}; expected the output of `nami eval nami1k generate` "
+                        f"(<id>_<j>.png images + {MANIFEST_NAME})")
+    lines = read_jsonl(path, "manifest")
+    for number, line in enumerate(lines, start=1):
+        where = f"{path}:{number}"
+        validate_record({k: line.get(k) for k in FIELDS if k in line}, where)
+        name = line.get("file")
+        if not isinstance(name, str) or Path(name).name != name or not (folder / name).is_file():
+            raise NamiError(f"{where}: image file {name!r} is not in {folder}")
+    if not lines:
+        raise NamiError(f"{path} lists no images")
+    return lines
