@@ -116,3 +116,28 @@ def flux(
     )
     for note in report.notes:
         console.print(note)
+
+
+@app.command("checkpoint")
+def checkpoint(
+    src: Path = typer.Argument(..., help="A training checkpoint: RUN/checkpoints/step-NNNNNNNN."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write (replaced if it exists)."),
+) -> None:
+    """Turn a training checkpoint into a model directory, to sample or evaluate it mid-run.
+
+    The directory holds the raw weights and, when the run keeps one, the EMA (`ema` variant, used by default).
+
+    Examples:
+
+      nami convert checkpoint runs/shapes/checkpoints/step-00004000 --out models/shapes-4k
+
+      nami sample "a photo of a red circle" --model models/shapes-4k
+    """
+    from nami_core.modeldir import quiet_loading
+    from nami_core.train.export import export_checkpoint
+
+    from .progress import console
+
+    quiet_loading()
+    path = export_checkpoint(src, out)
+    console.print(f"wrote {path}")

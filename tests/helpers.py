@@ -83,3 +83,18 @@ def build_tiny_pipeline(text_spec: str = "minilm", max_tokens: int = 12, predict
             p.add_(0.02 * torch.randn_like(p))
     scheduler = NamiFlowScheduler(resolutions=(16, 32, 64), default_steps=(3, 3, 3), default_cfg=2.0)
     return NamiPipeline(transformer, scheduler, PixelCodec(patch_size=4), text)
+
+
+def run_cli(args, capsys=None):
+    """Run `nami ARGS` in-process: (exit code, stdout, stderr); stdout/stderr are "" without capsys."""
+    from nami_cli.main import run
+
+    try:
+        run(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    if capsys is None:
+        return code, "", ""
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

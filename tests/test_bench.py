@@ -15,19 +15,11 @@ from nami_core.bench.gpus import device_peak_tflops, gpu_peak
 from nami_core.bench.latency import LatencyRequest, LatencyRunner, interleaved_schedule, run_latency
 from nami_core.bench.throughput import split_batch
 from nami_core.config import get_preset
+from tests.helpers import run_cli
 
 TINY = get_preset("tiny").model
 RESULT_KEYS = {"resolution", "mode", "ms_median", "ms_min", "ms_max", "ms_per_stage", "flops", "peak_mem_bytes"}
 
-
-def run_cli(args, capsys):
-    try:
-        run(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_latency_json_contract_flops_and_plot(tmp_path, capsys):

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from nami_cli.main import run
+from tests.helpers import run_cli
 
 
 def test_help_lists_commands_without_importing_torch():
@@ -24,15 +25,6 @@ def test_help_lists_commands_without_importing_torch():
     for command in ("prepare-data", "train", "sample", "bench", "eval", "info"):
         assert command in out.stdout
 
-
-def run_cli(args, capsys):
-    try:
-        run(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_sample_writes_pngs_with_metadata(tiny_model_dir, tmp_path, capsys):

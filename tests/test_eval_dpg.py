@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nami_cli.main import run
 from nami_core.errors import NamiError
 from nami_core.eval import dpg
 from nami_core.eval.vqa import is_yes
 from tests.test_eval_tiny_models import build_tiny_vilt
+from tests.helpers import run_cli
 
 HEADER = "item_id,text,keywords,proposition_id,dependency,category_broad,category_detailed,tuple,question_natural_language\n"
 ROWS = [
@@ -29,15 +29,6 @@ def write_csv(path, rows=ROWS):
     path.write_text(HEADER + "\n".join(rows) + "\n")
     return path
 
-
-def run_cli(args, capsys):
-    try:
-        run(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def answers(*cells):

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from nami_cli.main import run
 from nami_core.errors import NamiError
 from nami_core.eval import geneval as ge
 from nami_core.eval.coco import GENEVAL_OBJECT_NAMES
 from nami_core.eval.detectors import DetectorOptions, get_detector
 from nami_core.eval.detectors import mask2former as m2f
 from tests.test_eval_tiny_models import build_tiny_clip, build_tiny_mask2former
+from tests.helpers import run_cli
 
 OFFICIAL = Path("/work/shared/geneval")
 
@@ -31,15 +31,6 @@ def tiny_m2f(tmp_path_factory):
 def tiny_clip(tmp_path_factory):
     return build_tiny_clip(tmp_path_factory.mktemp("clip") / "model")
 
-
-def run_cli(args, capsys):
-    try:
-        run(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # -- class names ------------------------------------------------------------------------------------------

@@ -9,22 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from nami_cli.main import run
 from nami_core.errors import NamiError
 from nami_core.eval import fid
 from nami_core.eval.clipscore import clip_score, prompted_images
 from nami_core.eval.io import save_png_atomic
 from tests.test_eval_tiny_models import build_tiny_clip
+from tests.helpers import run_cli
 
-
-def run_cli(args, capsys):
-    try:
-        run(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # -- FID ------------------------------------------------------------------------------------------------

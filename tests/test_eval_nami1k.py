@@ -9,25 +9,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nami_cli.main import run
 from nami_core.errors import NamiError
 from nami_core.eval.io import save_png_atomic
 from nami_core.eval.nami1k import annotate, build, plots, prompts, score
 from nami_core.eval.nami1k.agreement import krippendorff_alpha_interval
 from nami_core.eval.nami1k.generate import MANIFEST_NAME, read_manifest
 from nami_core.eval.nami1k.topics import TOPICS, topic_of
+from tests.helpers import run_cli
 
 OFFICIAL = Path("/work/shared/geneval/evaluation_metadata.jsonl")
 
-
-def run_cli(args, capsys):
-    try:
-        run(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def write_lines(path, lines):

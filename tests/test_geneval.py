@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nami_cli.main import run
 from nami_core.errors import NamiError
 from nami_core.eval import geneval as ge
 from nami_core.eval.geneval import Detection, evaluate_image
+from tests.helpers import run_cli
 
 OFFICIAL = Path("/work/shared/geneval/evaluation_metadata.jsonl")
 
@@ -348,15 +348,6 @@ def test_wrong_layout_raises(tmp_path, breakage, problem):
 
 # -- the command --------------------------------------------------------------------------------------
 
-
-def run_cli(args, capsys):
-    try:
-        run(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def rendered_folder(out, lines, images_per_prompt=1):

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from nami_cli.main import run
 from nami_core.pipeline import NamiPipeline
 from tests.helpers import build_tiny_bert, build_tiny_pipeline, build_tiny_t5
+from tests.helpers import run_cli as cli
 
 MT5_DIM, MCLIP_DIM, WIDTH = 16, 24, 128
 SCALING, SHIFT = 0.3611, 0.1159  # FLUX VAE normalisation
@@ -151,15 +151,6 @@ def reference_sample(root: Path, prompt: str, negative: str, seed: int, steps, c
 
 
 # -- CLI helpers ----------------------------------------------------------------------------
-
-def cli(args, capsys):
-    try:
-        run(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

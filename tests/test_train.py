@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nami_cli.main import run
 from nami_core.config import FlowConfig
 from nami_core.data.prepare import PrepareRequest, prepare
 from nami_core.data.shapes import ShapesSource
@@ -21,6 +20,7 @@ from nami_core.data.store import LatentStore
 from nami_core.flow.schedule import FlowPlan
 from nami_core.train.batches import BatchDrawer
 from nami_core.train.phases import parse_phases, value_at
+from tests.helpers import run_cli
 
 MODEL = {"width": 32, "heads": 2, "double_blocks": 1, "single_blocks": 2, "stage_ends": [1, 2, 3],
          "rope_axes": [4, 6, 6]}
@@ -40,11 +40,7 @@ def train_args(root, out, *extra):
 
 
 def cli(args):
-    try:
-        run(args)
-        return 0
-    except SystemExit as exc:
-        return exc.code
+    return run_cli(args)[0]
 
 
 def test_end_to_end_prepare_train_sample(shapes_data, tmp_path, capsys):
@@ -98,6 +94,9 @@ def test_resume_after_sigkill_is_exact(shapes_data, tmp_path):
     assert not (killed / "final").exists(), "the run finished before it was killed"
     shutil.rmtree(killed / "checkpoints" / "step-00000020", ignore_errors=True)
     assert cli(train_args(shapes_data, killed, *common, "--resume", "latest")) == 0
+    raw = load_file(straight / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
+    ema = load_file(straight / "final" / "transformer" / "diffusion_pytorch_model.ema.safetensors")
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw), "the EMA must lag the raw weights"
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.ema.safetensors"):
         a = load_file(straight / "final" / "transformer" / name)
         b = load_file(killed / "final" / "transformer" / name)
@@ -189,3 +188,45 @@ def test_bad_train_input_is_one_line(shapes_data, tmp_path, capsys, change, mess
     assert cli(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_convert_checkpoint_gives_the_model_training_ends_with(shapes_data, tmp_path, capsys):
+    """A checkpoint exported mid-run holds the same raw and EMA weights as RUN/final written at that step."""
+    out = tmp_path / "run"
+    assert cli(train_args(shapes_data, out, "--steps", "6", "--save-every", "6", "--ema-decay", "0.9")) == 0
+    exported = tmp_path / "exported"
+    assert cli(["convert", "checkpoint", str(out / "checkpoints" / "step-00000006"), "--out", str(exported)]) == 0
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.ema.safetensors"):
+        a = load_file(out / "final" / "transformer" / name)
+        b = load_file(exported / "transformer" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    raw = load_file(exported / "transformer" / "diffusion_pytorch_model.safetensors")
+    ema = load_file(exported / "transformer" / "diffusion_pytorch_model.ema.safetensors")
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # the variants really differ
+    for part in ("scheduler/scheduler_config.json", "codec/config.json", "model_index.json"):
+        assert (exported / part).read_text() == (out / "final" / part).read_text(), part
+    image = tmp_path / "mid.png"
+    assert cli(["sample", "a red circle", "--model", str(exported), "--out", str(image), "--steps", "1,1,1"]) == 0
+    assert image.is_file()
+
+
+def test_convert_checkpoint_rejects_an_incomplete_folder(tmp_path, capsys):
+    broken = tmp_path / "run" / "checkpoints" / "step-00000001"
+    broken.mkdir(parents=True)
+    code, _, err = run_cli(["convert", "checkpoint", str(broken), "--out", str(tmp_path / "m")], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "not a complete nami training checkpoint" in lines[0], lines
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(shapes_data, tmp_path):
+    """`--compile` (regional torch.compile, shape-generic after the first recompile) trains the same model."""
+    common = ["--steps", "4", "--save-every", "4", "--ema-decay", "0", "--cfg-dropout", "0"]
+    assert cli(train_args(shapes_data, tmp_path / "eager", *common)) == 0
+    assert cli(train_args(shapes_data, tmp_path / "compiled", *common, "--compile")) == 0
+    name = "diffusion_pytorch_model.safetensors"
+    a = load_file(tmp_path / "eager" / "final" / "transformer" / name)
+    b = load_file(tmp_path / "compiled" / "final" / "transformer" / name)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-4, rtol=2e-3)

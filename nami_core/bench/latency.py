@@ -189,7 +189,6 @@ def _build_runner(req: LatencyRequest, bench: BenchModel, device: torch.device, 
     from ..denoiser import Denoiser
     from ..model.attention import apply_backend
     from .workload import (
-        compile_blocks,
         load_component,
         place,
         random_flux_vae_codec,
@@ -210,7 +209,7 @@ def _build_runner(req: LatencyRequest, bench: BenchModel, device: torch.device, 
     transformer = random_transformer(bench.model, device, dtype, req.seed)
     apply_backend(transformer, backend, device.type)
     if req.compile:
-        compile_blocks(transformer)
+        transformer.compile_blocks(dynamic=False)
     text = random_text(bench.model, req.batch, req.text_tokens, device)
     return LatencyRunner(bench, Denoiser(transformer, bench.patch), device, req.batch, float(req.cfg), text,
                          text_encoder, codec, req.seed)

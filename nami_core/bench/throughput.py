@@ -144,7 +144,7 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
     from .gpus import device_label, device_peak_tflops
     from .latency import default_dtype
     from .timing import Clock, Summary, peak_memory_bytes, reset_peak_memory
-    from .workload import compile_blocks, load_bench_model, random_transformer
+    from .workload import load_bench_model, random_transformer
 
     req.validate()
     device = resolve_device(req.device)
@@ -167,7 +167,7 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
     if req.grad_checkpointing:
         transformer.enable_gradient_checkpointing()
     if req.compile:
-        compile_blocks(transformer)
+        transformer.compile_blocks(dynamic=False)
     objective = StagedObjective(transformer, plan, bench.patch)
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-4, **fused)

@@ -144,13 +144,6 @@ def random_text(model: ModelConfig, batch: int, tokens: int, device: torch.devic
     ).to(device)
 
 
-def compile_blocks(transformer) -> None:
-    """Regional compilation: `torch.compile` each transformer block in place (static shapes, so
-    every stage resolution gets its own kernels; the first run at a new shape compiles)."""
-    for block in transformer.blocks():
-        block.compile(dynamic=False)
-
-
 def load_component(model_dir: Path, name: str):
     """One component (`codec`, `text_encoder`) of a saved model directory, via its model_index.json class."""
     import importlib

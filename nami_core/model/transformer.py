@@ -95,6 +95,16 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         """The ordered block list: double-stream blocks, then single-stream blocks."""
         return list(self.transformer_blocks) + list(self.single_transformer_blocks)
 
+    def compile_blocks(self, dynamic: bool | None = False) -> None:
+        """Regional compilation: `torch.compile` each block in place (state-dict keys unchanged).
+
+        `dynamic=False` gives every token count its own kernels (sampling, benchmarks);
+        `None` lets torch switch to shape-generic kernels once a second shape is seen
+        (training, where the samples per stage change every step).
+        """
+        for block in self.blocks():
+            block.compile(dynamic=dynamic)
+
     def num_blocks_for(self, stage: int | None = None, num_blocks: int | None = None) -> int:
         if num_blocks is not None:
             if not 1 <= num_blocks <= self.depth:

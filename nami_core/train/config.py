@@ -34,6 +34,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     precision: str = "fp32"
     grad_checkpointing: bool = False
+    compile: bool = False
     fsdp: bool = False
     save_every: int = 1000
     keep: int = 3

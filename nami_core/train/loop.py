@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from ..flow.schedule import FlowPlan
 from .batches import BatchDrawer, StageGroup
 from .checkpoint import load_checkpoint_file, read_trainer_state, resolve_resume, save_checkpoint
 from .config import TrainConfig, build_flow, build_model_config
+from .export import write_model_dir
 from .metrics import MetricsLog, MetricsWindow
 from .phases import PAPER_LR, default_ratios, parse_phases, value_at
 from .weights import StageLossWeights
@@ -91,17 +90,6 @@ def _ema_path(ckpt: Path, rank: int) -> Path:
     return ckpt / f"ema_rank{rank}.pt"
 
 
-def _atomic_dir_replace(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
           on_step: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train, resuming if asked; write checkpoints, metrics.jsonl and RUN/final (a model directory)."""
@@ -154,6 +142,8 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
         transformer = NamiTransformer.from_model_config(model_cfg)
     if cfg.grad_checkpointing:
         transformer.enable_gradient_checkpointing()
+    if cfg.compile:
+        transformer.compile_blocks(dynamic=None)
     objective = StagedObjective(transformer, plan, patch)
     fused = {"fused": True} if accelerator.device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=value_at(lr_phases, 0)[0], betas=(0.9, 0.999),
@@ -233,7 +223,7 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            ema.step([p.detach() for p in objective.parameters()])
+            ema.step(objective.parameters())  # the live parameters: EMAModel copies any that do not require grad
 
         # per-stage statistics, summed over ranks so every rank updates its weights identically
         stats = torch.zeros(2 * len(plan), dtype=torch.float64, device=accelerator.device)
@@ -289,12 +279,6 @@ def _full_state_dict(accelerator, objective) -> dict:
 def save_final(accelerator, objective, ema, cfg: TrainConfig, run: Path, plan: FlowPlan, manifest: dict,
                patch: int) -> Path:
     """Write RUN/final: a model directory (raw weights + `ema` variant) that `nami sample` loads."""
-    from ..codecs.spec import codec_from_record
-    from ..flow.scheduler import NamiFlowScheduler
-    from ..model.transformer import NamiTransformer
-    from ..pipeline import NamiPipeline
-    from ..text.encoder import NamiTextEncoder
-
     raw = _full_state_dict(accelerator, objective)
     ema_state = None
     if ema is not None:
@@ -305,23 +289,8 @@ def save_final(accelerator, objective, ema, cfg: TrainConfig, run: Path, plan: F
         ema.restore(params)
     final = run / "final"
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(objective)
-        transformer = NamiTransformer.from_config(unwrapped.transformer.config)
-        transformer.load_state_dict(raw)
-        text = manifest["text_encoder"]
-        encoder = NamiTextEncoder(spec=text["spec"], max_tokens=int(text["max_tokens"]),
-                                  sequence_dim=int(text["sequence_dim"]), pooled_dim=int(text["pooled_dim"]))
-        steps = plan.stage_steps(cfg.sample_steps or ",".join(["10"] * plan.flow.num_stages))
-        scheduler = NamiFlowScheduler.from_flow(
-            plan.flow, default_steps=list(steps), default_cfg=cfg.sample_cfg, default_mode=cfg.mode
-        )
-        codec = codec_from_record(manifest["codec"], patch)
-        tmp = run / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        NamiPipeline(transformer, scheduler, codec, encoder).save_pretrained(tmp)
-        if ema_state is not None:
-            transformer.load_state_dict(ema_state)
-            transformer.save_pretrained(tmp / "transformer", variant="ema")
-        _atomic_dir_replace(tmp, final)
+        config = dict(accelerator.unwrap_model(objective).transformer.config)
+        write_model_dir(final, config, raw, ema_state, plan, manifest, patch, cfg.mode, cfg.sample_steps,
+                        cfg.sample_cfg)
     accelerator.wait_for_everyone()
     return final

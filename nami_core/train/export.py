@@ -1,0 +1,102 @@
+"""Model directories from training state: RUN/final, and any checkpoint on request.
+
+A model directory holds the raw weights as the default variant and the EMA weights as the
+`ema` variant, plus the scheduler (stage resolutions, windows, sampling defaults), the codec and
+the text encoder the data was prepared with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import NamiError
+from ..flow.schedule import FlowPlan
+
+TRANSFORMER_PREFIX = "transformer."
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move `tmp` to `final`, replacing any previous `final` without a moment where neither exists complete."""
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | None, plan: FlowPlan,
+                    manifest: dict, patch: int, mode: str, sample_steps: str | None, sample_cfg: float) -> Path:
+    """Write a complete model directory to `out` atomically (temporary folder, then rename)."""
+    from ..codecs.spec import codec_from_record
+    from ..flow.scheduler import NamiFlowScheduler
+    from ..model.transformer import NamiTransformer
+    from ..pipeline import NamiPipeline
+    from ..text.encoder import NamiTextEncoder
+
+    transformer = NamiTransformer.from_config(transformer_config)
+    transformer.load_state_dict(raw)
+    text = manifest["text_encoder"]
+    encoder = NamiTextEncoder(spec=text["spec"], max_tokens=int(text["max_tokens"]),
+                              sequence_dim=int(text["sequence_dim"]), pooled_dim=int(text["pooled_dim"]))
+    steps = plan.stage_steps(sample_steps or ",".join(["10"] * plan.flow.num_stages))
+    scheduler = NamiFlowScheduler.from_flow(plan.flow, default_steps=list(steps), default_cfg=sample_cfg,
+                                            default_mode=mode)
+    codec = codec_from_record(manifest["codec"], patch)
+    out = Path(out)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    NamiPipeline(transformer, scheduler, codec, encoder).save_pretrained(tmp)
+    if ema is not None:
+        transformer.load_state_dict(ema)
+        transformer.save_pretrained(tmp / "transformer", variant="ema")
+    replace_dir(tmp, out)
+    return out
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """Turn RUN/checkpoints/step-N into a model directory (single-process or DDP checkpoints)."""
+    from safetensors.torch import load_file
+
+    from ..config import FlowConfig, ModelConfig
+    from ..data.store import load_manifest
+    from .checkpoint import load_checkpoint_file
+
+    checkpoint = Path(checkpoint)
+    run = checkpoint.parent.parent
+    config_path = run / "train_config.json"
+    weights = checkpoint / "model.safetensors"
+    for path in (config_path, weights, checkpoint / "trainer_state.json"):
+        if not path.is_file():
+            raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing {path.name})")
+    run_config = json.loads(config_path.read_text())
+    train, model, flow = run_config["train"], ModelConfig.from_dict(run_config["model"]), run_config["flow"]
+    manifest = load_manifest(Path(train["data"]))
+    patch = int(run_config["patch_size"])
+    plan = FlowPlan(train["mode"], FlowConfig(**{**flow, "resolutions": tuple(flow["resolutions"]),
+                                                  "window_ratios": tuple(flow["window_ratios"])}),
+                    model.stage_ends, int(manifest["codec"]["downsample"]) * patch)
+    state = load_file(weights)
+    raw = {k[len(TRANSFORMER_PREFIX):]: v for k, v in state.items() if k.startswith(TRANSFORMER_PREFIX)}
+    if not raw:
+        raise NamiError(f"{weights} holds no transformer weights")
+    ema = None
+    ema_file = checkpoint / "ema_rank0.pt"
+    if ema_file.is_file():
+        from ..model.transformer import NamiTransformer
+
+        shadow = load_checkpoint_file(ema_file)["shadow_params"]
+        with torch.device("meta"):
+            names = [n for n, _ in NamiTransformer.from_model_config(model).named_parameters()]
+        if len(names) != len(shadow):
+            raise NamiError(f"{ema_file} holds {len(shadow)} tensors for {len(names)} parameters")
+        ema = dict(zip(names, (t.detach().cpu() for t in shadow)))
+    return write_model_dir(out, model.transformer_kwargs(), raw, ema, plan, manifest, patch, train["mode"],
+                           train.get("sample_steps"), float(train.get("sample_cfg", 3.0)))
