@@ -33,10 +33,12 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="PNG to write")
     parser.add_argument("--n", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of each sample")
+    parser.add_argument("--steps", default=None, help="Euler steps per stage (default: the model's)")
+    parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     args = parser.parse_args()
 
     pipe = load_pipeline(resolve_model_dir(args.model), torch.device("cpu"), torch.float32)
-    rows = [pipe(prompt, num_images_per_prompt=args.n, seed=0).images for prompt in PROMPTS]
+    rows = [pipe(prompt, num_images_per_prompt=args.n, seed=0, steps=args.steps, cfg=args.cfg).images for prompt in PROMPTS]
     side = rows[0][0].width * args.scale
     sheet = Image.new("RGB", (LABEL_WIDTH + args.n * (side + 4), len(rows) * (side + 4)), "white")
     draw = ImageDraw.Draw(sheet)
