@@ -2,7 +2,7 @@
 
 import json
 
-import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
 
@@ -23,7 +23,7 @@ def test_bundled_model_is_a_small_nested_pixel_model():
     size = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file())
     assert size <= 25 * 2**20, size
     with safe_open(str(WEIGHTS), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {__import__("torch").float16}
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
     config = json.loads((BUNDLED / "transformer" / "config.json").read_text())
     depth = config["num_layers"] + config["num_single_layers"]
     ends = config["stage_ends"]
@@ -52,7 +52,7 @@ def test_bundled_model_scores_above_its_floor(tmp_path, capsys):
     metadata = tmp_path / "subset.jsonl"
     metadata.write_text("".join(json.dumps(line) + "\n" for line in subset))
     out = tmp_path / "eval"
-    code, stdout, err = run_cli(["eval", "geneval", "--metadata", str(metadata), "--out", str(out),
+    code, _, err = run_cli(["eval", "geneval", "--metadata", str(metadata), "--out", str(out),
                                  "--images-per-prompt", "2"], capsys)
     assert code == 0, err
     overall = json.loads((out / "summary.json").read_text())["overall"]
