@@ -2,6 +2,7 @@
 # The equal-compute baseline (paper Fig. 7 at small scale): the same model size, data and optimizer
 # settings, one full-resolution window with all blocks at every step. Compare it with a NAMI run of
 # the same --time-budget on the same machine (see the README's comparison table).
+# The README's baseline ran BUDGET=46, then BUDGET=82 with --resume latest: 128 minutes, as NAMI's 100 + 28.
 set -euo pipefail
 DATA=${DATA:-data/shapes-60k}
 RUN=${RUN:-runs/flux-base-shapes}
