@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Score an equal-wall-clock pair side by side (the README's NAMI vs flux-base table):
 # shapes-GenEval per tag for both models, then sampling time per image for both modes at 64 px.
-#   NAMI=runs/nami-shapes-46min FLUX=runs/flux-base-shapes/final bash examples/nami-shapes/compare.sh
+#   nami convert checkpoint runs/nami-shapes/checkpoints/step-00004000 --out runs/nami-46min
+#   NAMI=runs/nami-46min FLUX=runs/flux-base-shapes/final bash examples/nami-shapes/compare.sh
 set -euo pipefail
 NAMI=${NAMI:?set NAMI to the NAMI model directory}
 FLUX=${FLUX:?set FLUX to the flux-base model directory}
