@@ -103,6 +103,19 @@ def chromium(tmp_path):
             process.wait()
 
 
+def page_target(host: str, timeout: float = 20.0) -> dict:
+    """The browser's first page target; a cold browser may list it a moment after DevTools is up."""
+    end = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"http://{host}/json/list", timeout=10) as answer:
+            pages = [t for t in json.load(answer) if t["type"] == "page"]
+        if pages:
+            return pages[0]
+        if time.monotonic() > end:
+            raise AssertionError(f"Chromium listed no page target within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def test_annotate_export_and_score_in_chromium(tmp_path, chromium):
     host, browser_path = chromium
     page_path = tmp_path / "page.html"
@@ -112,9 +125,7 @@ def test_annotate_export_and_score_in_chromium(tmp_path, chromium):
     downloads.mkdir()
     browser = DevTools(f"ws://{host}{browser_path}")
     browser.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
-    with urllib.request.urlopen(f"http://{host}/json/list", timeout=10) as answer:
-        target = next(t for t in json.load(answer) if t["type"] == "page")
-    page = DevTools(target["webSocketDebuggerUrl"])
+    page = DevTools(page_target(host)["webSocketDebuggerUrl"])
     try:
         page.call("Page.enable")
         page.call("Page.navigate", url=page_path.as_uri())

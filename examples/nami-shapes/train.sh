@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Retrain the bundled nami-shapes model from scratch: the exact commands that trained it.
 # 1. the shapes world: 60k scenes with captions, as pixels + MiniLM embeddings (about 2 minutes)
-# 2. Algorithm 1 with the paper's stage-ratio and LR phases, scaled to 12k steps and capped at
-#    100 minutes of training. bf16 autocast and --compile pay off on CPUs with AMX (Xeon 4th gen+)
-#    and on GPUs; on other CPUs use --precision fp32 and drop --compile.
+# 2. Algorithm 1 with the paper's stage-ratio and LR phases, capped at 100 minutes of training, then
+#    resumed three times: 17,312 steps in all (examples/nami-shapes/training-log.md). bf16 autocast and
+#    --compile pay off on CPUs with AMX (Xeon 4th gen+) and on GPUs; on other CPUs use --precision fp32
+#    and drop --compile.
 set -euo pipefail
 DATA=${DATA:-data/shapes-60k}
 RUN=${RUN:-runs/nami-shapes}
@@ -16,8 +17,13 @@ TRAIN=(nami train --data "$DATA" --out "$RUN" --config examples/nami-shapes/mode
   --ema-decay 0.999 --save-every 250 --keep 4 --log-every 50
   --sample-steps 10,10,10 --sample-cfg 4 --seed 0)
 "${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1,8500:1:2:4" --time-budget 100 "$@"
-# The shipped weights then trained 28 minutes more, resumed with the stage mix kept at 2:4:1:
+# Then 28 minutes more, resumed with the stage mix kept at 2:4:1 (to step 10,814), and on to step 12,000:
 "${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1" --time-budget 28 --resume latest "$@"
+"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1" --resume latest "$@"
+# The shipped weights then trained 113 minutes more with the paper's last mix, 1:2:4: the 64 px window
+# is where a blob becomes a circle or a square, and its loss was still falling.
+"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1,12000:1:2:4" --steps 40000 --time-budget 113 \
+  --resume latest "$@"
 # Interrupted, or want more? Run the same command with --resume latest (the budget counts per run),
 # or start a new run from the shipped weights with --init nami_core/assets/nami-shapes.
 # Then: python examples/nami-shapes/bundle.py "$RUN/final" nami_core/assets/nami-shapes
