@@ -80,20 +80,31 @@ class DevTools:
         self.socket.close()
 
 
+def devtools_endpoints(port_file: Path) -> tuple[str, str, str] | None:
+    """(host, browser websocket path, first page's websocket URL), or None until Chromium lists a page.
+
+    A cold browser writes its DevTools port a moment before it lists the about:blank page."""
+    lines = port_file.read_text().splitlines() if port_file.exists() else []
+    if len(lines) < 2:
+        return None
+    host = f"127.0.0.1:{lines[0]}"
+    with urllib.request.urlopen(f"http://{host}/json/list", timeout=10) as answer:
+        pages = [t for t in json.load(answer) if t["type"] == "page"]
+    return (host, lines[1], pages[0]["webSocketDebuggerUrl"]) if pages else None
+
+
 @pytest.fixture
 def chromium(tmp_path):
     profile = tmp_path / "profile"
     process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        port_file = profile / "DevToolsActivePort"
         end = time.monotonic() + 60
-        while not (port_file.exists() and len(port_file.read_text().splitlines()) >= 2):
+        while (endpoints := devtools_endpoints(profile / "DevToolsActivePort")) is None:
             if process.poll() is not None or time.monotonic() > end:
                 pytest.skip("Chromium did not start its DevTools server")
             time.sleep(0.2)
-        port, browser_path = port_file.read_text().splitlines()[:2]
-        yield f"127.0.0.1:{port}", browser_path
+        yield endpoints
     finally:
         process.terminate()
         try:
@@ -103,21 +114,8 @@ def chromium(tmp_path):
             process.wait()
 
 
-def page_target(host: str, timeout: float = 20.0) -> dict:
-    """The browser's first page target; a cold browser may list it a moment after DevTools is up."""
-    end = time.monotonic() + timeout
-    while True:
-        with urllib.request.urlopen(f"http://{host}/json/list", timeout=10) as answer:
-            pages = [t for t in json.load(answer) if t["type"] == "page"]
-        if pages:
-            return pages[0]
-        if time.monotonic() > end:
-            raise AssertionError(f"Chromium listed no page target within {timeout:.0f} s")
-        time.sleep(0.2)
-
-
 def test_annotate_export_and_score_in_chromium(tmp_path, chromium):
-    host, browser_path = chromium
+    host, browser_path, page_url = chromium
     page_path = tmp_path / "page.html"
     annotate.write_page([("nami", fake_generated(tmp_path / "nami", ids=("0000",))),
                          ("flux", fake_generated(tmp_path / "flux", ids=("0000",)))], page_path, max_side=32)
@@ -125,7 +123,7 @@ def test_annotate_export_and_score_in_chromium(tmp_path, chromium):
     downloads.mkdir()
     browser = DevTools(f"ws://{host}{browser_path}")
     browser.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
-    page = DevTools(page_target(host)["webSocketDebuggerUrl"])
+    page = DevTools(page_url)
     try:
         page.call("Page.enable")
         page.call("Page.navigate", url=page_path.as_uri())

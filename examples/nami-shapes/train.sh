@@ -13,13 +13,13 @@ nami prepare-data shapes --n 60000 --seed 0 --out "$DATA" --stages 16,32,64 \
   --max-text-tokens 20 --shard-size 5000 --batch-size 256
 
 TRAIN=(nami train --data "$DATA" --out "$RUN" --config examples/nami-shapes/model.json --stages 16,32,64
-  --steps 12000 --batch-size 64 --precision bf16 --compile --lr-schedule "0:5e-4,9000:2.5e-4"
+  --batch-size 64 --precision bf16 --compile --lr-schedule "0:5e-4,9000:2.5e-4"
   --ema-decay 0.999 --save-every 250 --keep 4 --log-every 50
   --sample-steps 10,10,10 --sample-cfg 4 --seed 0)
-"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1,8500:1:2:4" --time-budget 100 "$@"
-# Then 28 minutes more, resumed with the stage mix kept at 2:4:1 (to step 10,814), and on to step 12,000:
-"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1" --time-budget 28 --resume latest "$@"
-"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1" --resume latest "$@"
+"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1,8500:1:2:4" --steps 12000 --time-budget 100 "$@"
+# Then resumed with the stage mix kept at 2:4:1: 28 minutes (to step 10,814), then on to step 12,000:
+"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1" --steps 12000 --time-budget 28 --resume latest "$@"
+"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1" --steps 12000 --resume latest "$@"
 # The shipped weights then trained 113 minutes more with the paper's last mix, 1:2:4: the 64 px window
 # is where a blob becomes a circle or a square, and its loss was still falling.
 "${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1,12000:1:2:4" --steps 40000 --time-budget 113 \
