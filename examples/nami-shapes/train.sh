@@ -2,7 +2,7 @@
 # Retrain the bundled nami-shapes model from scratch: the exact commands that trained it.
 # 1. the shapes world: 60k scenes with captions, as pixels + MiniLM embeddings (about 2 minutes)
 # 2. Algorithm 1 with the paper's stage-ratio and LR phases, capped at 100 minutes of training, then
-#    resumed three times: 17,312 steps in all (examples/nami-shapes/training-log.md). bf16 autocast and
+#    resumed four times: 23,295 steps in all (examples/nami-shapes/training-log.md). bf16 autocast and
 #    --compile pay off on CPUs with AMX (Xeon 4th gen+) and on GPUs; on other CPUs use --precision fp32
 #    and drop --compile.
 set -euo pipefail
@@ -13,17 +13,21 @@ nami prepare-data shapes --n 60000 --seed 0 --out "$DATA" --stages 16,32,64 \
   --max-text-tokens 20 --shard-size 5000 --batch-size 256
 
 TRAIN=(nami train --data "$DATA" --out "$RUN" --config examples/nami-shapes/model.json --stages 16,32,64
-  --batch-size 64 --precision bf16 --compile --lr-schedule "0:5e-4,9000:2.5e-4"
+  --batch-size 64 --precision bf16 --compile
   --ema-decay 0.999 --save-every 250 --keep 4 --log-every 50
   --sample-steps 10,10,10 --sample-cfg 4 --seed 0)
-"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1,8500:1:2:4" --steps 12000 --time-budget 100 "$@"
+LR="0:5e-4,9000:2.5e-4"
+"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1,8500:1:2:4" --steps 12000 --time-budget 100 "$@"
 # Then resumed with the stage mix kept at 2:4:1: 28 minutes (to step 10,814), then on to step 12,000:
-"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1" --steps 12000 --time-budget 28 --resume latest "$@"
-"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1" --steps 12000 --resume latest "$@"
-# The shipped weights then trained 113 minutes more with the paper's last mix, 1:2:4: the 64 px window
+"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1" --steps 12000 --time-budget 28 --resume latest "$@"
+"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1" --steps 12000 --resume latest "$@"
+# Then 113 minutes more with the paper's last mix, 1:2:4: the 64 px window
 # is where a blob becomes a circle or a square, and its loss was still falling.
-"${TRAIN[@]}" --ratio-schedule "0:4:2:1,5000:2:4:1,12000:1:2:4" --steps 40000 --time-budget 113 \
+"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1,12000:1:2:4" --steps 40000 --time-budget 113 \
   --resume latest "$@"
+# Then 117 minutes more, the learning rate halving at step 21,000 and again at 22,500 (a short anneal):
+"${TRAIN[@]}" --lr-schedule "$LR,21000:1.25e-4,22500:6e-5" --ratio-schedule "0:4:2:1,5000:2:4:1,12000:1:2:4" \
+  --steps 40000 --time-budget 117 --resume latest "$@"
 # Interrupted, or want more? Run the same command with --resume latest (the budget counts per run),
 # or start a new run from the shipped weights with --init nami_core/assets/nami-shapes.
 # Then: python examples/nami-shapes/bundle.py "$RUN/final" nami_core/assets/nami-shapes
