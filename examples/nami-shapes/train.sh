@@ -17,16 +17,17 @@ TRAIN=(nami train --data "$DATA" --out "$RUN" --config examples/nami-shapes/mode
   --ema-decay 0.999 --save-every 250 --keep 4 --log-every 50
   --sample-steps 10,10,10 --sample-cfg 4 --seed 0)
 LR="0:5e-4,9000:2.5e-4"
+LATE_MIX="0:4:2:1,5000:2:4:1,12000:1:2:4"
 "${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1,8500:1:2:4" --steps 12000 --time-budget 100 "$@"
 # Then resumed with the stage mix kept at 2:4:1: 28 minutes (to step 10,814), then on to step 12,000:
 "${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1" --steps 12000 --time-budget 28 --resume latest "$@"
 "${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1" --steps 12000 --resume latest "$@"
 # Then 113 minutes more with the paper's last mix, 1:2:4: the 64 px window
 # is where a blob becomes a circle or a square, and its loss was still falling.
-"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1,12000:1:2:4" --steps 40000 --time-budget 113 \
+"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "$LATE_MIX" --steps 40000 --time-budget 113 \
   --resume latest "$@"
 # Then 117 minutes more, the learning rate halving at step 21,000 and again at 22,500 (a short anneal):
-"${TRAIN[@]}" --lr-schedule "$LR,21000:1.25e-4,22500:6e-5" --ratio-schedule "0:4:2:1,5000:2:4:1,12000:1:2:4" \
+"${TRAIN[@]}" --lr-schedule "$LR,21000:1.25e-4,22500:6e-5" --ratio-schedule "$LATE_MIX" \
   --steps 40000 --time-budget 117 --resume latest "$@"
 # Interrupted, or want more? Run the same command with --resume latest (the budget counts per run),
 # or start a new run from the shipped weights with --init nami_core/assets/nami-shapes.
