@@ -2,7 +2,7 @@
 # Retrain the bundled nami-shapes model from scratch: the exact commands that trained it.
 # 1. the shapes world: 60k scenes with captions, as pixels + MiniLM embeddings (about 2 minutes)
 # 2. Algorithm 1 with the paper's stage-ratio and LR phases, capped at 100 minutes of training, then
-#    resumed four times: 23,295 steps in all (examples/nami-shapes/training-log.md). bf16 autocast and
+#    resumed five times: 29,927 steps in all (examples/nami-shapes/training-log.md). bf16 autocast and
 #    --compile pay off on CPUs with AMX (Xeon 4th gen+) and on GPUs; on other CPUs use --precision fp32
 #    and drop --compile.
 set -euo pipefail
@@ -29,6 +29,10 @@ LATE_MIX="0:4:2:1,5000:2:4:1,12000:1:2:4"
 # Then 117 minutes more, the learning rate halving at step 21,000 and again at 22,500 (a short anneal):
 "${TRAIN[@]}" --lr-schedule "$LR,21000:1.25e-4,22500:6e-5" --ratio-schedule "$LATE_MIX" \
   --steps 40000 --time-budget 117 --resume latest "$@"
+# Then 122 minutes more: the learning rate back up to 1.25e-4 from step 23,295, annealed again at
+# 27,300 (6e-5) and 28,800 (3e-5):
+"${TRAIN[@]}" --lr-schedule "$LR,21000:1.25e-4,22500:6e-5,23295:1.25e-4,27300:6e-5,28800:3e-5" \
+  --ratio-schedule "$LATE_MIX" --steps 40000 --time-budget 122 --resume latest "$@"
 # Interrupted, or want more? Run the same command with --resume latest (the budget counts per run),
 # or start a new run from the shipped weights with --init nami_core/assets/nami-shapes.
 # Then: python examples/nami-shapes/bundle.py "$RUN/final" nami_core/assets/nami-shapes
