@@ -27,12 +27,14 @@ LATE_MIX="0:4:2:1,5000:2:4:1,12000:1:2:4"
 "${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "$LATE_MIX" --steps 40000 --time-budget 113 \
   --resume latest "$@"
 # Then 117 minutes more, the learning rate halving at step 21,000 and again at 22,500 (a short anneal):
-"${TRAIN[@]}" --lr-schedule "$LR,21000:1.25e-4,22500:6e-5" --ratio-schedule "$LATE_MIX" \
-  --steps 40000 --time-budget 117 --resume latest "$@"
+LR="$LR,21000:1.25e-4,22500:6e-5"
+"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "$LATE_MIX" --steps 40000 --time-budget 117 \
+  --resume latest "$@"
 # Then 122 minutes more: the learning rate back up to 1.25e-4 from step 23,295, annealed again at
 # 27,300 (6e-5) and 28,800 (3e-5):
-"${TRAIN[@]}" --lr-schedule "$LR,21000:1.25e-4,22500:6e-5,23295:1.25e-4,27300:6e-5,28800:3e-5" \
-  --ratio-schedule "$LATE_MIX" --steps 40000 --time-budget 122 --resume latest "$@"
+LR="$LR,23295:1.25e-4,27300:6e-5,28800:3e-5"
+"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "$LATE_MIX" --steps 40000 --time-budget 122 \
+  --resume latest "$@"
 # Interrupted, or want more? Run the same command with --resume latest (the budget counts per run),
 # or start a new run from the shipped weights with --init nami_core/assets/nami-shapes.
 # Then: python examples/nami-shapes/bundle.py "$RUN/final" nami_core/assets/nami-shapes
