@@ -11,7 +11,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from . import bench, convert, evaluate, info, prepare, sample, train
+from . import bench, convert, evaluate, info, prepare, sample, teardown, train
 
 app = typer.Typer(
     name="nami",
@@ -42,6 +42,8 @@ def run(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     from nami_core.errors import NamiError
 
+    if argv is None:  # the console command itself, not a call from Python
+        teardown.enable()
     try:
         result = app(args=argv, prog_name="nami", standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError:

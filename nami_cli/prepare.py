@@ -23,6 +23,7 @@ def prepare_data(
     n: int = typer.Option(10000, "--n", help="shapes only: number of scenes."),
     seed: int = typer.Option(0, "--seed", help="shapes only: seed of the scene generator."),
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="shapes only: also write the scenes as PNGs here."),
+    scene_mix: Optional[str] = typer.Option(None, "--scene-mix", help="shapes only: weights of the scene kinds relation, objects, pair, count (default: relation:1,objects:3)."),
 ) -> None:
     """Prepare training data once: codec latents at the largest stage each image fills, plus text embeddings.
 
@@ -33,12 +34,15 @@ def prepare_data(
       nami prepare-data "shards/{00000..00099}.tar" --out data/laion --stages 256,512,1024 --codec flux-vae:/w/vae
 
       nami prepare-data shapes --n 20000 --seed 0 --out data/shapes --stages 16,32,64
+
+      nami prepare-data shapes --n 20000 --out data/shapes-hard --stages 16,32,64 --scene-mix relation:2,objects:2,pair:1,count:1
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nami_core.config import parse_int_list
     from nami_core.data.prepare import Preparer, PrepareRequest, prepare
     from nami_core.data.sources import open_source
+    from nami_core.errors import NamiError
     from nami_core.modeldir import quiet_loading
     from nami_core.runtime import resolve_device
 
@@ -47,10 +51,13 @@ def prepare_data(
     quiet_loading()
     resolutions = parse_int_list(stages, "--stages")
     if source == "shapes":
-        from nami_core.data.shapes import ShapesSource
+        from nami_core.data.shapes import ShapesSource, parse_scene_mix
 
-        src = ShapesSource(n=n, seed=seed, size=resolutions[-1], images_dir=images_dir)
+        mix = parse_scene_mix(scene_mix) if scene_mix else None
+        src = ShapesSource(n=n, seed=seed, size=resolutions[-1], images_dir=images_dir, mix=mix)
     else:
+        if scene_mix:
+            raise NamiError("--scene-mix applies to the shapes source only")
         src = open_source(source, image_column, caption_column)
     req = PrepareRequest(
         out=out, stages=resolutions, codec=codec, text_encoder=text_encoder, max_text_tokens=max_text_tokens,

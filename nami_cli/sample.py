@@ -34,10 +34,12 @@ def sample(
 
       nami sample "a cat" --model runs/cat/final --steps 10,10,10 --cfg 4 --device cuda --dtype bf16
     """
+    import gc
     import json
 
     from nami_core.sampling import SampleRequest, report_dict, run_sample
 
+    from . import teardown
     from .progress import StageProgress, console
 
     req = SampleRequest(
@@ -45,10 +47,15 @@ def sample(
         mode=mode, device=device, dtype=dtype, attention=attention, batch_size=batch_size,
     )
     batches = -(-max(n, 1) // max(batch_size, 1))
-    with StageProgress() as bars:
-        report = run_sample(req, on_step=bars.step, on_plan=lambda s: bars.plan(s, batches))
+    gc.disable()  # importing torch, diffusers and transformers allocates millions of objects: ~1 s of collections
+    try:
+        with StageProgress() as bars:
+            report = run_sample(req, on_step=bars.step, on_plan=lambda s: bars.plan(s, batches))
+    finally:
+        gc.enable()
     if as_json:
         typer.echo(json.dumps(report_dict(report), indent=2))
+        teardown.finish()
         return
     stages = " + ".join(f"{s:.2f}" for s in report.stage_seconds)
     console.print(
@@ -57,3 +64,4 @@ def sample(
     )
     for p in report.paths:
         typer.echo(str(p))
+    teardown.finish()  # every PNG and JSON is written and closed

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,28 @@ def test_sample_writes_pngs_with_metadata(tiny_model_dir, tmp_path, capsys):
     assert code == 0, err
     with Image.open(single) as img:
         assert np.abs(np.asarray(img.convert("RGB"), dtype=np.int16) - second).max() <= 1
+
+
+def test_console_sample_skips_teardown_but_writes_everything(tiny_model_dir, tmp_path):
+    """The `nami` process ends right after its files are written; from Python, `run` returns as usual."""
+    code = (
+        "import sys\n"
+        "from nami_cli.main import run\n"
+        "sys.argv = ['nami', 'sample', 'a red circle', '--model', sys.argv[1], '--out', sys.argv[2], '--n', '2',\n"
+        "            '--steps', '2,2,2', '--cfg', '2', '--json']\n"
+        "import atexit; atexit.register(lambda: print('teardown ran'))\n"
+        "run()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir), str(tmp_path / "s")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "teardown ran" not in out.stdout  # os-level exit: no atexit handlers, no module teardown
+    report = json.loads(out.stdout)  # the flushed report is complete
+    assert [Path(p).name for p in report["paths"]] == ["a-red-circle-0.png", "a-red-circle-1.png"]
+    for p in report["paths"]:
+        with Image.open(p) as img:
+            assert img.size == (64, 64)
+        assert json.loads(Path(p).with_suffix(".json").read_text())["prompt"] == "a red circle"
 
 
 @pytest.mark.parametrize("mode", ["flow-only", "flux-base"])

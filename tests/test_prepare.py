@@ -150,6 +150,10 @@ def test_prepare_cli_errors(tmp_path, capsys):
         ([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--stages", "16,32"], "does not exist"),
         ([str(make_folder(tmp_path / "s", 1)), "--out", str(tmp_path / "o"), "--stages", "16,30"], "must double"),
         ([str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--stages", "16,32", "--codec", "jpeg"], "unknown codec"),
+        (["shapes", "--out", str(tmp_path / "o"), "--stages", "16,32", "--scene-mix", "crowd:1"], "'crowd:1' is not KIND:WEIGHT"),
+        (["shapes", "--out", str(tmp_path / "o"), "--stages", "16,32", "--scene-mix", "pair:-1"], "must be a number >= 0"),
+        ([str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--stages", "16,32", "--scene-mix", "pair:1"],
+         "shapes source only"),
     ]:
         with pytest.raises(SystemExit) as exc:
             run(["prepare-data", *args])

@@ -10,16 +10,19 @@ from nami_core.data.shapes import (
     BACKGROUND,
     CLASSES,
     COLORS,
+    DEFAULT_SCENE_MIX,
     NUMBERS,
     RELATIONS,
     ShapesSource,
     make_suite,
+    parse_scene_mix,
     random_scene,
     relations_between,
     render,
     scene_for_metadata,
     scene_rng,
 )
+from nami_core.errors import NamiError
 
 WORD_COUNTS = {"a": 1, "an": 1, **{w: n for n, w in NUMBERS.items()}}
 PHRASE = re.compile(
@@ -78,6 +81,45 @@ def test_captions_are_truthful(seed):
         counts[len(scene.shapes)] += 1
     assert 60 <= counts["relation"] <= 140  # about a quarter of the scenes state a relation
     assert counts[1] > 50 and counts[4] > 0
+
+
+def test_scene_mix_draws_each_kind_in_its_share():
+    assert parse_scene_mix("relation:2, objects:2,pair:1,count:1") == {"relation": 2, "objects": 2, "pair": 1, "count": 1}
+    assert parse_scene_mix("relation:1,objects:3") == DEFAULT_SCENE_MIX
+    kinds = Counter()
+    mix = parse_scene_mix("relation:1,pair:2,count:1")
+    for i in range(400):
+        scene = random_scene(scene_rng(0, i), 64, mix)
+        phrases, relation = parse(scene.caption)
+        classes = Counter(s.cls for s in scene.shapes)
+        assert sum(n for n, _, _ in phrases) == len(scene.shapes), scene.caption
+        if relation:
+            kinds["relation"] += 1
+            assert len(scene.shapes) == 2
+        elif len(classes) == 2:  # "a circle and a triangle": one of each
+            kinds["pair"] += 1
+            assert sorted(classes.values()) == [1, 1] and len(phrases) == 2, scene.caption
+        else:  # "three squares"
+            kinds["count"] += 1
+            assert len(classes) == 1 and 2 <= len(scene.shapes) <= 4 and phrases[0][0] == len(scene.shapes)
+    assert 70 <= kinds["relation"] <= 130 and 160 <= kinds["pair"] <= 240 and 70 <= kinds["count"] <= 130
+    # the default mix is the same stream as no mix at all, so existing data sets stay reproducible
+    items = list(ShapesSource(n=5, seed=3, mix=dict(DEFAULT_SCENE_MIX)))
+    assert [i.caption for i in items] == [random_scene(scene_rng(3, i)).caption for i in range(5)]
+    assert "mix" not in ShapesSource(n=5).describe()
+    assert "mix relation:1,pair:2,count:1" in ShapesSource(n=5, mix=mix).describe()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("crowd:1", "'crowd:1' is not KIND:WEIGHT"),
+    ("pair", "'pair' is not KIND:WEIGHT"),
+    ("pair:x", "must be a number >= 0, got 'x'"),
+    ("pair:nan", "must be a number >= 0"),
+    ("pair:0,count:0", "at least one weight must be above 0"),
+])
+def test_scene_mix_errors_name_the_problem(text, message):
+    with pytest.raises(NamiError, match=message):
+        parse_scene_mix(text)
 
 
 def test_shapes_do_not_overlap_and_are_drawn_in_their_colors():

@@ -186,6 +186,21 @@ def _objects_scene(rng, size) -> Scene | None:
         room = total_max - sum(counts)
         if room > 0 and rng.random() < 0.35:
             counts[i] += int(rng.integers(1, room + 1))
+    return _groups_scene(rng, size, classes, counts)
+
+
+def _pair_scene(rng, size) -> Scene | None:
+    """One object each of two different classes ("a circle and a triangle")."""
+    return _groups_scene(rng, size, [str(c) for c in rng.choice(CLASSES, size=2, replace=False)], [1, 1])
+
+
+def _count_scene(rng, size) -> Scene | None:
+    """Two to four objects of one class ("three squares")."""
+    return _groups_scene(rng, size, [_pick(rng, CLASSES)], [int(rng.integers(2, 5))])
+
+
+def _groups_scene(rng, size, classes: list[str], counts: list[int]) -> Scene | None:
+    """`counts[i]` objects of `classes[i]` per group (maybe one color each), all described."""
     boxes = place(rng, sum(counts), size)
     if boxes is None:
         return None
@@ -209,10 +224,49 @@ def _objects_scene(rng, size) -> Scene | None:
     return Scene(shapes, caption)
 
 
-def random_scene(rng: np.random.Generator, size: int = 64) -> Scene:
-    """A random scene with a truthful caption (relations in 25% of scenes)."""
+SCENE_KINDS = {  # the order fixes how one uniform draw picks a kind
+    "relation": _relation_scene,
+    "objects": _objects_scene,
+    "pair": _pair_scene,
+    "count": _count_scene,
+}
+DEFAULT_SCENE_MIX = {"relation": 1.0, "objects": 3.0}
+
+
+def parse_scene_mix(text: str) -> dict[str, float]:
+    """'objects:3,relation:1' -> {kind: weight}; every kind must be in SCENE_KINDS."""
+    from ..errors import NamiError
+
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        kind, sep, weight = part.strip().partition(":")
+        if not sep or kind not in SCENE_KINDS:
+            raise NamiError(f"--scene-mix: {part.strip()!r} is not KIND:WEIGHT with KIND one of {', '.join(SCENE_KINDS)}")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if not (value >= 0 and math.isfinite(value)):
+            raise NamiError(f"--scene-mix: the weight of {kind!r} must be a number >= 0, got {weight!r}")
+        mix[kind] = value
+    if sum(mix.values()) <= 0:
+        raise NamiError("--scene-mix: at least one weight must be above 0")
+    return mix
+
+
+def random_scene(rng: np.random.Generator, size: int = 64, mix: dict[str, float] | None = None) -> Scene:
+    """A random scene with a truthful caption, its kind drawn by `mix` (default: relations in 25%)."""
+    mix = mix or DEFAULT_SCENE_MIX
+    total = sum(mix.values())
+    kinds = [(kind, mix[kind] / total) for kind in SCENE_KINDS if mix.get(kind, 0) > 0]
     while True:
-        scene = _relation_scene(rng, size) if rng.random() < 0.25 else _objects_scene(rng, size)
+        draw, make = rng.random(), SCENE_KINDS[kinds[-1][0]]
+        for kind, share in kinds:
+            if draw < share:
+                make = SCENE_KINDS[kind]
+                break
+            draw -= share
+        scene = make(rng, size)
         if scene is not None:
             return scene
 
@@ -226,12 +280,14 @@ class ShapesSource(Source):
 
     name = "shapes"
 
-    def __init__(self, n: int, seed: int = 0, size: int = 64, images_dir: Path | None = None) -> None:
+    def __init__(self, n: int, seed: int = 0, size: int = 64, images_dir: Path | None = None,
+                 mix: dict[str, float] | None = None) -> None:
         if n < 1:
             from ..errors import NamiError
 
             raise NamiError(f"--n must be at least 1, got {n}")
         self.n, self.seed, self.size = n, seed, size
+        self.mix = dict(mix or DEFAULT_SCENE_MIX)
         self.images_dir = Path(images_dir) if images_dir else None
         if self.images_dir:
             self.images_dir.mkdir(parents=True, exist_ok=True)
@@ -241,7 +297,7 @@ class ShapesSource(Source):
 
     def __iter__(self) -> Iterator[SourceItem]:
         for i in range(self.n):
-            scene = random_scene(scene_rng(self.seed, i), self.size)
+            scene = random_scene(scene_rng(self.seed, i), self.size, self.mix)
             yield SourceItem(f"{i:07d}", lambda s=scene, i=i: self._image(s, i), scene.caption)
 
     def _image(self, scene: Scene, index: int) -> Image.Image:
@@ -252,7 +308,8 @@ class ShapesSource(Source):
         return img
 
     def describe(self) -> str:
-        return f"shapes world (n={self.n}, seed={self.seed}, {self.size}px)"
+        mix = "" if self.mix == DEFAULT_SCENE_MIX else ", mix " + ",".join(f"{k}:{v:g}" for k, v in self.mix.items())
+        return f"shapes world (n={self.n}, seed={self.seed}, {self.size}px{mix})"
 
 
 # -- scenes for GenEval-schema metadata --------------------------------------------------------------
