@@ -55,13 +55,12 @@ def sample(
         gc.enable()
     if as_json:
         typer.echo(json.dumps(report_dict(report), indent=2))
-        teardown.finish()
-        return
-    stages = " + ".join(f"{s:.2f}" for s in report.stage_seconds)
-    console.print(
-        f"wrote {len(report.paths)} image(s) in {report.sample_seconds:.2f}s "
-        f"(stages {stages}s, load {report.load_seconds:.2f}s)"
-    )
-    for p in report.paths:
-        typer.echo(str(p))
+    else:
+        stages = " + ".join(f"{s:.2f}" for s in report.stage_seconds)
+        console.print(
+            f"wrote {len(report.paths)} image(s) in {report.sample_seconds:.2f}s "
+            f"(stages {stages}s, load {report.load_seconds:.2f}s)"
+        )
+        for p in report.paths:
+            typer.echo(str(p))
     teardown.finish()  # every PNG and JSON is written and closed

@@ -257,16 +257,11 @@ def parse_scene_mix(text: str) -> dict[str, float]:
 def random_scene(rng: np.random.Generator, size: int = 64, mix: dict[str, float] | None = None) -> Scene:
     """A random scene with a truthful caption, its kind drawn by `mix` (default: relations in 25%)."""
     mix = mix or DEFAULT_SCENE_MIX
-    total = sum(mix.values())
-    kinds = [(kind, mix[kind] / total) for kind in SCENE_KINDS if mix.get(kind, 0) > 0]
+    kinds = [kind for kind in SCENE_KINDS if mix.get(kind, 0) > 0]
+    bounds = np.cumsum([mix[kind] for kind in kinds]) / sum(mix[kind] for kind in kinds)
     while True:
-        draw, make = rng.random(), SCENE_KINDS[kinds[-1][0]]
-        for kind, share in kinds:
-            if draw < share:
-                make = SCENE_KINDS[kind]
-                break
-            draw -= share
-        scene = make(rng, size)
+        pick = min(int(np.searchsorted(bounds, rng.random(), side="right")), len(kinds) - 1)
+        scene = SCENE_KINDS[kinds[pick]](rng, size)
         if scene is not None:
             return scene
 
