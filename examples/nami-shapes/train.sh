@@ -13,10 +13,11 @@ RUN=${RUN:-runs/nami-shapes}
 nami prepare-data shapes --n 60000 --seed 0 --out "$DATA" --stages 16,32,64 \
   --max-text-tokens 20 --shard-size 5000 --batch-size 256
 
-TRAIN=(nami train --data "$DATA" --out "$RUN" --config examples/nami-shapes/model.json --stages 16,32,64
-  --batch-size 64 --precision bf16 --compile
-  --ema-decay 0.999 --save-every 250 --keep 4 --log-every 50
-  --sample-steps 10,10,10 --sample-cfg 4 --seed 0)
+# options every run below shares
+SHARED=(--stages 16,32,64 --batch-size 64 --ema-decay 0.999 --save-every 250 --keep 4 --log-every 50
+  --sample-steps 10,10,10 --sample-cfg 4)
+TRAIN=(nami train --data "$DATA" --out "$RUN" --config examples/nami-shapes/model.json "${SHARED[@]}"
+  --precision bf16 --compile --seed 0)
 LR="0:5e-4,9000:2.5e-4"
 LATE_MIX="0:4:2:1,5000:2:4:1,12000:1:2:4"
 "${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1,8500:1:2:4" --steps 12000 --time-budget 100 "$@"
@@ -42,10 +43,8 @@ LR="$LR,23295:1.25e-4,27300:6e-5,28800:3e-5"
 python examples/nami-shapes/bundle.py "$RUN/final" "$RUN/ema-29927"
 nami prepare-data shapes --n 60000 --seed 2 --out "$DATA-mix" --stages 16,32,64 \
   --max-text-tokens 20 --shard-size 5000 --batch-size 256 --scene-mix relation:2,objects:2,pair:1,count:1
-nami train --data "$DATA-mix" --out "$RUN-mix" --init "$RUN/ema-29927" --stages 16,32,64 \
-  --batch-size 64 --precision fp32 --ema-decay 0.999 --save-every 250 --keep 4 --log-every 50 \
-  --sample-steps 10,10,10 --sample-cfg 4 --seed 1 --ratio-schedule "0:1:2:4" \
-  --lr-schedule "0:2e-5,100:6e-5,900:3e-5" --steps 1000 "$@"
+nami train --data "$DATA-mix" --out "$RUN-mix" --init "$RUN/ema-29927" "${SHARED[@]}" --precision fp32 \
+  --seed 1 --ratio-schedule "0:1:2:4" --lr-schedule "0:2e-5,100:6e-5,900:3e-5" --steps 1000 "$@"
 RUN="$RUN-mix"
 # Interrupted, or want more? Run the same command with --resume latest (the budget counts per run),
 # or start a new run from the shipped weights with --init nami_core/assets/nami-shapes.
