@@ -56,8 +56,9 @@ def main(folder: Path) -> None:
         if not r["correct"]:
             kinds[r["tag"]][reason_kind(r["reason"])] += 1
         meta, details = json.loads(r["metadata"]), json.loads(r["details"])
-        if r["tag"] == "position":
-            first, second = meta["include"][0], meta["include"][1]
+        include = meta.get("include", [])
+        if r["tag"] == "position" and len(include) == 2 and "position" in include[1]:
+            first, second = include
             if details.get(first["class"]) and details.get(second["class"]):
                 asked = second["position"][0]
                 drawn[asked][arrangement(details[second["class"]][0], details[first["class"]][0])] += 1
