@@ -55,10 +55,12 @@ def main(folder: Path) -> None:
         kinds[r["tag"]]["images"] += 1
         if not r["correct"]:
             kinds[r["tag"]][reason_kind(r["reason"])] += 1
-        meta, details = json.loads(r["metadata"]), json.loads(r["details"])
-        include = meta.get("include", [])
-        if r["tag"] == "position" and len(include) == 2 and "position" in include[1]:
+        if r["tag"] != "position":
+            continue
+        include = json.loads(r["metadata"]).get("include", [])
+        if len(include) == 2 and "position" in include[1]:
             first, second = include
+            details = json.loads(r["details"])
             if details.get(first["class"]) and details.get(second["class"]):
                 asked = second["position"][0]
                 drawn[asked][arrangement(details[second["class"]][0], details[first["class"]][0])] += 1
