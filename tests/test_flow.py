@@ -92,6 +92,31 @@ def test_sampler_with_the_exact_velocity_returns_the_data_point(mode, steps):
     torch.testing.assert_close(result.latents, x, atol=1e-5, rtol=0)
 
 
+def test_run_window_reaches_each_window_end_and_chains_into_the_full_sample():
+    """With the exact velocity every window's path is straight, so run_window ends it at its start
+    minus the velocity there; windows run one by one with the jumps between them give the sampler's
+    own result."""
+    plan = FlowPlan("nami", FlowConfig((16, 32, 64)), (1, 2, 3), 4)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    velocity = oracle(x)
+    jump = RenoiseJump(plan.jumps, plan.gamma)
+    sampler = ProgressiveSampler(velocity, plan, jump)
+    gen = torch.Generator().manual_seed(8)
+    z = initial_noise(1, 3, (64, 64), plan, [gen], "cpu")
+    for k in range(len(plan)):
+        start = z
+        z = sampler.run_window(z, k, 4, None, None)
+        rr = torch.ones(1)
+        v0 = velocity(start, rr, rr, plan[k], None)
+        torch.testing.assert_close(z, start - v0, atol=1e-5, rtol=0)
+        if k < len(plan) - 1:
+            z = jump(z, k, [gen])
+    torch.testing.assert_close(z, x, atol=1e-5, rtol=0)
+    gen_again = torch.Generator().manual_seed(8)
+    noise = initial_noise(1, 3, (64, 64), plan, [gen_again], "cpu")
+    torch.testing.assert_close(sampler(None, None, noise, (4, 4, 4), 1.0, [gen_again]).latents, z)
+
+
 def test_sampler_with_the_public_grid_and_a_bridge_jump_runs_the_stages():
     plan = FlowPlan("nami", FlowConfig((16, 32, 64), grid="public", jump="bridge"), (1, 2, 3), 4)
     bridge = BridgeJump(channels=3, sides=(32, 64))

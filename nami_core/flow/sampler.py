@@ -75,6 +75,20 @@ class ProgressiveSampler:
         return v_uncond + cfg * (v_cond - v_uncond)
 
     @torch.no_grad()
+    def run_window(self, z: torch.Tensor, k: int, steps: int, cond, uncond, cfg: float = 1.0,
+                   callback: StepCallback | None = None) -> torch.Tensor:
+        """`steps` Euler steps through window k from its start state z (B, C, h_k, w_k) to its end
+        state, same shape. No jump: `self.jump(z, k, generators)` takes the result to window k + 1."""
+        window = self.plan.windows[k]
+        ratios, taus = self.plan.stage_grid(k, steps)
+        for i in range(steps):
+            v = self.guided_velocity(z, float(ratios[i]), float(taus[i]), window, cond, uncond, cfg)
+            z = z + float(ratios[i + 1] - ratios[i]) * v.float()
+            if callback is not None:
+                callback(k, i, z)
+        return z
+
+    @torch.no_grad()
     def __call__(
         self,
         cond,
@@ -94,15 +108,10 @@ class ProgressiveSampler:
             raise ValueError(f"{len(steps)} step counts for a plan of {len(self.plan)} windows")
         z = noise.float()
         seconds: list[float] = []
-        for k, window in enumerate(self.plan):
+        for k in range(len(self.plan)):
             _synchronize(z.device)
             t0 = time.perf_counter()
-            ratios, taus = self.plan.stage_grid(k, steps[k])
-            for i in range(steps[k]):
-                v = self.guided_velocity(z, float(ratios[i]), float(taus[i]), window, cond, uncond, cfg)
-                z = z + float(ratios[i + 1] - ratios[i]) * v.float()
-                if callback is not None:
-                    callback(k, i, z)
+            z = self.run_window(z, k, steps[k], cond, uncond, cfg, callback)
             if k < len(self.plan) - 1:
                 z = self.jump(z, k, generators)
             _synchronize(z.device)
