@@ -70,8 +70,15 @@ def test_settled_groups_and_summary():
                     {"jump": 1, "groups": 2, "settled": 2, "images": 4, "correct": 0}]
 
 
-def test_cli_rejects_an_unknown_tag(capsys):
+@pytest.mark.parametrize("args, message", [
+    (["--tag", "no_such_tag"], "no prompts with tag 'no_such_tag'"),
+    (["--metadata", "missing.jsonl"], "missing.jsonl"),
+    (["--model", "no/such/dir"], "no/such/dir is not a model directory"),
+    (["--branches", "1"], "--branches must be at least 2"),
+])
+def test_cli_rejects_bad_input_in_one_line(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        branching.main(["--tag", "no_such_tag", "--prompts", "1"])
+        branching.main(args + ["--prompts", "1"])
     assert exit_info.value.code == 2
-    assert "no prompts with tag 'no_such_tag'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -17,10 +17,12 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from nami_core.denoiser import Denoiser
+from nami_core.errors import NamiError
 from nami_core.eval.detectors import get_detector
 from nami_core.eval.geneval import evaluate_image, read_metadata
 from nami_core.flow.sampler import ProgressiveSampler, initial_noise
@@ -45,7 +47,7 @@ def _clone(generator: torch.Generator) -> torch.Generator:
 
 
 def branch_seed(seed: int, jump: int, branch: int) -> int:
-    """Seed of branch `branch` > 0 at `jump`: distinct for every (seed, jump, branch) with branch < 1000."""
+    """Seed of branch `branch` > 0 at `jump`: distinct for every (seed, jump, branch) with jump and branch < 1000."""
     return 1_000_003 * (seed + 1) + 1000 * jump + branch
 
 
@@ -124,10 +126,16 @@ def main(argv: list[str]) -> int:
     if args.branches < 2:
         parser.error("--branches must be at least 2")
 
-    lines = [m for m in read_metadata(args.metadata) if m["tag"] == args.tag][: args.prompts]
+    try:
+        lines = [m for m in read_metadata(args.metadata) if m["tag"] == args.tag][: args.prompts]
+    except NamiError as error:
+        parser.error(str(error))
     if not lines:
         parser.error(f"no prompts with tag {args.tag!r} in {args.metadata}")
-    pipe = NamiPipeline.from_pretrained(args.model or str(bundled_model_dir()))
+    model = Path(args.model) if args.model else bundled_model_dir()
+    if not (model / "model_index.json").is_file():
+        parser.error(f"{model} is not a model directory (no model_index.json)")
+    pipe = NamiPipeline.from_pretrained(str(model))
     pipe.set_progress_bar_config(disable=True)
     detector = get_detector("shapes")
     per_jump: list[list[list[Outcome]]] | None = None
