@@ -24,6 +24,8 @@ def prepare_data(
     seed: int = typer.Option(0, "--seed", help="shapes only: seed of the scene generator."),
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="shapes only: also write the scenes as PNGs here."),
     scene_mix: Optional[str] = typer.Option(None, "--scene-mix", help="shapes only: weights of the scene kinds relation, objects, pair, count (default: relation:1,objects:3)."),
+    usual_color: Optional[float] = typer.Option(None, "--usual-color", help="shapes only: chance that an object whose caption names no colour takes its class's usual colour (circle red, square blue, triangle yellow, diamond green) instead of a random one (default: 0)."),
+    gap: Optional[float] = typer.Option(None, "--gap", help="shapes only: least distance between two objects, in pixels of a 64 px image (default: 2)."),
 ) -> None:
     """Prepare training data once: codec latents at the largest stage each image fills, plus text embeddings.
 
@@ -36,6 +38,8 @@ def prepare_data(
       nami prepare-data shapes --n 20000 --seed 0 --out data/shapes --stages 16,32,64
 
       nami prepare-data shapes --n 20000 --out data/shapes-hard --stages 16,32,64 --scene-mix relation:2,objects:2,pair:1,count:1
+
+      nami prepare-data shapes --n 20000 --out data/shapes-usual --stages 16,32,64 --usual-color 0.8 --gap 6
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -51,13 +55,17 @@ def prepare_data(
     quiet_loading()
     resolutions = parse_int_list(stages, "--stages")
     if source == "shapes":
-        from nami_core.data.shapes import ShapesSource, parse_scene_mix
+        from nami_core.data.shapes import DEFAULT_STYLE, SceneStyle, ShapesSource, parse_scene_mix
 
         mix = parse_scene_mix(scene_mix) if scene_mix else None
-        src = ShapesSource(n=n, seed=seed, size=resolutions[-1], images_dir=images_dir, mix=mix)
+        style = SceneStyle(usual_color=DEFAULT_STYLE.usual_color if usual_color is None else usual_color,
+                           gap=DEFAULT_STYLE.gap if gap is None else gap)
+        src = ShapesSource(n=n, seed=seed, size=resolutions[-1], images_dir=images_dir, mix=mix, style=style)
     else:
-        if scene_mix:
-            raise NamiError("--scene-mix applies to the shapes source only")
+        shapes_only = [name for name, value in (("--scene-mix", scene_mix), ("--usual-color", usual_color), ("--gap", gap))
+                       if value is not None]
+        if shapes_only:
+            raise NamiError(f"{shapes_only[0]} applies to the shapes source only")
         src = open_source(source, image_column, caption_column)
     req = PrepareRequest(
         out=out, stages=resolutions, codec=codec, text_encoder=text_encoder, max_text_tokens=max_text_tokens,

@@ -36,6 +36,7 @@ def train(
     log_every: int = typer.Option(10, "--log-every", help="Steps per metrics line."),
     patch_size: Optional[int] = typer.Option(None, "--patch-size", help="Pixel codec only: tokens are PxP patches."),
     prediction: Optional[str] = typer.Option(None, "--prediction", help="velocity | sample: what the network outputs."),
+    text_positions: Optional[str] = typer.Option(None, "--text-positions", help="none | ordered: text tokens' rotary ids (ordered: token k at (k, 0, 0)); may change an --init model's."),
     window_ratios: Optional[str] = typer.Option(None, "--window-ratios", help="Flow window lengths, e.g. 1:1:1."),
     sample_steps: Optional[str] = typer.Option(None, "--sample-steps", help="Default sampling steps saved with the model."),
     sample_cfg: float = typer.Option(3.0, "--sample-cfg", help="Default guidance scale saved with the model."),
@@ -70,7 +71,7 @@ def train(
         timestep_sampling=timestep_sampling, stage_loss_weights=stage_loss_weights, cfg_dropout=cfg_dropout,
         ema_decay=ema_decay, precision=precision, grad_checkpointing=grad_checkpointing, compile=compile_, fsdp=fsdp,
         save_every=save_every, keep=keep, resume=resume, seed=seed, log_every=log_every, patch_size=patch_size,
-        prediction=prediction, window_ratios=window_ratios, sample_steps=sample_steps, sample_cfg=sample_cfg,
+        prediction=prediction, text_positions=text_positions, window_ratios=window_ratios, sample_steps=sample_steps, sample_cfg=sample_cfg,
         max_nan_steps=max_nan_steps, grad_clip=grad_clip, preload=preload, time_budget=time_budget,
     )
 

@@ -14,6 +14,7 @@ from .errors import ConfigError
 
 MODES = ("nami", "flow-only", "flux-base")
 PREDICTIONS = ("velocity", "sample")
+TEXT_POSITIONS = ("none", "ordered")
 GRIDS = ("exact", "public")
 JUMPS = ("renoise", "bridge")
 
@@ -30,6 +31,9 @@ class ModelConfig:
 
     `stage_ends` are cumulative block counts over the ordered list
     [double blocks..., single blocks...]: stage k runs blocks `[0, stage_ends[k])`.
+    `text_positions` gives the text tokens' rotary ids: "none" puts them all at zero (FLUX, the
+    public NAMI weights), "ordered" puts token k at (k, 0, 0) on the first rope axis, which image
+    tokens leave at zero, so attention can tell the words' order apart.
     """
 
     width: int
@@ -42,6 +46,7 @@ class ModelConfig:
     pooled_dim: int = 768
     rope_axes: tuple[int, ...] = (16, 56, 56)
     prediction: str = "velocity"
+    text_positions: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("width", "heads", "in_channels", "text_dim", "pooled_dim"):
@@ -66,6 +71,10 @@ class ModelConfig:
             raise ConfigError(f"rope_axes {list(self.rope_axes)} must all be even")
         if self.prediction not in PREDICTIONS:
             raise ConfigError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
+        if self.text_positions not in TEXT_POSITIONS:
+            raise ConfigError(
+                f"text_positions must be one of {', '.join(TEXT_POSITIONS)}, got {self.text_positions!r}"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -94,6 +103,7 @@ class ModelConfig:
             axes_dims_rope=tuple(self.rope_axes),
             stage_ends=tuple(self.stage_ends),
             prediction=self.prediction,
+            text_positions=self.text_positions,
         )
 
     @classmethod
@@ -111,6 +121,7 @@ class ModelConfig:
             pooled_dim=int(cfg["pooled_projection_dim"]),
             rope_axes=tuple(cfg.get("axes_dims_rope", (16, 56, 56))),
             prediction=cfg.get("prediction", "velocity"),
+            text_positions=cfg.get("text_positions", "none"),
         )
 
     @classmethod

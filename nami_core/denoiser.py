@@ -18,6 +18,7 @@ class Denoiser:
         self.transformer = transformer
         self.patch_size = int(patch_size)
         self.prediction = transformer.config.prediction
+        self.ordered_text = transformer.config.get("text_positions", "none") == "ordered"
 
     def __call__(
         self,
@@ -39,7 +40,7 @@ class Denoiser:
             pooled_projections=text.pooled.to(device=device, dtype=dtype),
             timestep=tau.to(device=device),
             img_ids=image_ids(h // p, w // p, device=device),
-            txt_ids=text_ids(text.sequence.shape[1], device=device),
+            txt_ids=text_ids(text.sequence.shape[1], ordered=self.ordered_text, device=device),
             attention_mask=text.mask.to(device),
             num_blocks=window.blocks,
         )

@@ -153,7 +153,15 @@ def test_prepare_cli_errors(tmp_path, capsys):
         (["shapes", "--out", str(tmp_path / "o"), "--stages", "16,32", "--scene-mix", "crowd:1"], "'crowd:1' is not KIND:WEIGHT"),
         (["shapes", "--out", str(tmp_path / "o"), "--stages", "16,32", "--scene-mix", "pair:-1"], "must be a number >= 0"),
         ([str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--stages", "16,32", "--scene-mix", "pair:1"],
-         "shapes source only"),
+         "--scene-mix applies to the shapes source only"),
+        (["shapes", "--out", str(tmp_path / "o"), "--stages", "16,32", "--usual-color", "2"],
+         "--usual-color must be between 0 and 1, got 2"),
+        (["shapes", "--out", str(tmp_path / "o"), "--stages", "16,32", "--gap", "-3"],
+         "--gap must be between 0 and 8 pixels, got -3"),
+        ([str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--stages", "16,32", "--usual-color", "0.5"],
+         "--usual-color applies to the shapes source only"),
+        ([str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--stages", "16,32", "--gap", "4"],
+         "--gap applies to the shapes source only"),
     ]:
         with pytest.raises(SystemExit) as exc:
             run(["prepare-data", *args])

@@ -13,6 +13,8 @@ from nami_core.data.shapes import (
     DEFAULT_SCENE_MIX,
     NUMBERS,
     RELATIONS,
+    USUAL_COLORS,
+    SceneStyle,
     ShapesSource,
     make_suite,
     parse_scene_mix,
@@ -120,6 +122,66 @@ def test_scene_mix_draws_each_kind_in_its_share():
 def test_scene_mix_errors_name_the_problem(text, message):
     with pytest.raises(NamiError, match=message):
         parse_scene_mix(text)
+
+
+def unnamed_objects(scene):
+    """The shapes whose colour the caption leaves out (one noun phrase per class in every scene kind)."""
+    phrases, _ = parse(scene.caption)
+    bare = {cls for _, color, cls in phrases if color is None}
+    return [s for s in scene.shapes if s.cls in bare]
+
+
+def test_usual_color_paints_only_objects_whose_colour_is_unnamed():
+    assert USUAL_COLORS == {"circle": "red", "square": "blue", "triangle": "yellow", "diamond": "green"}
+    mix = parse_scene_mix("relation:2,objects:2,pair:1,count:1")
+    for rate, low, high in ((1.0, 1.0, 1.0), (0.5, 0.5, 0.65), (0.0, 0.07, 0.2)):
+        usual = unnamed = 0
+        for i in range(400):
+            scene = random_scene(scene_rng(2, i), 64, mix, SceneStyle(usual_color=rate))
+            phrases, _ = parse(scene.caption)
+            for n, color, cls in phrases:  # named colours are still drawn as named
+                if color:
+                    assert sum(1 for s in scene.shapes if s.cls == cls and s.color == color) >= n, scene.caption
+            objects = unnamed_objects(scene)
+            unnamed += len(objects)
+            usual += sum(s.color == USUAL_COLORS[s.cls] for s in objects)
+        # a random colour is the usual one 1 time in 8
+        assert unnamed > 200 and low <= usual / unnamed <= high, (rate, usual, unnamed)
+
+
+def test_default_style_keeps_the_scene_stream():
+    style = SceneStyle(usual_color=0.0, gap=2.0)
+    for i in range(50):
+        assert random_scene(scene_rng(5, i), 64, None, style) == random_scene(scene_rng(5, i))
+    changed = sum(random_scene(scene_rng(5, i), 64, None, SceneStyle(usual_color=0.8)) != random_scene(scene_rng(5, i))
+                  for i in range(50))
+    assert changed > 10
+    assert "usual" not in ShapesSource(n=5).describe() and "gap" not in ShapesSource(n=5).describe()
+    assert ", usual colour 0.8, gap 6px)" in ShapesSource(n=5, style=SceneStyle(0.8, 6)).describe()
+
+
+@pytest.mark.parametrize("gap", [2.0, 6.0])
+def test_objects_keep_the_gap(gap):
+    smallest = []
+    for i in range(300):
+        shapes = random_scene(scene_rng(1, i), 64, None, SceneStyle(gap=gap)).shapes
+        for j, a in enumerate(shapes):
+            for b in shapes[j + 1:]:
+                dx = max(b.box[0] - a.box[2], a.box[0] - b.box[2])
+                dy = max(b.box[1] - a.box[3], a.box[1] - b.box[3])
+                smallest.append(max(dx, dy))
+    assert min(smallest) >= gap and min(smallest) < gap + 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"usual_color": 1.5}, "--usual-color must be between 0 and 1, got 1.5"),
+    ({"usual_color": float("nan")}, "--usual-color must be between 0 and 1, got nan"),
+    ({"gap": -1}, "--gap must be between 0 and 8 pixels, got -1"),
+    ({"gap": 9}, "--gap must be between 0 and 8 pixels, got 9"),
+])
+def test_scene_style_errors_name_the_problem(kwargs, message):
+    with pytest.raises(NamiError, match=re.escape(message)):
+        SceneStyle(**kwargs)
 
 
 def test_shapes_do_not_overlap_and_are_drawn_in_their_colors():

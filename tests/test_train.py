@@ -169,6 +169,7 @@ def test_non_finite_losses_stop_the_run_with_a_checkpoint(shapes_data, tmp_path,
         ({"--ratio-schedule": "0:1:1"}, "has 2 values, expected 3"),
         ({"--mode": "turbo"}, "mode must be one of"),
         ({"--fsdp": ""}, "--fsdp needs CUDA GPUs"),
+        ({"--text-positions": "shuffled"}, "--text-positions must be one of none, ordered, got 'shuffled'"),
     ],
 )
 def test_bad_train_input_is_one_line(shapes_data, tmp_path, capsys, change, message):
@@ -188,6 +189,26 @@ def test_bad_train_input_is_one_line(shapes_data, tmp_path, capsys, change, mess
     assert cli(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+
+
+def test_init_can_switch_to_ordered_text_positions(shapes_data, tmp_path):
+    """The text ids own no weights, so a run from an --init model may order them; the model it writes keeps that."""
+    from nami_core.denoiser import Denoiser
+    from nami_core.model.transformer import NamiTransformer
+
+    first = tmp_path / "first"
+    assert cli(train_args(shapes_data, first, "--steps", "2", "--ema-decay", "0")) == 0
+    second = tmp_path / "second"
+    args = train_args(shapes_data, second, "--steps", "2", "--init", str(first / "final"), "--text-positions", "ordered")
+    i = args.index("--config")
+    del args[i : i + 2]
+    assert cli(args) == 0
+    before = json.loads((first / "final" / "transformer" / "config.json").read_text())
+    after = json.loads((second / "final" / "transformer" / "config.json").read_text())
+    assert before["text_positions"] == "none" and after["text_positions"] == "ordered"
+    shape = {k: v for k, v in before.items() if not k.startswith("_") and k != "text_positions"}
+    assert shape.items() <= after.items()
+    assert Denoiser(NamiTransformer.from_pretrained(second / "final" / "transformer"), 4).ordered_text
 
 
 def test_convert_checkpoint_gives_the_model_training_ends_with(shapes_data, tmp_path, capsys):

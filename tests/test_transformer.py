@@ -160,3 +160,38 @@ def test_config_errors_raise_at_construction():
         NamiTransformer(**FLUX_KW, stage_ends=(1, 3))
     with pytest.raises(ConfigError):
         ModelConfig(width=30, heads=4, double_blocks=1, single_blocks=0, stage_ends=(1,))
+
+
+def test_text_positions_none_ignores_word_order_and_ordered_sees_it():
+    """With all text ids at zero the image tokens cannot tell the text tokens' order; ordered ids can."""
+    from nami_core.codecs.packing import text_ids
+
+    assert torch.equal(text_ids(4), torch.zeros(4, 3))
+    assert text_ids(4, ordered=True).tolist() == [[0, 0, 0], [1, 0, 0], [2, 0, 0], [3, 0, 0]]
+    torch.manual_seed(0)
+    nami = NamiTransformer(**FLUX_KW, stage_ends=(1, 3, 5), text_positions="ordered").eval()
+    with torch.no_grad():
+        for p in nami.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = inputs()
+    swapped = dict(x, encoder_hidden_states=x["encoder_hidden_states"][:, [1, 0, 2, 3, 4]])
+    with torch.no_grad():
+        for ordered, same in ((False, True), (True, False)):
+            ids = text_ids(5, ordered=ordered)
+            a = nami(**dict(x, txt_ids=ids))
+            b = nami(**dict(swapped, txt_ids=ids))
+            assert torch.allclose(a, b, atol=1e-5) == same, ordered
+
+
+def test_text_positions_is_a_validated_config_field():
+    from nami_core.config import ModelConfig
+    from nami_core.errors import ConfigError
+
+    cfg = ModelConfig(width=32, heads=2, double_blocks=1, single_blocks=0, stage_ends=(1,), rope_axes=(4, 6, 6),
+                      text_positions="ordered")
+    assert ModelConfig.from_transformer_config(cfg.transformer_kwargs()) == cfg
+    saved_before = {k: v for k, v in cfg.transformer_kwargs().items() if k != "text_positions"}
+    assert ModelConfig.from_transformer_config(saved_before).text_positions == "none"  # older model folders
+    with pytest.raises(ConfigError, match="text_positions must be one of none, ordered, got 'shuffled'"):
+        ModelConfig(width=32, heads=2, double_blocks=1, single_blocks=0, stage_ends=(1,), rope_axes=(4, 6, 6),
+                    text_positions="shuffled")

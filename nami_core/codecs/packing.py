@@ -30,6 +30,9 @@ def image_ids(rows: int, cols: int, device=None, dtype=torch.float32) -> torch.T
     return ids.reshape(rows * cols, 3)
 
 
-def text_ids(length: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Rotary ids of text tokens: all zero, shape (length, 3)."""
-    return torch.zeros(length, 3, device=device, dtype=dtype)
+def text_ids(length: int, ordered: bool = False, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Rotary ids of text tokens, shape (length, 3): all zero (FLUX), or `ordered`: token k at (k, 0, 0)."""
+    ids = torch.zeros(length, 3, device=device, dtype=dtype)
+    if ordered:
+        ids[:, 0] = torch.arange(length, device=device, dtype=dtype)
+    return ids

@@ -37,6 +37,31 @@ NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 POSITION_THRESHOLD = 0.1  # GenEval's margin, as a fraction of the two boxes' summed sides
 SUPERSAMPLE = 4
 MIN_SIDE, MAX_SIDE = 14, 22
+USUAL_COLORS = {"circle": "red", "square": "blue", "triangle": "yellow", "diamond": "green"}
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """What a scene's caption leaves open and the generator decides.
+
+    usual_color: chance that an object whose caption names no colour is drawn in its class's usual
+        colour (`USUAL_COLORS`) instead of a random one; 0 keeps every such colour random.
+    gap: least distance between two objects' boxes, in pixels of a 64 px image.
+    """
+
+    usual_color: float = 0.0
+    gap: float = 2.0
+
+    def __post_init__(self) -> None:
+        from ..errors import NamiError
+
+        if not 0.0 <= self.usual_color <= 1.0:
+            raise NamiError(f"--usual-color must be between 0 and 1, got {self.usual_color:g}")
+        if not 0.0 <= self.gap <= 8.0:
+            raise NamiError(f"--gap must be between 0 and 8 pixels, got {self.gap:g}")
+
+
+DEFAULT_STYLE = SceneStyle()
 
 
 @dataclass(frozen=True)
@@ -92,8 +117,9 @@ def _overlaps(box, others, gap: float) -> bool:
     )
 
 
-def place(rng: np.random.Generator, count: int, size: int, boxes: list | None = None, tries: int = 200):
-    """`count` non-overlapping square boxes (sides MIN_SIDE..MAX_SIDE scaled to `size`), or None."""
+def place(rng: np.random.Generator, count: int, size: int, boxes: list | None = None, tries: int = 200,
+          gap: float = DEFAULT_STYLE.gap):
+    """`count` square boxes (sides MIN_SIDE..MAX_SIDE) at least `gap` apart (all scaled to `size`), or None."""
     scale = size / 64.0
     boxes = list(boxes or [])
     out = []
@@ -103,7 +129,7 @@ def place(rng: np.random.Generator, count: int, size: int, boxes: list | None = 
             x0 = rng.uniform(1, size - 1 - side)
             y0 = rng.uniform(1, size - 1 - side)
             box = (x0, y0, x0 + side, y0 + side)
-            if not _overlaps(box, boxes + out, 2 * scale):
+            if not _overlaps(box, boxes + out, gap * scale):
                 out.append(box)
                 break
         else:
@@ -146,11 +172,18 @@ def _random_color(rng) -> str:
     return _pick(rng, list(COLORS))
 
 
-def _relation_scene(rng, size) -> Scene | None:
+def _unnamed_color(rng, cls: str, drawn: str, style: SceneStyle) -> str:
+    """The colour of an object whose caption names none: `drawn` (random), or its class's usual colour."""
+    if style.usual_color > 0 and rng.random() < style.usual_color:
+        return USUAL_COLORS[cls]
+    return drawn
+
+
+def _relation_scene(rng, size, style: SceneStyle) -> Scene | None:
     """Two objects with a stated relation that GenEval's rule confirms."""
     relation = _pick(rng, RELATIONS)
     for _ in range(100):
-        boxes = place(rng, 2, size)
+        boxes = place(rng, 2, size, gap=style.gap)
         if boxes is not None and relation in relations_between(boxes[0], boxes[1]):
             break
     else:
@@ -162,13 +195,15 @@ def _relation_scene(rng, size) -> Scene | None:
         with_colors = True
         while b_col == a_col:
             b_col = _random_color(rng)
+    if not with_colors:
+        a_col, b_col = _unnamed_color(rng, a_cls, a_col, style), _unnamed_color(rng, b_cls, b_col, style)
     shapes = [Shape(a_cls, a_col, boxes[0]), Shape(b_cls, b_col, boxes[1])]
     a = noun_phrase(a_cls, a_col if with_colors else None)
     b = noun_phrase(b_cls, b_col if with_colors else None)
-    style = rng.random()
-    if style < 0.6:
+    phrasing = rng.random()
+    if phrasing < 0.6:
         caption = _pick(rng, PREFIXES) + f"{a} {relation} {b}"
-    elif style < 0.8:
+    elif phrasing < 0.8:
         caption = f"{a} is {'to the ' if relation in ('left of', 'right of') else ''}{relation} {b}"
     else:
         inverse = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[relation]
@@ -176,7 +211,7 @@ def _relation_scene(rng, size) -> Scene | None:
     return Scene(shapes, caption)
 
 
-def _objects_scene(rng, size) -> Scene | None:
+def _objects_scene(rng, size, style: SceneStyle) -> Scene | None:
     """1-4 objects in 1-3 groups of one class (and maybe one color), all described."""
     n_groups = int(rng.choice([1, 1, 1, 1, 2, 2, 2, 3]))
     classes = list(rng.choice(CLASSES, size=n_groups, replace=False))
@@ -186,22 +221,22 @@ def _objects_scene(rng, size) -> Scene | None:
         room = total_max - sum(counts)
         if room > 0 and rng.random() < 0.35:
             counts[i] += int(rng.integers(1, room + 1))
-    return _groups_scene(rng, size, classes, counts)
+    return _groups_scene(rng, size, style, classes, counts)
 
 
-def _pair_scene(rng, size) -> Scene | None:
+def _pair_scene(rng, size, style: SceneStyle) -> Scene | None:
     """One object each of two different classes ("a circle and a triangle")."""
-    return _groups_scene(rng, size, [str(c) for c in rng.choice(CLASSES, size=2, replace=False)], [1, 1])
+    return _groups_scene(rng, size, style, [str(c) for c in rng.choice(CLASSES, size=2, replace=False)], [1, 1])
 
 
-def _count_scene(rng, size) -> Scene | None:
+def _count_scene(rng, size, style: SceneStyle) -> Scene | None:
     """Two to four objects of one class ("three squares")."""
-    return _groups_scene(rng, size, [_pick(rng, CLASSES)], [int(rng.integers(2, 5))])
+    return _groups_scene(rng, size, style, [_pick(rng, CLASSES)], [int(rng.integers(2, 5))])
 
 
-def _groups_scene(rng, size, classes: list[str], counts: list[int]) -> Scene | None:
+def _groups_scene(rng, size, style: SceneStyle, classes: list[str], counts: list[int]) -> Scene | None:
     """`counts[i]` objects of `classes[i]` per group (maybe one color each), all described."""
-    boxes = place(rng, sum(counts), size)
+    boxes = place(rng, sum(counts), size, gap=style.gap)
     if boxes is None:
         return None
     shapes, parts = [], []
@@ -210,14 +245,16 @@ def _groups_scene(rng, size, classes: list[str], counts: list[int]) -> Scene | N
     for cls, count in zip(classes, counts):
         same_color = count == 1 or rng.random() < 0.6
         group_color = _random_color(rng)
+        named = colored and same_color
         for _ in range(count):
-            shapes.append(Shape(cls, group_color if same_color else _random_color(rng), next(it)))
-        parts.append(noun_phrase(cls, group_color if (colored and same_color) else None, count))
-    style = rng.random()
+            color = group_color if same_color else _random_color(rng)
+            shapes.append(Shape(cls, color if named else _unnamed_color(rng, cls, color, style), next(it)))
+        parts.append(noun_phrase(cls, group_color if named else None, count))
+    phrasing = rng.random()
     text = _join(parts)
-    if style < 0.75:
+    if phrasing < 0.75:
         caption = _pick(rng, PREFIXES) + text
-    elif style < 0.9:
+    elif phrasing < 0.9:
         caption = f"there {'is' if sum(counts) == 1 else 'are'} {text}"
     else:
         caption = f"{text} on a gray background"
@@ -254,14 +291,16 @@ def parse_scene_mix(text: str) -> dict[str, float]:
     return mix
 
 
-def random_scene(rng: np.random.Generator, size: int = 64, mix: dict[str, float] | None = None) -> Scene:
-    """A random scene with a truthful caption, its kind drawn by `mix` (default: relations in 25%)."""
+def random_scene(rng: np.random.Generator, size: int = 64, mix: dict[str, float] | None = None,
+                 style: SceneStyle = DEFAULT_STYLE) -> Scene:
+    """A random scene with a truthful caption, its kind drawn by `mix` (default: relations in 25%)
+    and what the caption leaves open by `style`."""
     mix = mix or DEFAULT_SCENE_MIX
     kinds = [kind for kind in SCENE_KINDS if mix.get(kind, 0) > 0]
     bounds = np.cumsum([mix[kind] for kind in kinds]) / sum(mix[kind] for kind in kinds)
     while True:
         pick = min(int(np.searchsorted(bounds, rng.random(), side="right")), len(kinds) - 1)
-        scene = SCENE_KINDS[kinds[pick]](rng, size)
+        scene = SCENE_KINDS[kinds[pick]](rng, size, style)
         if scene is not None:
             return scene
 
@@ -276,13 +315,14 @@ class ShapesSource(Source):
     name = "shapes"
 
     def __init__(self, n: int, seed: int = 0, size: int = 64, images_dir: Path | None = None,
-                 mix: dict[str, float] | None = None) -> None:
+                 mix: dict[str, float] | None = None, style: SceneStyle = DEFAULT_STYLE) -> None:
         if n < 1:
             from ..errors import NamiError
 
             raise NamiError(f"--n must be at least 1, got {n}")
         self.n, self.seed, self.size = n, seed, size
         self.mix = dict(mix or DEFAULT_SCENE_MIX)
+        self.style = style
         self.images_dir = Path(images_dir) if images_dir else None
         if self.images_dir:
             self.images_dir.mkdir(parents=True, exist_ok=True)
@@ -292,7 +332,7 @@ class ShapesSource(Source):
 
     def __iter__(self) -> Iterator[SourceItem]:
         for i in range(self.n):
-            scene = random_scene(scene_rng(self.seed, i), self.size, self.mix)
+            scene = random_scene(scene_rng(self.seed, i), self.size, self.mix, self.style)
             yield SourceItem(f"{i:07d}", lambda s=scene, i=i: self._image(s, i), scene.caption)
 
     def _image(self, scene: Scene, index: int) -> Image.Image:
@@ -304,7 +344,9 @@ class ShapesSource(Source):
 
     def describe(self) -> str:
         mix = "" if self.mix == DEFAULT_SCENE_MIX else ", mix " + ",".join(f"{k}:{v:g}" for k, v in self.mix.items())
-        return f"shapes world (n={self.n}, seed={self.seed}, {self.size}px{mix})"
+        usual = f", usual colour {self.style.usual_color:g}" if self.style.usual_color else ""
+        gap = f", gap {self.style.gap:g}px" if self.style.gap != DEFAULT_STYLE.gap else ""
+        return f"shapes world (n={self.n}, seed={self.seed}, {self.size}px{mix}{usual}{gap})"
 
 
 # -- scenes for GenEval-schema metadata --------------------------------------------------------------

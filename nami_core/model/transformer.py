@@ -29,8 +29,9 @@ class NamiTransformer(ModelMixin, ConfigMixin):
     """FLUX-compatible transformer with a stage plan.
 
     Config: the `FluxTransformer2DModel` arguments (no guidance embedding) plus
-    `stage_ends` (cumulative block ends per stage) and `prediction` ("velocity" or
-    "sample": what the output head predicts; see `nami_core.flow.parameterization`).
+    `stage_ends` (cumulative block ends per stage), `prediction` ("velocity" or
+    "sample": what the output head predicts; see `nami_core.flow.parameterization`) and
+    `text_positions` ("none" or "ordered": the text tokens' rotary ids; see `ModelConfig`).
     """
 
     _supports_gradient_checkpointing = True
@@ -52,6 +53,7 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         axes_dims_rope: Sequence[int] = (16, 56, 56),
         stage_ends: Sequence[int] = (9, 16, 22),
         prediction: str = "velocity",
+        text_positions: str = "none",
     ) -> None:
         super().__init__()
         # Validates heads/width, rope axes and the stage plan; raises ConfigError.

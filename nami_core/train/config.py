@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import FlowConfig, ModelConfig, check_mode, get_preset, parse_float_list
+from ..config import TEXT_POSITIONS, FlowConfig, ModelConfig, check_mode, get_preset, parse_float_list
 from ..errors import ConfigError, NamiError
 from ..flow.objective import RATIO_SAMPLINGS
 
@@ -47,6 +47,7 @@ class TrainConfig:
     patch_size: int | None = None
     window_ratios: str | None = None
     prediction: str | None = None
+    text_positions: str | None = None
     sample_steps: str | None = None
     sample_cfg: float = 3.0
     preload: str = "auto"
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ConfigError("--time-budget must be a positive number of minutes")
         if self.preload not in ("auto", "yes", "no"):
             raise ConfigError("--preload must be auto, yes or no")
+        if self.text_positions is not None and self.text_positions not in TEXT_POSITIONS:
+            raise ConfigError(f"--text-positions must be one of {', '.join(TEXT_POSITIONS)}, got {self.text_positions!r}")
         if sum(x is not None for x in (self.preset, self.config_file, self.init)) > 1:
             raise ConfigError("give one of --preset, --config and --init")
 
@@ -132,6 +135,8 @@ def build_model_config(cfg: TrainConfig, manifest: dict[str, Any], patch_size: i
         raise NamiError(f"--prediction {cfg.prediction} differs from the --init model's {model.prediction}")
     if cfg.prediction is not None:
         model = replace(model, prediction=cfg.prediction)
+    if cfg.text_positions is not None:  # no weights depend on it, so an --init model may change it
+        model = replace(model, text_positions=cfg.text_positions)
     if cfg.mode == "nami" and model.num_stages != len(cfg.stages):
         raise NamiError(
             f"the model has {model.num_stages} stage modules but --stages lists {len(cfg.stages)} resolutions"
