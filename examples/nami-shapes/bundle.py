@@ -3,7 +3,8 @@
     python examples/nami-shapes/bundle.py runs/nami-shapes/final nami_core/assets/nami-shapes
 
 The EMA weights become the model's only weights, stored as float16 safetensors (the
-package keeps them under 25 MB); every config is copied unchanged.
+package keeps them under 25 MB); every config is copied unchanged
+but for the transformer's `_name_or_path`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def bundle(final: Path, target: Path) -> None:
     for part in ("scheduler", "codec", "text_encoder"):
         shutil.copytree(final / part, tmp / part)
     (tmp / "transformer").mkdir(parents=True)
-    shutil.copy(final / "transformer" / "config.json", tmp / "transformer" / "config.json")
+    config = json.loads((final / "transformer" / "config.json").read_text())
+    config.pop("_name_or_path", None)  # where the run's --init came from, not where this copy lives
+    (tmp / "transformer" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = {k: v.to(torch.float16).contiguous() for k, v in load_file(source).items()}
     save_file(state, tmp / "transformer" / WEIGHTS, metadata={"format": "pt", "source": source.name})
     shutil.copy(final / "model_index.json", tmp / "model_index.json")
