@@ -18,7 +18,7 @@ class Denoiser:
         self.transformer = transformer
         self.patch_size = int(patch_size)
         self.prediction = transformer.config.prediction
-        self.ordered_text = transformer.config.get("text_positions", "none") == "ordered"
+        self.ordered_text = transformer.config.text_positions == "ordered"
 
     def __call__(
         self,

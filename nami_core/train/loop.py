@@ -134,12 +134,12 @@ def train(cfg: TrainConfig, on_log: Callable[[dict], None] | None = None,
 
     if cfg.init is not None:
         try:
-            transformer = NamiTransformer.from_pretrained(Path(cfg.init) / "transformer")
+            # text_positions owns no weights, so the run's choice overrides the saved one
+            transformer = NamiTransformer.from_pretrained(
+                Path(cfg.init) / "transformer", text_positions=model_cfg.text_positions
+            )
         except (OSError, ValueError, RuntimeError) as exc:
             raise NamiError(f"--init {cfg.init}: cannot load the transformer ({str(exc).strip().splitlines()[0]})") from None
-        if transformer.config.get("text_positions", "none") != model_cfg.text_positions:
-            transformer.register_to_config(text_positions=model_cfg.text_positions)
-            transformer.model_config = model_cfg
     else:
         torch.manual_seed(cfg.seed)
         transformer = NamiTransformer.from_model_config(model_cfg)
