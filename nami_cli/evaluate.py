@@ -112,7 +112,7 @@ def geneval(
     skip_generation: bool = typer.Option(False, "--skip-generation", help="Score the images already in --out."),
     seed: int = typer.Option(0, "--seed", help="Image j of prompt i uses seed S + i * images-per-prompt + j."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage, e.g. 10,10,10. Default: the model's."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance scale. Default: the model's."),
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale, or one per stage such as 8,3,3. Default: the model's."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
 ) -> None:
@@ -194,7 +194,7 @@ def check_same_prompts(prompts, suite: list[dict], source: str) -> None:
 
 
 def generate(suite: list[dict], out: Path, model: Optional[str], images_per_prompt: int, seed: int,
-             steps: Optional[str], cfg: Optional[float], device: str, batch_size: int) -> None:
+             steps: Optional[str], cfg: Optional[str], device: str, batch_size: int) -> None:
     """Write GenEval's layout for `suite` under `out`: image j of prompt i has seed seed + i*n + j."""
     from nami_core.eval import geneval as ge
     from nami_core.eval.generation import Generator
@@ -224,7 +224,7 @@ def dpg(
     skip_generation: bool = typer.Option(False, "--skip-generation", help="Score the grids already in --out."),
     seed: int = typer.Option(0, "--seed", help="Cell k (0..3) of prompt i (prompts in name order) uses seed S + 4 i + k."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage. Default: the model's."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance scale. Default: the model's."),
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale, or one per stage such as 8,3,3. Default: the model's."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
     vqa_prompt: str = typer.Option("{question}", "--vqa-prompt", help="How a question is put to a generative VQA model, e.g. 'Question: {question} Answer:' for BLIP-2."),
@@ -334,7 +334,7 @@ def nami1k_generate(
     images_per_prompt: int = typer.Option(1, "--images-per-prompt", help="Images per prompt."),
     seed: int = typer.Option(0, "--seed", help="Image j of prompt i uses seed S + i * images-per-prompt + j."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage. Default: the model's."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance scale. Default: the model's."),
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale, or one per stage such as 8,3,3. Default: the model's."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
 ) -> None:

@@ -15,7 +15,7 @@ def sample(
     n: int = typer.Option(1, "--n", help="Number of images; image i uses seed S+i."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first image."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage, e.g. 10,10,10; one number is split evenly. Default: the model's."),
-    cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (1 = off). Default: the model's."),
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (1 = off), or one per stage such as 8,3,3. Default: the model's."),
     negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt for guidance."),
     mode: Optional[str] = typer.Option(None, "--mode", help="nami | flow-only | flux-base. Default: the model's."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
@@ -33,6 +33,8 @@ def sample(
       nami sample "a photo of three purple triangles" --n 4 --seed 7 --out shapes/
 
       nami sample "a cat" --model runs/cat/final --steps 10,10,10 --cfg 4 --device cuda --dtype bf16
+
+      nami sample "a photo of a red circle left of a blue square" --cfg 12,3,3
     """
     import gc
     import json

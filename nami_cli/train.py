@@ -39,7 +39,7 @@ def train(
     text_positions: Optional[str] = typer.Option(None, "--text-positions", help="none | ordered: text tokens' rotary ids (ordered: token k at (k, 0, 0)); may change an --init model's."),
     window_ratios: Optional[str] = typer.Option(None, "--window-ratios", help="Flow window lengths, e.g. 1:1:1."),
     sample_steps: Optional[str] = typer.Option(None, "--sample-steps", help="Default sampling steps saved with the model."),
-    sample_cfg: float = typer.Option(3.0, "--sample-cfg", help="Default guidance scale saved with the model."),
+    sample_cfg: str = typer.Option("3", "--sample-cfg", help="Default guidance scale saved with the model, or one per stage such as 15,3,3."),
     max_nan_steps: int = typer.Option(20, "--max-nan-steps", help="Stop after this many non-finite steps in a row."),
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clip."),
     preload: str = typer.Option("auto", "--preload", help="auto | yes | no: hold the data in memory."),

@@ -272,6 +272,36 @@ def split_steps(steps: str | int | Sequence[int], num_stages: int) -> tuple[int,
     return counts
 
 
+def split_guidance(cfg: float | str | Sequence[float], num_stages: int) -> tuple[float, ...]:
+    """Per-stage classifier-free guidance scales (1 = off in that stage).
+
+    One scale ("3" or 3.0) applies to every stage; "8,3,3" gives one per stage, for example
+    strong guidance only in the first, low-resolution window, where the layout is decided.
+    """
+    if isinstance(cfg, str):
+        scales = parse_float_list(cfg, "cfg")
+    elif isinstance(cfg, (int, float)):
+        scales = (float(cfg),)
+    else:
+        scales = tuple(float(v) for v in cfg)
+    if not scales:
+        raise ConfigError("cfg is empty")
+    if not all(math.isfinite(v) and v > 0 for v in scales):
+        raise ConfigError(f"cfg must be positive (1 = no guidance), got {','.join(f'{v:g}' for v in scales)}")
+    if len(scales) == 1:
+        return scales * num_stages
+    if len(scales) != num_stages:
+        raise ConfigError(f"cfg lists {len(scales)} scales but the plan has {num_stages} stages; "
+                          "give one scale, or one per stage")
+    return scales
+
+
+def guidance_record(scales: Sequence[float]) -> float | list[float]:
+    """How metadata records guidance: one number when every stage uses the same scale."""
+    values = [float(v) for v in scales]
+    return values[0] if len(set(values)) == 1 else values
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named model: its shape, the stage resolutions it is meant for, and a description."""

@@ -114,7 +114,7 @@ class NamiPipeline(DiffusionPipeline):
         negative_prompt: str | None = None,
         num_images_per_prompt: int = 1,
         steps: str | int | Sequence[int] | None = None,
-        cfg: float | None = None,
+        cfg: float | str | Sequence[float] | None = None,
         mode: str | None = None,
         resolution: int | None = None,
         seed: int = 0,
@@ -127,7 +127,8 @@ class NamiPipeline(DiffusionPipeline):
 
         Image i uses its own generator seeded with `seed + i` (or `generator[i]`), so an
         image is reproducible from its seed whatever the batch. `steps` is per stage
-        ("10,10,10") or a total split evenly. `output_type`: "pil", "np" or "latent".
+        ("10,10,10") or a total split evenly; `cfg` is one guidance scale or one per stage
+        ("8,3,3"). `output_type`: "pil", "np" or "latent".
         `callback(stage, step, latents)` runs after every Euler step.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -141,7 +142,7 @@ class NamiPipeline(DiffusionPipeline):
         batch = len(prompts)
         plan = self.plan(mode, resolution)
         stage_steps = plan.stage_steps(steps if steps is not None else tuple(self.scheduler.config.default_steps))
-        cfg = float(self.scheduler.config.default_cfg if cfg is None else cfg)
+        guidance = plan.stage_guidance(self.scheduler.config.default_cfg if cfg is None else cfg)
 
         if generator is None:
             seeds = [seed + i for i in range(batch)]
@@ -155,7 +156,7 @@ class NamiPipeline(DiffusionPipeline):
         device = self._execution_device
         cond = self.encode_prompts(prompts)
         uncond = None
-        if cfg != 1.0:
+        if any(w != 1.0 for w in guidance):
             uncond = self.encode_prompts([negative_prompt or ""] * batch)
 
         full_side = plan.flow.resolutions[-1] // self.codec.downsample
@@ -171,7 +172,7 @@ class NamiPipeline(DiffusionPipeline):
                     callback(stage, step, z)
 
             result = sampler(cond.to(device), uncond.to(device) if uncond is not None else None,
-                             noise, stage_steps, cfg, generators, on_step)
+                             noise, stage_steps, guidance, generators, on_step)
 
         if output_type == "latent":
             images = result.latents

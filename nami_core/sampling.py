@@ -22,7 +22,7 @@ class SampleRequest:
     n: int = 1
     seed: int = 0
     steps: str | None = None
-    cfg: float | None = None
+    cfg: str | float | None = None
     negative: str | None = None
     mode: str | None = None
     device: str = "auto"
@@ -72,7 +72,7 @@ def save_png(image, path: Path, metadata: dict) -> None:
 def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = None,
                on_plan: Callable[[list[int]], None] | None = None) -> SampleReport:
     """Generate `req.n` images of `req.prompt`; image i has seed `req.seed + i`."""
-    from .config import check_mode
+    from .config import check_mode, guidance_record
     from .modeldir import load_pipeline, resolve_model_dir
     from .runtime import resolve_device, resolve_dtype
 
@@ -95,7 +95,7 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
     mode = req.mode or pipe.scheduler.config.default_mode
     plan = pipe.plan(mode)
     steps = plan.stage_steps(req.steps if req.steps is not None else tuple(pipe.scheduler.config.default_steps))
-    cfg = pipe.scheduler.config.default_cfg if req.cfg is None else req.cfg
+    guidance = plan.stage_guidance(pipe.scheduler.config.default_cfg if req.cfg is None else req.cfg)
     if on_plan is not None:
         on_plan(list(steps))
 
@@ -111,7 +111,7 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
             negative_prompt=req.negative,
             num_images_per_prompt=len(chunk),
             steps=steps,
-            cfg=cfg,
+            cfg=guidance,
             mode=mode,
             seed=chunk[0],
             callback=(lambda k, i, z: on_step(k, i)) if on_step is not None else None,
@@ -123,7 +123,7 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
                 "negative": req.negative,
                 "seed": s,
                 "steps": list(steps),
-                "cfg": cfg,
+                "cfg": guidance_record(guidance),
                 "mode": mode,
                 "model": str(model_dir),
                 "resolution": plan.flow.resolutions[-1],

@@ -49,6 +49,15 @@ def test_sample_writes_pngs_with_metadata(tiny_model_dir, tmp_path, capsys):
     assert code == 0, err
     with Image.open(single) as img:
         assert np.abs(np.asarray(img.convert("RGB"), dtype=np.int16) - second).max() <= 1
+    per_stage = tmp_path / "per-stage.png"
+    code, _, err = run_cli(["sample", "a red circle", "--model", str(tiny_model_dir), "--out", str(per_stage),
+                            "--steps", "2,2,2", "--cfg", "6,2,2"], capsys)
+    assert code == 0, err
+    assert json.loads(per_stage.with_suffix(".json").read_text())["cfg"] == [6.0, 2.0, 2.0]
+    code, _, err = run_cli(["sample", "a red circle", "--model", str(tiny_model_dir), "--out", str(per_stage),
+                            "--steps", "2,2,2", "--cfg", "6,2"], capsys)
+    assert code != 0 and "cfg lists 2 scales but the plan has 3 stages" in err
+    assert "Traceback" not in err
 
 
 def test_console_sample_skips_teardown_but_writes_everything(tiny_model_dir, tmp_path):

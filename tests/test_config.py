@@ -2,7 +2,7 @@
 
 import pytest
 
-from nami_core.config import ModelConfig, get_preset, split_steps
+from nami_core.config import ModelConfig, get_preset, guidance_record, split_guidance, split_steps
 from nami_core.errors import ConfigError
 
 
@@ -41,6 +41,23 @@ def test_steps_must_match_stages():
     with pytest.raises(ConfigError, match="comma-separated integers"):
         split_steps("10,x,10", 3)
     assert split_steps("30", 3) == (10, 10, 10)
+
+
+def test_guidance_is_one_scale_or_one_per_stage():
+    assert split_guidance(3, 3) == (3.0, 3.0, 3.0)
+    assert split_guidance("4.5", 2) == (4.5, 4.5)
+    assert split_guidance("8,3,1", 3) == (8.0, 3.0, 1.0)
+    assert split_guidance([12, 3, 3], 3) == (12.0, 3.0, 3.0)
+    with pytest.raises(ConfigError, match="cfg lists 2 scales but the plan has 3 stages"):
+        split_guidance("8,3", 3)
+    with pytest.raises(ConfigError, match="cfg must be comma-separated numbers, got 'high'"):
+        split_guidance("high", 3)
+    with pytest.raises(ConfigError, match="cfg must be positive"):
+        split_guidance("8,0,3", 3)
+    with pytest.raises(ConfigError, match="cfg must be positive"):
+        split_guidance(float("nan"), 3)
+    assert guidance_record((3.0, 3.0, 3.0)) == 3.0
+    assert guidance_record((8.0, 3.0, 3.0)) == [8.0, 3.0, 3.0]
 
 
 def test_presets_match_the_spec_table():

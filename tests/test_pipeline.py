@@ -31,6 +31,33 @@ def test_guidance_and_negative_prompt_change_the_image():
     torch.testing.assert_close(again, plain)
 
 
+def test_guidance_per_stage_applies_each_scale_in_its_window_only():
+    pipe = build_tiny_pipeline()
+    kw = dict(seed=2, output_type="latent", steps=(2, 2, 2))
+    uniform = pipe("a red circle", cfg=4.0, **kw).images
+    torch.testing.assert_close(pipe("a red circle", cfg="4,4,4", **kw).images, uniform)
+    torch.testing.assert_close(pipe("a red circle", cfg=(1, 1, 1), **kw).images, pipe("a red circle", cfg=1.0, **kw).images)
+
+    batches = []  # batch size of every transformer call: 2 where a window guides (uncond + cond), 1 where not
+    forward = pipe.transformer.forward
+
+    def counting(*args, **kwargs):
+        batches.append(kwargs["hidden_states"].shape[0])
+        return forward(*args, **kwargs)
+
+    pipe.transformer.forward = counting
+    first_only = pipe("a red circle", cfg="4,1,1", **kw).images
+    assert batches == [2, 2, 1, 1, 1, 1]
+    assert (first_only - uniform).abs().max() > 1e-4
+    # the first window alone guided: its end state equals uniform guidance's, the later windows differ
+    ends = {}
+    for cfg in ("4,1,1", 4.0):
+        states = []
+        pipe("a red circle", cfg=cfg, callback=lambda k, i, z: states.append((k, z.clone())), **kw)
+        ends[cfg] = [z for k, z in states if k == 0][-1]
+    torch.testing.assert_close(ends["4,1,1"], ends[4.0])
+
+
 def test_callback_sees_every_step_and_generators_control_the_noise():
     pipe = build_tiny_pipeline()
     seen = []

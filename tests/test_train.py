@@ -170,6 +170,8 @@ def test_non_finite_losses_stop_the_run_with_a_checkpoint(shapes_data, tmp_path,
         ({"--mode": "turbo"}, "mode must be one of"),
         ({"--fsdp": ""}, "--fsdp needs CUDA GPUs"),
         ({"--text-positions": "shuffled"}, "--text-positions must be one of none, ordered, got 'shuffled'"),
+        ({"--sample-cfg": "6,2"}, "--sample-cfg lists 2 scales but the plan has 3 stages"),
+        ({"--sample-cfg": "0"}, "--sample-cfg must be positive"),
     ],
 )
 def test_bad_train_input_is_one_line(shapes_data, tmp_path, capsys, change, message):
@@ -214,7 +216,8 @@ def test_init_can_switch_to_ordered_text_positions(shapes_data, tmp_path):
 def test_convert_checkpoint_gives_the_model_training_ends_with(shapes_data, tmp_path, capsys):
     """A checkpoint exported mid-run holds the same raw and EMA weights as RUN/final written at that step."""
     out = tmp_path / "run"
-    assert cli(train_args(shapes_data, out, "--steps", "6", "--save-every", "6", "--ema-decay", "0.9")) == 0
+    assert cli(train_args(shapes_data, out, "--steps", "6", "--save-every", "6", "--ema-decay", "0.9",
+                          "--sample-cfg", "6,2,2")) == 0
     exported = tmp_path / "exported"
     assert cli(["convert", "checkpoint", str(out / "checkpoints" / "step-00000006"), "--out", str(exported)]) == 0
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.ema.safetensors"):
@@ -226,6 +229,7 @@ def test_convert_checkpoint_gives_the_model_training_ends_with(shapes_data, tmp_
     assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # the variants really differ
     for part in ("scheduler/scheduler_config.json", "codec/config.json", "model_index.json"):
         assert (exported / part).read_text() == (out / "final" / part).read_text(), part
+    assert json.loads((exported / "scheduler" / "scheduler_config.json").read_text())["default_cfg"] == [6.0, 2.0, 2.0]
     image = tmp_path / "mid.png"
     assert cli(["sample", "a red circle", "--model", str(exported), "--out", str(image), "--steps", "1,1,1"]) == 0
     assert image.is_file()

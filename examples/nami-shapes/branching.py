@@ -52,7 +52,7 @@ def branch_seed(seed: int, jump: int, branch: int) -> int:
 
 
 def branch_latents(pipe: NamiPipeline, prompt: str, seed: int, branches: int,
-                   steps=None, cfg: float | None = None) -> list[torch.Tensor]:
+                   steps=None, cfg: str | float | None = None) -> list[torch.Tensor]:
     """Final latents of every branch, per jump: entry j is (branches, C, H, W), branched after window j.
 
     Branch 0 continues the seed's generator (the plain sample); branch b > 0 draws its jump noise
@@ -60,12 +60,12 @@ def branch_latents(pipe: NamiPipeline, prompt: str, seed: int, branches: int,
     """
     plan = pipe.plan()
     stage_steps = plan.stage_steps(steps if steps is not None else tuple(pipe.scheduler.config.default_steps))
-    cfg = float(pipe.scheduler.config.default_cfg if cfg is None else cfg)
+    guidance = plan.stage_guidance(pipe.scheduler.config.default_cfg if cfg is None else cfg)
     sampler = ProgressiveSampler(Denoiser(pipe.transformer, pipe.codec.patch_size), plan, pipe.jump_for(plan))
 
     def texts(n: int):
         cond = pipe.encode_prompts([prompt] * n)
-        return cond, (pipe.encode_prompts([""] * n) if cfg != 1.0 else None)
+        return cond, (pipe.encode_prompts([""] * n) if any(w != 1.0 for w in guidance) else None)
 
     trunk_generator = torch.Generator("cpu").manual_seed(seed)
     side = plan.flow.resolutions[-1] // pipe.codec.downsample
@@ -74,13 +74,13 @@ def branch_latents(pipe: NamiPipeline, prompt: str, seed: int, branches: int,
     branch_cond, branch_uncond = texts(branches)
     finished = []
     for j in range(len(plan) - 1):
-        z = sampler.run_window(z, j, stage_steps[j], cond, uncond, cfg)
+        z = sampler.run_window(z, j, stage_steps[j], cond, uncond, guidance[j])
         generators = [_clone(trunk_generator)] + [
             torch.Generator("cpu").manual_seed(branch_seed(seed, j, b)) for b in range(1, branches)]
         zb = z.repeat(branches, 1, 1, 1)
         for k in range(j + 1, len(plan)):
             zb = sampler.run_window(sampler.jump(zb, k - 1, generators), k, stage_steps[k],
-                                    branch_cond, branch_uncond, cfg)
+                                    branch_cond, branch_uncond, guidance[k])
         finished.append(zb)
         z = sampler.jump(z, j, [trunk_generator])
     return finished
@@ -121,7 +121,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prompts", type=int, default=20, help="first N prompts of the tag")
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per prompt")
     parser.add_argument("--branches", type=int, default=4)
-    parser.add_argument("--cfg", type=float, default=None)
+    parser.add_argument("--cfg", default=None, help="guidance scale, or one per window (default: the model's)")
     args = parser.parse_args(argv)
     if args.branches < 2:
         parser.error("--branches must be at least 2")

@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4, help="seeds per prompt")
     parser.add_argument("--scale", type=int, default=2, help="nearest-neighbour upscaling of each sample")
     parser.add_argument("--steps", default=None, help="Euler steps per stage (default: the model's)")
-    parser.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
+    parser.add_argument("--cfg", default=None, help="guidance scale, or one per window such as 8,3,3 (default: the model's)")
     args = parser.parse_args()
 
     pipe = load_pipeline(resolve_model_dir(args.model), torch.device("cpu"), torch.float32)

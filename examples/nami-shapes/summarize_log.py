@@ -5,13 +5,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 
 def main(path: Path, every: int) -> None:
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.is_file():
+        sys.exit(f"error: no metrics file at {path}")
+    if every < 1:
+        sys.exit(f"error: EVERY must be at least 1, got {every}")
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        sys.exit(f"error: {path} is not JSON lines ({exc.msg} at line {exc.lineno})")
     if not records:
         sys.exit(f"error: {path} has no records")
     interval = records[1]["step"] - records[0]["step"] if len(records) > 1 else records[0]["step"]
@@ -27,4 +35,8 @@ def main(path: Path, every: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("metrics", type=Path, help="a run's metrics.jsonl")
+    parser.add_argument("every", type=int, nargs="?", default=1000, help="one row every EVERY steps (and the last)")
+    args = parser.parse_args()
+    main(args.metrics, args.every)

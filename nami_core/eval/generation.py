@@ -11,6 +11,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..config import guidance_record
+
 
 def image_seed(seed: int, prompt_index: int, image_index: int, per_prompt: int) -> int:
     return seed + prompt_index * per_prompt + image_index
@@ -30,7 +32,7 @@ class Generator:
     """A loaded NamiPipeline with the steps and guidance every image of a run uses."""
 
     def __init__(self, model: str | None, device: str = "auto", steps: str | None = None,
-                 cfg: float | None = None) -> None:
+                 cfg: str | float | None = None) -> None:
         from ..modeldir import load_pipeline
         from ..runtime import resolve_device
 
@@ -39,11 +41,11 @@ class Generator:
         plan = self.pipe.plan(None)
         defaults = tuple(self.pipe.scheduler.config.default_steps)
         self.stage_steps = plan.stage_steps(steps if steps is not None else defaults)
-        self.cfg = float(self.pipe.scheduler.config.default_cfg if cfg is None else cfg)
+        self.guidance = plan.stage_guidance(self.pipe.scheduler.config.default_cfg if cfg is None else cfg)
 
     def info(self, prompt: str, seed: int, **extra) -> dict:
         """What a PNG's "nami" chunk records about its generation."""
-        return {"prompt": prompt, "seed": seed, "steps": list(self.stage_steps), "cfg": self.cfg,
+        return {"prompt": prompt, "seed": seed, "steps": list(self.stage_steps), "cfg": guidance_record(self.guidance),
                 "model": self.model_name, **extra}
 
     def images(self, prompts: Sequence[str], per_prompt: int, seed: int, batch_size: int) -> Iterator[Generated]:
@@ -52,7 +54,7 @@ class Generator:
         for first in range(0, len(prompts), per_call):
             chunk = list(prompts[first:first + per_call])
             result = self.pipe(chunk, num_images_per_prompt=per_prompt, seed=image_seed(seed, first, 0, per_prompt),
-                               steps=self.stage_steps, cfg=self.cfg)
+                               steps=self.stage_steps, cfg=self.guidance)
             for k, image in enumerate(result.images):
                 index, j = first + k // per_prompt, k % per_prompt
                 yield Generated(index, j, image_seed(seed, index, j, per_prompt), image)

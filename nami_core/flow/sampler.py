@@ -95,23 +95,27 @@ class ProgressiveSampler:
         uncond,
         noise: torch.Tensor,
         steps: Sequence[int],
-        cfg: float = 1.0,
+        cfg: float | Sequence[float] = 1.0,
         generators: Sequence[torch.Generator] | None = None,
         callback: StepCallback | None = None,
     ) -> SampleResult:
         """Sample from `noise` (B, C, h_1, w_1) at the first window's resolution.
 
         cond/uncond: `TextEmbeddings` of batch B (uncond may be None: no guidance).
-        steps: Euler steps per window. Returns latents (B, C, H, W) at full resolution.
+        steps: Euler steps per window; cfg: one guidance scale, or one per window.
+        Returns latents (B, C, H, W) at full resolution.
         """
         if len(steps) != len(self.plan):
             raise ValueError(f"{len(steps)} step counts for a plan of {len(self.plan)} windows")
+        scales = [float(cfg)] * len(self.plan) if isinstance(cfg, (int, float)) else [float(w) for w in cfg]
+        if len(scales) != len(self.plan):
+            raise ValueError(f"{len(scales)} guidance scales for a plan of {len(self.plan)} windows")
         z = noise.float()
         seconds: list[float] = []
         for k in range(len(self.plan)):
             _synchronize(z.device)
             t0 = time.perf_counter()
-            z = self.run_window(z, k, steps[k], cond, uncond, cfg, callback)
+            z = self.run_window(z, k, steps[k], cond, uncond, scales[k], callback)
             if k < len(self.plan) - 1:
                 z = self.jump(z, k, generators)
             _synchronize(z.device)

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import FlowConfig, check_mode, split_steps
+from ..config import FlowConfig, check_mode, split_guidance, split_steps
 from ..errors import ConfigError
 
 PUBLIC_GRID_POINTS = 1000
@@ -256,6 +256,10 @@ class FlowPlan:
             total = steps if isinstance(steps, int) else sum(int(s) for s in steps)
             return split_steps(int(total), 1)
         return split_steps(steps, len(self.windows))
+
+    def stage_guidance(self, cfg) -> tuple[float, ...]:
+        """Per-window guidance scales from one scale or one per window ("8,3,3")."""
+        return split_guidance(cfg, len(self.windows))
 
     def stage_grid(self, k: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """Euler grid of window k: (ratios, length steps+1, from 1 to 0; taus, length steps)."""

@@ -12,7 +12,8 @@ from .schedule import FlowPlan
 
 
 class NamiFlowScheduler(SchedulerMixin, ConfigMixin):
-    """Stage resolutions, window ratios, gamma, grid, jump type and sampling defaults.
+    """Stage resolutions, window ratios, gamma, grid, jump type and sampling defaults
+    (`default_cfg`: one guidance scale, or one per stage).
 
     `plan(mode, stage_ends, pixels_per_token)` turns it into the `FlowPlan` a mode runs.
     """
@@ -29,7 +30,7 @@ class NamiFlowScheduler(SchedulerMixin, ConfigMixin):
         grid: str = "exact",
         jump: str = "renoise",
         default_steps: Sequence[int] = (10, 10, 10),
-        default_cfg: float = 3.0,
+        default_cfg: float | Sequence[float] = 3.0,
         default_mode: str = "nami",
     ) -> None:
         self.flow = FlowConfig(

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import TEXT_POSITIONS, FlowConfig, ModelConfig, check_mode, get_preset, parse_float_list
+from ..config import TEXT_POSITIONS, FlowConfig, ModelConfig, check_mode, get_preset, parse_float_list, split_guidance
 from ..errors import ConfigError, NamiError
 from ..flow.objective import RATIO_SAMPLINGS
 
@@ -49,7 +49,7 @@ class TrainConfig:
     prediction: str | None = None
     text_positions: str | None = None
     sample_steps: str | None = None
-    sample_cfg: float = 3.0
+    sample_cfg: str | float = 3.0
     preload: str = "auto"
     time_budget: float | None = None
 
@@ -78,6 +78,11 @@ class TrainConfig:
             raise ConfigError(f"--text-positions must be one of {', '.join(TEXT_POSITIONS)}, got {self.text_positions!r}")
         if sum(x is not None for x in (self.preset, self.config_file, self.init)) > 1:
             raise ConfigError("give one of --preset, --config and --init")
+        windows = 1 if self.mode == "flux-base" else len(self.stages)
+        try:
+            split_guidance(self.sample_cfg, windows)
+        except ConfigError as exc:  # its messages start with "cfg": name the option
+            raise ConfigError(f"--sample-{exc}") from None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

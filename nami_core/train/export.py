@@ -33,9 +33,11 @@ def replace_dir(tmp: Path, final: Path) -> None:
 
 
 def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | None, plan: FlowPlan,
-                    manifest: dict, patch: int, mode: str, sample_steps: str | None, sample_cfg: float) -> Path:
+                    manifest: dict, patch: int, mode: str, sample_steps: str | None,
+                    sample_cfg: str | float) -> Path:
     """Write a complete model directory to `out` atomically (temporary folder, then rename)."""
     from ..codecs.spec import codec_from_record
+    from ..config import guidance_record
     from ..flow.scheduler import NamiFlowScheduler
     from ..model.transformer import NamiTransformer
     from ..pipeline import NamiPipeline
@@ -47,7 +49,7 @@ def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | 
     encoder = NamiTextEncoder(spec=text["spec"], max_tokens=int(text["max_tokens"]),
                               sequence_dim=int(text["sequence_dim"]), pooled_dim=int(text["pooled_dim"]))
     steps = plan.stage_steps(sample_steps or ",".join(["10"] * plan.flow.num_stages))
-    scheduler = NamiFlowScheduler.from_flow(plan.flow, default_steps=list(steps), default_cfg=sample_cfg,
+    scheduler = NamiFlowScheduler.from_flow(plan.flow, default_steps=list(steps), default_cfg=guidance_record(plan.stage_guidance(sample_cfg)),
                                             default_mode=mode)
     codec = codec_from_record(manifest["codec"], patch)
     out = Path(out)
@@ -99,4 +101,4 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
             raise NamiError(f"{ema_file} holds {len(shadow)} tensors for {len(names)} parameters")
         ema = dict(zip(names, (t.detach().cpu() for t in shadow)))
     return write_model_dir(out, model.transformer_kwargs(), raw, ema, plan, manifest, patch, train["mode"],
-                           train.get("sample_steps"), float(train.get("sample_cfg", 3.0)))
+                           train.get("sample_steps"), train.get("sample_cfg", 3.0))
