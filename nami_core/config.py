@@ -272,26 +272,26 @@ def split_steps(steps: str | int | Sequence[int], num_stages: int) -> tuple[int,
     return counts
 
 
-def split_guidance(cfg: float | str | Sequence[float], num_stages: int) -> tuple[float, ...]:
-    """Per-stage classifier-free guidance scales (1 = off in that stage).
+def split_guidance(cfg: float | str | Sequence[float], num_stages: int, name: str = "cfg") -> tuple[float, ...]:
+    """Per-stage classifier-free guidance scales (1 = off in that stage); errors name the option.
 
     One scale ("3" or 3.0) applies to every stage; "8,3,3" gives one per stage, for example
     strong guidance only in the first, low-resolution window, where the layout is decided.
     """
     if isinstance(cfg, str):
-        scales = parse_float_list(cfg, "cfg")
+        scales = parse_float_list(cfg, name)
     elif isinstance(cfg, (int, float)):
         scales = (float(cfg),)
     else:
         scales = tuple(float(v) for v in cfg)
     if not scales:
-        raise ConfigError("cfg is empty")
+        raise ConfigError(f"{name} is empty")
     if not all(math.isfinite(v) and v > 0 for v in scales):
-        raise ConfigError(f"cfg must be positive (1 = no guidance), got {','.join(f'{v:g}' for v in scales)}")
+        raise ConfigError(f"{name} must be positive (1 = no guidance), got {','.join(f'{v:g}' for v in scales)}")
     if len(scales) == 1:
         return scales * num_stages
     if len(scales) != num_stages:
-        raise ConfigError(f"cfg lists {len(scales)} scales but the plan has {num_stages} stages; "
+        raise ConfigError(f"{name} lists {len(scales)} scales but the plan has {num_stages} stages; "
                           "give one scale, or one per stage")
     return scales
 

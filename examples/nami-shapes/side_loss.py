@@ -22,19 +22,18 @@ from typing import Sequence
 import torch
 
 from nami_core.data.images import to_tensor
-from nami_core.data.shapes import SceneStyle, random_scene, render, scene_rng
-from nami_core.denoiser import Denoiser
+from nami_core.data.shapes import OPPOSITE, RELATIONS, SceneStyle, random_scene, render, scene_rng
 from nami_core.errors import NamiError
-from nami_core.flow.objective import flow_loss, stage_targets
 from nami_core.flow.pyramid import down_to
+from nami_core.train.batches import StageGroup
+from nami_core.train.loop import StagedObjective
 
-MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-_RELATION = re.compile(r"\b(left of|right of|above|below)\b")
+_RELATION = re.compile(r"\b(" + "|".join(RELATIONS) + r")\b")
 
 
 def mirror_relation(caption: str) -> str:
     """The caption with every relation turned to its opposite side."""
-    return _RELATION.sub(lambda m: MIRROR[m.group(1)], caption)
+    return _RELATION.sub(lambda m: OPPOSITE[m.group(1)], caption)
 
 
 @dataclass(frozen=True)
@@ -59,9 +58,10 @@ def relation_scenes(n: int, seed: int, style: SceneStyle) -> tuple[torch.Tensor,
 @torch.no_grad()
 def side_gaps(pipe, images: torch.Tensor, captions: Sequence[str], ratios: Sequence[float], seed: int = 0,
               batch: int = 64) -> list[SideGap]:
-    """Loss gaps for images (N, 3, H, W) with captions vs their mirrors, per window of the model's plan."""
+    """Loss gaps for images (N, 3, H, W) with captions vs their mirrors, per window of the model's plan.
+    The losses are `nami train`'s per-sample losses, computed by its objective."""
     plan = pipe.plan()
-    denoiser = Denoiser(pipe.transformer, pipe.codec.patch_size)
+    objective = StagedObjective(pipe.transformer, plan, pipe.codec.patch_size)
     true_text = pipe.encode_prompts(list(captions))
     mirror_text = pipe.encode_prompts([mirror_relation(c) for c in captions])
     latents = pipe.codec.encode(images.to(pipe.device))
@@ -75,10 +75,9 @@ def side_gaps(pipe, images: torch.Tensor, captions: Sequence[str], ratios: Seque
             for start in range(0, len(x), batch):
                 part = slice(start, start + batch)
                 rr = torch.full((len(x[part]),), float(r), device=x.device)
-                target = stage_targets(x[part], noise[part], rr, window)
                 for name, text in (("true", true_text), ("mirror", mirror_text)):
-                    velocity = denoiser(target.x_r, rr, target.tau, window, text.select(part))
-                    losses[name].append(flow_loss(velocity, target.velocity))
+                    group = StageGroup(window.index, x[part], text.select(part), noise[part], rr)
+                    losses[name].append(objective([group])[0])
             true, mirror = torch.cat(losses["true"]), torch.cat(losses["mirror"])
             gap = mirror - true
             rows.append(SideGap(window.index, float(r), float(true.mean()), float(mirror.mean()), float(gap.mean()),

@@ -33,6 +33,7 @@ COLORS = {
 }
 BACKGROUND = (128, 128, 128)
 RELATIONS = ("left of", "right of", "above", "below")
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 POSITION_THRESHOLD = 0.1  # GenEval's margin, as a fraction of the two boxes' summed sides
 SUPERSAMPLE = 4
@@ -206,8 +207,7 @@ def _relation_scene(rng, size, style: SceneStyle) -> Scene | None:
     elif phrasing < 0.8:
         caption = f"{a} is {'to the ' if relation in ('left of', 'right of') else ''}{relation} {b}"
     else:
-        inverse = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}[relation]
-        caption = _pick(rng, PREFIXES) + f"{b} {inverse} {a}"
+        caption = _pick(rng, PREFIXES) + f"{b} {OPPOSITE[relation]} {a}"
     return Scene(shapes, caption)
 
 

@@ -107,9 +107,7 @@ class ProgressiveSampler:
         """
         if len(steps) != len(self.plan):
             raise ValueError(f"{len(steps)} step counts for a plan of {len(self.plan)} windows")
-        scales = [float(cfg)] * len(self.plan) if isinstance(cfg, (int, float)) else [float(w) for w in cfg]
-        if len(scales) != len(self.plan):
-            raise ValueError(f"{len(scales)} guidance scales for a plan of {len(self.plan)} windows")
+        scales = self.plan.stage_guidance(cfg)
         z = noise.float()
         seconds: list[float] = []
         for k in range(len(self.plan)):

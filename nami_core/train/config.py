@@ -78,11 +78,7 @@ class TrainConfig:
             raise ConfigError(f"--text-positions must be one of {', '.join(TEXT_POSITIONS)}, got {self.text_positions!r}")
         if sum(x is not None for x in (self.preset, self.config_file, self.init)) > 1:
             raise ConfigError("give one of --preset, --config and --init")
-        windows = 1 if self.mode == "flux-base" else len(self.stages)
-        try:
-            split_guidance(self.sample_cfg, windows)
-        except ConfigError as exc:  # its messages start with "cfg": name the option
-            raise ConfigError(f"--sample-{exc}") from None
+        split_guidance(self.sample_cfg, 1 if self.mode == "flux-base" else len(self.stages), "--sample-cfg")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

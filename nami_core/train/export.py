@@ -49,7 +49,8 @@ def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | 
     encoder = NamiTextEncoder(spec=text["spec"], max_tokens=int(text["max_tokens"]),
                               sequence_dim=int(text["sequence_dim"]), pooled_dim=int(text["pooled_dim"]))
     steps = plan.stage_steps(sample_steps or ",".join(["10"] * plan.flow.num_stages))
-    scheduler = NamiFlowScheduler.from_flow(plan.flow, default_steps=list(steps), default_cfg=guidance_record(plan.stage_guidance(sample_cfg)),
+    guidance = guidance_record(plan.stage_guidance(sample_cfg))
+    scheduler = NamiFlowScheduler.from_flow(plan.flow, default_steps=list(steps), default_cfg=guidance,
                                             default_mode=mode)
     codec = codec_from_record(manifest["codec"], patch)
     out = Path(out)
