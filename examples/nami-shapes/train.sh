@@ -60,6 +60,23 @@ USUAL=(nami train --data "$DATA-usual" --out "$RUN-usual" --init "$RUN/ema-1000"
 "${USUAL[@]}" --lr-schedule "0:3e-5,100:1e-4" --steps 1598 "$@"
 "${USUAL[@]}" --lr-schedule "0:3e-5,100:1e-4,1598:3e-5" --steps 2300 --resume latest "$@"
 RUN="$RUN-usual"
+# Then the position phase: 3,313 steps from those weights (the EMA at step 2,300, as bundled) that train
+# the 16 px window only (stage mix 1:0:0, batch 128, about 0.5 s per step), on 60k scenes heavy in
+# relations and counts. Only the first module learns which side a relation names in the flow; this
+# teaches it, but moves blocks 1-3 under the 32 and 64 px windows too, so a second run at stage mix
+# 3:3:2 from its last (raw) weights brings those windows back. (Both runs were stopped by a time budget,
+# at the step counts given here; the bundled weights are the second run's EMA at its last step.)
+python examples/nami-shapes/bundle.py "$RUN/final" "$RUN/ema-2300"
+nami prepare-data shapes --n 60000 --seed 4 --out "$DATA-usual-rel" --stages 16,32,64 \
+  --max-text-tokens 20 --shard-size 5000 --batch-size 256 --scene-mix relation:3,objects:1,pair:1,count:2 \
+  --usual-color 0.8 --gap 6
+FIRST=(nami train --data "$DATA-usual-rel" --stages 16,32,64 --ema-decay 0.999 --log-every 50
+  --sample-steps 10,10,10 --sample-cfg 3 --precision bf16 --compile --lr-schedule "0:3e-5,50:1e-4")
+"${FIRST[@]}" --out "$RUN-s1" --init "$RUN/ema-2300" --batch-size 128 --save-every 500 --seed 8 \
+  --ratio-schedule "0:1:0:0" --steps 3313 "$@"
+"${FIRST[@]}" --out "$RUN-s1r" --init "$RUN-s1/final" --batch-size 64 --save-every 250 --seed 9 \
+  --ratio-schedule "0:3:3:2" --steps 1399 "$@"
+RUN="$RUN-s1r"
 # Interrupted, or want more? Run the same command with --resume latest (the budget counts per run),
 # or start a new run from the shipped weights with --init nami_core/assets/nami-shapes.
 # Then: python examples/nami-shapes/bundle.py "$RUN/final" nami_core/assets/nami-shapes
