@@ -70,12 +70,11 @@ python examples/nami-shapes/bundle.py "$RUN/final" "$RUN/ema-2300"
 nami prepare-data shapes --n 60000 --seed 4 --out "$DATA-usual-rel" --stages 16,32,64 \
   --max-text-tokens 20 --shard-size 5000 --batch-size 256 --scene-mix relation:3,objects:1,pair:1,count:2 \
   --usual-color 0.8 --gap 6
-FIRST=(nami train --data "$DATA-usual-rel" --stages 16,32,64 --ema-decay 0.999 --log-every 50
-  --sample-steps 10,10,10 --sample-cfg 3 --precision bf16 --compile --lr-schedule "0:3e-5,50:1e-4")
-"${FIRST[@]}" --out "$RUN-s1" --init "$RUN/ema-2300" --batch-size 128 --save-every 500 --seed 8 \
-  --ratio-schedule "0:1:0:0" --steps 3313 "$@"
-"${FIRST[@]}" --out "$RUN-s1r" --init "$RUN-s1/final" --batch-size 64 --save-every 250 --seed 9 \
-  --ratio-schedule "0:3:3:2" --steps 1399 "$@"
+FIRST=(nami train --data "$DATA-usual-rel" "${SHARED[@]}" --sample-cfg 3 --precision bf16 --compile
+  --lr-schedule "0:3e-5,50:1e-4")
+"${FIRST[@]}" --out "$RUN-s1" --init "$RUN/ema-2300" --batch-size 128 --seed 8 --ratio-schedule "0:1:0:0" \
+  --steps 3313 "$@"
+"${FIRST[@]}" --out "$RUN-s1r" --init "$RUN-s1/final" --seed 9 --ratio-schedule "0:3:3:2" --steps 1399 "$@"
 RUN="$RUN-s1r"
 # Interrupted, or want more? Run the same command with --resume latest (the budget counts per run),
 # or start a new run from the shipped weights with --init nami_core/assets/nami-shapes.
