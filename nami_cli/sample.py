@@ -22,6 +22,8 @@ def sample(
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16 for the transformer."),
     attention: str = typer.Option("auto", "--attention", help="auto | native | xformers | flash."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per batch."),
+    prompt_style: str = typer.Option("plain", "--prompt-style", help="plain | nami-t2i-demo: the public NAMI-T2I demo's quality suffix and default negative prompt."),
+    timestep_rounding: Optional[str] = typer.Option(None, "--timestep-rounding", help="none | fp16: round model timesteps as the public release's float16 pipeline does. Default: the model's."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report instead of the summary."),
 ) -> None:
     """Generate images from PROMPT and write PNGs with their settings (PNG text chunk + sidecar JSON).
@@ -35,6 +37,8 @@ def sample(
       nami sample "a cat" --model runs/cat/final --steps 10,10,10 --cfg 4 --device cuda --dtype bf16
 
       nami sample "a photo of a red circle left of a blue square" --cfg 12,3,3
+
+      nami sample "一只戴着帽子的猫" --model models/nami-2b --prompt-style nami-t2i-demo --device cuda --dtype fp16 --timestep-rounding fp16
     """
     import gc
     import json
@@ -47,6 +51,7 @@ def sample(
     req = SampleRequest(
         prompt=prompt, model=model, out=out, n=n, seed=seed, steps=steps, cfg=cfg, negative=negative,
         mode=mode, device=device, dtype=dtype, attention=attention, batch_size=batch_size,
+        prompt_style=prompt_style, timestep_rounding=timestep_rounding,
     )
     batches = -(-max(n, 1) // max(batch_size, 1))
     gc.disable()  # importing torch, diffusers and transformers allocates millions of objects: ~1 s of collections

@@ -15,7 +15,9 @@ from .errors import ConfigError
 MODES = ("nami", "flow-only", "flux-base")
 PREDICTIONS = ("velocity", "sample")
 TEXT_POSITIONS = ("none", "ordered")
+TEXT_PADDINGS = ("mask", "none")
 GRIDS = ("exact", "public")
+TIMESTEP_ROUNDINGS = ("none", "fp16")
 JUMPS = ("renoise", "bridge")
 
 
@@ -34,6 +36,9 @@ class ModelConfig:
     `text_positions` gives the text tokens' rotary ids: "none" puts them all at zero (FLUX, the
     public NAMI weights), "ordered" puts token k at (k, 0, 0) on the first rope axis, which image
     tokens leave at zero, so attention can tell the words' order apart.
+    `text_padding` says how attention treats the padded end of the text sequence: "mask" (padded
+    keys are masked, native nami models) or "none" (every token of the padded sequence is attended
+    to, as the public NAMI-2B release does).
     """
 
     width: int
@@ -47,6 +52,7 @@ class ModelConfig:
     rope_axes: tuple[int, ...] = (16, 56, 56)
     prediction: str = "velocity"
     text_positions: str = "none"
+    text_padding: str = "mask"
 
     def __post_init__(self) -> None:
         for name in ("width", "heads", "in_channels", "text_dim", "pooled_dim"):
@@ -75,6 +81,8 @@ class ModelConfig:
             raise ConfigError(
                 f"text_positions must be one of {', '.join(TEXT_POSITIONS)}, got {self.text_positions!r}"
             )
+        if self.text_padding not in TEXT_PADDINGS:
+            raise ConfigError(f"text_padding must be one of {', '.join(TEXT_PADDINGS)}, got {self.text_padding!r}")
 
     @property
     def head_dim(self) -> int:
@@ -104,6 +112,7 @@ class ModelConfig:
             stage_ends=tuple(self.stage_ends),
             prediction=self.prediction,
             text_positions=self.text_positions,
+            text_padding=self.text_padding,
         )
 
     @classmethod
@@ -122,6 +131,7 @@ class ModelConfig:
             rope_axes=tuple(cfg.get("axes_dims_rope", (16, 56, 56))),
             prediction=cfg.get("prediction", "velocity"),
             text_positions=cfg.get("text_positions", "none"),
+            text_padding=cfg.get("text_padding", "mask"),
         )
 
     @classmethod
@@ -169,13 +179,20 @@ def validate_stage_ends(stage_ends: Sequence[int], depth: int) -> None:
 
 @dataclass(frozen=True)
 class FlowConfig:
-    """The piecewise flow: one window per stage, low to high resolution (SPEC §3)."""
+    """The piecewise flow: one window per stage, low to high resolution (SPEC §3).
+
+    `grid` is how a window's Euler grid is laid out: "exact" (uniform in the local ratio) or
+    "public" (the public NAMI-T2I scheduler's integer grid, `nami_core.flow.schedule.PublicGrid`).
+    `timestep_rounding` "fp16" rounds each model timestep as the release's float16 pipeline does
+    (x1000 timestep to float16, then divided by 1000 in float16); "none" keeps it exact.
+    """
 
     resolutions: tuple[int, ...]
     window_ratios: tuple[float, ...] = ()
     gamma: float = 1.0 / 3.0
     grid: str = "exact"
     jump: str = "renoise"
+    timestep_rounding: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))
@@ -194,6 +211,10 @@ class FlowConfig:
             raise ConfigError(f"grid must be one of {', '.join(GRIDS)}, got {self.grid!r}")
         if self.jump not in JUMPS:
             raise ConfigError(f"jump must be one of {', '.join(JUMPS)}, got {self.jump!r}")
+        if self.timestep_rounding not in TIMESTEP_ROUNDINGS:
+            raise ConfigError(
+                f"timestep_rounding must be one of {', '.join(TIMESTEP_ROUNDINGS)}, got {self.timestep_rounding!r}"
+            )
 
     @property
     def num_stages(self) -> int:
@@ -206,6 +227,7 @@ class FlowConfig:
             "gamma": self.gamma,
             "grid": self.grid,
             "jump": self.jump,
+            "timestep_rounding": self.timestep_rounding,
         }
 
 

@@ -59,6 +59,7 @@ def describe_model_dir(path: str | Path, resolutions: Sequence[int] | None = Non
         gamma=scheduler.get("gamma", 1 / 3),
         grid=scheduler.get("grid", "exact"),
         jump=scheduler.get("jump", "renoise"),
+        timestep_rounding=scheduler.get("timestep_rounding", "none"),
     )
     if codec.get("_class_name") == "PixelCodec":
         ppt = int(codec.get("patch_size", 1))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -60,17 +60,16 @@ class NamiPipeline(DiffusionPipeline):
         lowest = resolution / 2 ** (K - 1)
         if lowest != int(lowest):
             raise ConfigError(f"resolution {resolution} cannot be halved {K - 1} times into integer stage sides")
-        return FlowConfig(
-            resolutions=tuple(int(lowest) * 2**k for k in range(K)),
-            window_ratios=flow.window_ratios,
-            gamma=flow.gamma,
-            grid=flow.grid,
-            jump=flow.jump,
-        )
+        return replace(flow, resolutions=tuple(int(lowest) * 2**k for k in range(K)))
 
-    def plan(self, mode: str | None = None, resolution: int | None = None) -> FlowPlan:
+    def plan(self, mode: str | None = None, resolution: int | None = None,
+             timestep_rounding: str | None = None) -> FlowPlan:
+        """The `FlowPlan` of `mode` at `resolution` (defaults: the model's); `timestep_rounding`
+        ("none" | "fp16") overrides the scheduler's."""
         mode = check_mode(mode or self.scheduler.config.default_mode)
         flow = self.flow_for(resolution)
+        if timestep_rounding is not None:
+            flow = replace(flow, timestep_rounding=timestep_rounding)
         ppt = self.codec.pixels_per_token
         lowest = flow.resolutions[0] if mode != "flux-base" else flow.resolutions[-1]
         if lowest % ppt:
@@ -117,6 +116,7 @@ class NamiPipeline(DiffusionPipeline):
         cfg: float | str | Sequence[float] | None = None,
         mode: str | None = None,
         resolution: int | None = None,
+        timestep_rounding: str | None = None,
         seed: int = 0,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         output_type: str = "pil",
@@ -128,7 +128,8 @@ class NamiPipeline(DiffusionPipeline):
         Image i uses its own generator seeded with `seed + i` (or `generator[i]`), so an
         image is reproducible from its seed whatever the batch. `steps` is per stage
         ("10,10,10") or a total split evenly; `cfg` is one guidance scale or one per stage
-        ("8,3,3"). `output_type`: "pil", "np" or "latent".
+        ("8,3,3"). `timestep_rounding` "fp16" rounds model timesteps as the public release's
+        float16 pipeline does (default: the scheduler's). `output_type`: "pil", "np" or "latent".
         `callback(stage, step, latents)` runs after every Euler step.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -140,7 +141,7 @@ class NamiPipeline(DiffusionPipeline):
             raise ConfigError(f"output_type must be pil, np or latent, got {output_type!r}")
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         batch = len(prompts)
-        plan = self.plan(mode, resolution)
+        plan = self.plan(mode, resolution, timestep_rounding)
         stage_steps = plan.stage_steps(steps if steps is not None else tuple(self.scheduler.config.default_steps))
         guidance = plan.stage_guidance(self.scheduler.config.default_cfg if cfg is None else cfg)
 

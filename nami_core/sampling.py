@@ -29,6 +29,8 @@ class SampleRequest:
     dtype: str = "fp32"
     attention: str = "auto"
     batch_size: int = 8
+    prompt_style: str = "plain"
+    timestep_rounding: str | None = None
 
 
 @dataclass
@@ -72,9 +74,10 @@ def save_png(image, path: Path, metadata: dict) -> None:
 def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = None,
                on_plan: Callable[[list[int]], None] | None = None) -> SampleReport:
     """Generate `req.n` images of `req.prompt`; image i has seed `req.seed + i`."""
-    from .config import check_mode, guidance_record
+    from .config import TIMESTEP_ROUNDINGS, check_mode, guidance_record
     from .modeldir import load_pipeline, resolve_model_dir
     from .runtime import resolve_device, resolve_dtype
+    from .text.prompt_styles import get_prompt_style
 
     if req.n < 1:
         raise NamiError(f"--n must be at least 1, got {req.n}")
@@ -84,6 +87,9 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
         check_mode(req.mode)
     if not req.prompt.strip():
         raise NamiError("the prompt is empty")
+    if req.timestep_rounding is not None and req.timestep_rounding not in TIMESTEP_ROUNDINGS:
+        raise NamiError(f"--timestep-rounding must be one of {', '.join(TIMESTEP_ROUNDINGS)}, got {req.timestep_rounding!r}")
+    model_prompt, negative = get_prompt_style(req.prompt_style).apply(req.prompt, req.negative)
     device = resolve_device(req.device)
     dtype = resolve_dtype(req.dtype)
     model_dir = resolve_model_dir(req.model)
@@ -93,7 +99,7 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
     load_seconds = time.perf_counter() - t0
 
     mode = req.mode or pipe.scheduler.config.default_mode
-    plan = pipe.plan(mode)
+    plan = pipe.plan(mode, timestep_rounding=req.timestep_rounding)
     steps = plan.stage_steps(req.steps if req.steps is not None else tuple(pipe.scheduler.config.default_steps))
     guidance = plan.stage_guidance(pipe.scheduler.config.default_cfg if req.cfg is None else req.cfg)
     if on_plan is not None:
@@ -107,12 +113,13 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
     for start in range(0, req.n, req.batch_size):
         chunk = seeds[start : start + req.batch_size]
         out = pipe(
-            req.prompt,
-            negative_prompt=req.negative,
+            model_prompt,
+            negative_prompt=negative,
             num_images_per_prompt=len(chunk),
             steps=steps,
             cfg=guidance,
             mode=mode,
+            timestep_rounding=req.timestep_rounding,
             seed=chunk[0],
             callback=(lambda k, i, z: on_step(k, i)) if on_step is not None else None,
         )
@@ -120,7 +127,10 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
         for image, s, path in zip(out.images, out.seeds, paths[start : start + len(chunk)]):
             meta = {
                 "prompt": req.prompt,
-                "negative": req.negative,
+                "prompt_style": req.prompt_style,
+                "model_prompt": model_prompt,
+                "negative": negative,
+                "timestep_rounding": plan.flow.timestep_rounding,
                 "seed": s,
                 "steps": list(steps),
                 "cfg": guidance_record(guidance),

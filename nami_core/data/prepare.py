@@ -238,8 +238,7 @@ def write_manifest(out: Path, req: PrepareRequest, preparer: Preparer, source: S
         "stages": list(req.stages),
         "codec": codec_record(req.codec, preparer.codec),
         "text_encoder": {
-            "spec": req.text_encoder,
-            "max_tokens": preparer.max_tokens,
+            **preparer.text.settings(),
             "sequence_dim": int(text_cfg.sequence_dim),
             "pooled_dim": int(text_cfg.pooled_dim),
         },

@@ -95,20 +95,27 @@ def time_shift(mu: float, t: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PublicGrid:
-    """Windows read off the public checkpoint's 1000-point integer grid.
+    """The public NAMI-T2I scheduler's windows and Euler grids, read off its integer grid.
 
-    The public scheduler picks the window edges as grid indices `int(edge * 1000)` of
-    `sigmas = [1000, 999, ..., 1] / 1000` (float32), corrects the starts with gamma, and
-    splits a 1000-step timestep grid by arc length. Its sampling grids per stage are
-    `tau = linspace(t_max, t_last, n)` with `t_last` the last point of a 1000-step
-    linspace from `t_max` to `t_min`, and `r = [linspace(1, 0.001, n), 0]`.
+    Windows: the scheduler keeps `sigmas = [1000, 999, ..., 1] / 1000` (float32) and takes
+    the window edges as grid indices `int(edge * 1000)`, so 1:1:1 windows end at 0.667 and
+    0.334 (not 2/3 and 1/3). Starts are corrected with gamma, and the arc lengths split the
+    float32 timestep grid `sigmas * 1000` into timestep windows `(t_max, t_min)` (x1000 units):
+    (1000, 744), (744, 386), (386, 1) for 1:1:1.
+
+    Grids: within window k the scheduler lays a fine grid of `N = int(t_max - t_min)` intervals
+    (float32 difference) and drops its last point, so the fine timesteps run from t_max to
+    `t_last = t_min + (t_max - t_min) / N` and the local ratios from 1 to `1 / N`. An n-step
+    stage takes `tau = linspace(t_max, t_last, n) / 1000` and `r = [linspace(1, 1/N, n), 0]`:
+    last timesteps 745 / 387 / 2 and last ratios 1/256, 1/358, 1/385 for 1:1:1. Both are the
+    window's linear map `tau = tau_end + r (tau_start - tau_end)` at the same ratios.
     """
 
     starts: tuple[float, ...]
     ends: tuple[float, ...]
     raw_starts: tuple[float, ...]
-    timestep_max: tuple[float, ...]  # x1000 units
-    timestep_min: tuple[float, ...]  # x1000 units
+    timestep_max: tuple[float, ...]  # x1000 units, float32 values
+    timestep_min: tuple[float, ...]  # x1000 units, float32 values
 
     @classmethod
     def build(cls, ratios: Sequence[float], gamma: float) -> "PublicGrid":
@@ -146,14 +153,36 @@ class PublicGrid:
             t_min.append(float(timesteps[min(int(r1 * n), n - 1)]))
         return cls(tuple(starts), tuple(ends), tuple(raw_starts), tuple(t_max), tuple(t_min))
 
+    def fine_intervals(self, k: int) -> int:
+        """N: the number of intervals of window k's fine grid, `int(t_max - t_min)` in float32."""
+        span = np.float32(self.timestep_max[k]) - np.float32(self.timestep_min[k])
+        intervals = int(span)
+        if intervals < 1:
+            raise ConfigError(
+                f"window {k + 1} spans {float(span):.3f} timesteps, less than one step of the public grid; "
+                "use wider window ratios"
+            )
+        return intervals
+
     def stage_grid(self, k: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ratios of length steps+1, taus of length steps), taus in [0, 1]."""
-        n = PUBLIC_GRID_POINTS
-        fine = np.linspace(self.timestep_max[k], self.timestep_min[k], n + 1)[:-1]
-        taus = np.linspace(float(fine[0]), float(fine[-1]), steps) / 1000.0
-        fine_r = np.linspace(1, 0, n + 1)[:-1]
-        ratios = np.concatenate([np.linspace(float(fine_r[0]), float(fine_r[-1]), steps), [0.0]])
-        return ratios, taus
+        """(ratios of length steps+1 from 1 to 0; taus of length steps, in [0, 1])."""
+        n = self.fine_intervals(k)
+        t_max, t_min = self.timestep_max[k], self.timestep_min[k]
+        t_last = t_max + (n - 1) * ((t_min - t_max) / n)  # point n-1 of the fine grid
+        last_ratio = 1.0 + (n - 1) * (-1.0 / n)
+        ratios = np.append(np.linspace(1.0, last_ratio, steps), 0.0)
+        return ratios, np.linspace(t_max, t_last, steps) / 1000.0
+
+
+def round_timesteps(taus: np.ndarray, rounding: str) -> np.ndarray:
+    """Model timesteps in [0, 1] as a pipeline passes them: "none" keeps them, "fp16" rounds the
+    x1000 timestep to float16 and divides it by 1000 in float16 (the release's float16 pipeline)."""
+    if rounding == "none":
+        return taus
+    import torch
+
+    scaled = torch.as_tensor(np.asarray(taus, dtype=np.float64) * 1000.0).to(torch.float16)
+    return (scaled / 1000).double().numpy()
 
 
 @dataclass(frozen=True)
@@ -262,14 +291,17 @@ class FlowPlan:
         return split_guidance(cfg, len(self.windows))
 
     def stage_grid(self, k: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """Euler grid of window k: (ratios, length steps+1, from 1 to 0; taus, length steps)."""
+        """Euler grid of window k: (ratios, length steps+1, from 1 to 0; taus, length steps),
+        taus rounded as the flow's `timestep_rounding` says."""
         if steps <= 0:
             raise ConfigError(f"steps must be positive, got {steps}")
         if self.public is not None and self.mode != "flux-base":
-            return self.public.stage_grid(k, steps)
-        window = self.windows[k]
-        ratios = window.warp(np.linspace(1.0, 0.0, steps + 1))
-        return ratios, window.tau(ratios[:-1])
+            ratios, taus = self.public.stage_grid(k, steps)
+        else:
+            window = self.windows[k]
+            ratios = window.warp(np.linspace(1.0, 0.0, steps + 1))
+            taus = window.tau(ratios[:-1])
+        return ratios, round_timesteps(taus, self.flow.timestep_rounding)
 
     def latent_sides(self, full_side: int) -> list[int]:
         """Latent grid side per window given the full-resolution latent side."""

@@ -12,8 +12,8 @@ from .schedule import FlowPlan
 
 
 class NamiFlowScheduler(SchedulerMixin, ConfigMixin):
-    """Stage resolutions, window ratios, gamma, grid, jump type and sampling defaults
-    (`default_cfg`: one guidance scale, or one per stage).
+    """Stage resolutions, window ratios, gamma, grid, jump type, timestep rounding and sampling
+    defaults (`default_cfg`: one guidance scale, or one per stage).
 
     `plan(mode, stage_ends, pixels_per_token)` turns it into the `FlowPlan` a mode runs.
     """
@@ -32,9 +32,11 @@ class NamiFlowScheduler(SchedulerMixin, ConfigMixin):
         default_steps: Sequence[int] = (10, 10, 10),
         default_cfg: float | Sequence[float] = 3.0,
         default_mode: str = "nami",
+        timestep_rounding: str = "none",
     ) -> None:
         self.flow = FlowConfig(
-            resolutions=tuple(resolutions), window_ratios=tuple(window_ratios), gamma=gamma, grid=grid, jump=jump
+            resolutions=tuple(resolutions), window_ratios=tuple(window_ratios), gamma=gamma, grid=grid, jump=jump,
+            timestep_rounding=timestep_rounding,
         )
         check_mode(default_mode)
 
@@ -46,6 +48,7 @@ class NamiFlowScheduler(SchedulerMixin, ConfigMixin):
             gamma=flow.gamma,
             grid=flow.grid,
             jump=flow.jump,
+            timestep_rounding=flow.timestep_rounding,
             **defaults,
         )
 

@@ -7,8 +7,9 @@ Layout (no `model_index.json`):
     bridge_flow.bin   the bridge jump: `scale` (K-1 scalars), `shift.{k}` (1, C, s_{k+1}, s_{k+1})
                       with s_{k+1} the latent side of stage k+2 (nami-2b: 64 and 128)
     vae/              diffusers AutoencoderKL (FLUX: 16 latent channels, f8)
-    mclip/            BERT tokenizer + text tower: pooled vector = first token, 77 tokens
-    mt5/              mT5 tokenizer + encoder: sequence = last hidden state, 256 tokens, mask
+    mclip/            multilingual CLIP (a BERT text tower): tokenizer/ + clip_text_encoder/ as
+                      released, or one flat folder
+    mt5/              mT5 encoder + tokenizer (tokenizer.json, or only spiece.model as released)
     nami_layout.json  optional, not part of the release: {"stage_ends": [...], "resolutions": [...]}
 
 How the pieces not stored in the release are set:
@@ -21,8 +22,12 @@ How the pieces not stored in the release are set:
   so with the VAE's downsampling f the resolutions are (s_1/2, s_1, 2 s_1, ...) * f
   (nami-2b with f8: 256, 512, 1024); "resolutions" in `nami_layout.json` states them instead
   and the bridge is checked against them;
-* flow: the public scheduler's 1000-point grid (`grid="public"`), windows 1:1:1, gamma 1/3,
-  bridge jumps, 10 Euler steps per stage and guidance 3 by default.
+* text, as the release's inference code encodes it (`RELEASE_TEXT`): mT5 over 256 padded
+  tokens with no attention mask, its last hidden state as the sequence; mCLIP over 77 tokens
+  with its mask, the first token as the pooled vector; and a transformer that attends to the
+  whole padded sequence (`text_padding="none"`);
+* flow: the public scheduler's integer grid (`grid="public"`, see `PublicGrid`), windows
+  1:1:1, gamma 1/3, bridge jumps, 10 Euler steps per stage and guidance 3 by default.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import torch
 
 from ..config import FlowConfig, get_preset, validate_stage_ends
 from ..errors import ConfigError, NamiError
+from ..text.folders import locate_part
 from .flux_state import (
     FluxWeights,
     build_transformer,
@@ -54,13 +60,15 @@ PARTS = {
     "mclip": "the multilingual CLIP (BERT) tokenizer and text tower",
     "mt5": "the mT5 tokenizer and encoder",
 }
-CONFIG_PARTS = ("vae", "mclip", "mt5")
+TEXT_PARTS = ("mclip", "mt5")
 # Files that mark a directory as the public layout rather than a broken nami model directory.
 MARKERS = ("bridge_flow.bin", "mclip", "mt5", "transformer/pytorch_model_fsdp.bin")
 LAYOUT_OVERRIDE = "nami_layout.json"
 OVERRIDE_FIELDS = ("stage_ends", "resolutions")
-TEXT_SPEC = "mt5:mt5,mclip:mclip"  # relative paths: resolved against the model directory
-SEQUENCE_MAX_TOKENS = 256
+# How the release encodes prompts (`NamiTextEncoder` settings; paths relative to the model directory).
+RELEASE_TEXT = {"spec": "mt5:mt5,mclip:mclip", "max_tokens": 256, "pooled_max_tokens": 77,
+                "sequence_attention_mask": False, "pooled_source": "first-token"}
+RELEASE_TEXT_PADDING = "none"
 STEPS_PER_STAGE = 10
 DEFAULT_CFG = 3.0
 RELEASE_PRESET = "nami-2b"
@@ -82,9 +90,10 @@ def check_public_parts(path: Path) -> None:
                 f"{path / name}: missing ({what}); the public NAMI-T2I layout has "
                 "transformer/, bridge_flow.bin, vae/, mclip/ and mt5/"
             )
-    for name in CONFIG_PARTS:
-        if not (path / name / "config.json").is_file():
-            raise NamiError(f"{path / name / 'config.json'}: missing ({PARTS[name]})")
+    if not (path / "vae" / "config.json").is_file():
+        raise NamiError(f"{path / 'vae' / 'config.json'}: missing ({PARTS['vae']})")
+    for name in TEXT_PARTS:
+        locate_part(path / name)
 
 
 def read_override(path: Path) -> dict[str, Any]:
@@ -128,10 +137,11 @@ def check_text_and_vae(root: Path, flux_config: dict[str, Any]) -> tuple[int, in
     joint, pooled = flux_config["joint_attention_dim"], flux_config["pooled_projection_dim"]
     for name, key, want, weight in (("mt5", "d_model", joint, "context_embedder.weight"),
                                     ("mclip", "hidden_size", pooled, "time_text_embed.text_embedder.linear_1.weight")):
-        found = _hidden_size(read_config(root / name / "config.json") or {})
+        config_file = locate_part(root / name).config_file
+        found = _hidden_size(read_config(config_file) or {})
         if found != want:
             raise NamiError(
-                f"{root / name / 'config.json'}: {key} expected {want} (the transformer's {weight} takes {want} "
+                f"{config_file}: {key} expected {want} (the transformer's {weight} takes {want} "
                 f"features), found {found}"
             )
     vae = read_config(root / "vae" / "config.json") or {}
@@ -206,7 +216,7 @@ class PublicLayout:
                 f"{root / LAYOUT_OVERRIDE}: stage_ends expected at least 2 stages (the bridge jumps between them), "
                 f"found {list(stage_ends)}"
             )
-        kwargs = checked_kwargs(weights, flux, stage_ends)
+        kwargs = {**checked_kwargs(weights, flux, stage_ends), "text_padding": RELEASE_TEXT_PADDING}
         channels, downsample = check_text_and_vae(root, flux)
         sides = None
         if "resolutions" in override:
@@ -225,8 +235,8 @@ class PublicLayout:
         return cls(root, weights, flux, kwargs, stage_ends, resolutions, channels, bridge)
 
     def load(self, load_text_models: bool = True):
-        """The `NamiPipeline`: transformer (stored dtype), bridge, VAE codec, mT5 + mCLIP text
-        encoder (spec relative to the directory) and the public flow settings.
+        """The `NamiPipeline`: transformer (stored dtype, `text_padding="none"`), bridge, VAE codec,
+        mT5 + mCLIP text encoder (`RELEASE_TEXT`, relative to the directory) and the public flow.
 
         `load_text_models=False` leaves the text encoder as its config only (widths from the
         checked configs), for writing the pipeline without holding mT5 in memory."""
@@ -242,10 +252,9 @@ class PublicLayout:
         bridge.load_state_dict(self.bridge_state)
         codec = FluxVAECodec.from_vae_path(self.root / "vae", patch_size=TOKEN_PATCH).eval()
         if load_text_models:
-            text = NamiTextEncoder.load(TEXT_SPEC, SEQUENCE_MAX_TOKENS, base_dir=self.root)
+            text = NamiTextEncoder.load(**RELEASE_TEXT, base_dir=self.root)
         else:
-            text = NamiTextEncoder(spec=TEXT_SPEC, max_tokens=SEQUENCE_MAX_TOKENS,
-                                   sequence_dim=self.flux_config["joint_attention_dim"],
+            text = NamiTextEncoder(**RELEASE_TEXT, sequence_dim=self.flux_config["joint_attention_dim"],
                                    pooled_dim=self.flux_config["pooled_projection_dim"])
         scheduler = NamiFlowScheduler(
             resolutions=list(self.resolutions), window_ratios=[1.0] * len(self.stage_ends), grid="public",

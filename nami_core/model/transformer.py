@@ -30,8 +30,10 @@ class NamiTransformer(ModelMixin, ConfigMixin):
 
     Config: the `FluxTransformer2DModel` arguments (no guidance embedding) plus
     `stage_ends` (cumulative block ends per stage), `prediction` ("velocity" or
-    "sample": what the output head predicts; see `nami_core.flow.parameterization`) and
-    `text_positions` ("none" or "ordered": the text tokens' rotary ids; see `ModelConfig`).
+    "sample": what the output head predicts; see `nami_core.flow.parameterization`),
+    `text_positions` ("none" or "ordered": the text tokens' rotary ids) and `text_padding`
+    ("mask": padded text keys are masked; "none": the padded sequence is attended to whole, as in
+    the public NAMI-2B release). See `ModelConfig`.
     """
 
     _supports_gradient_checkpointing = True
@@ -54,6 +56,7 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         stage_ends: Sequence[int] = (9, 16, 22),
         prediction: str = "velocity",
         text_positions: str = "none",
+        text_padding: str = "mask",
     ) -> None:
         super().__init__()
         # Validates heads/width, rope axes and the stage plan; raises ConfigError.
@@ -139,7 +142,8 @@ class NamiTransformer(ModelMixin, ConfigMixin):
             pooled_projections: pooled text (B, pooled_projection_dim).
             timestep: (B,) model timestep tau in [0, 1] (multiplied by 1000 inside).
             img_ids: (N, 3) rotary ids (0, row, col); txt_ids: (T, 3), zeros.
-            attention_mask: optional (B, T) text mask, True = real token.
+            attention_mask: optional (B, T) text mask, True = real token; used only by models whose
+                `text_padding` is "mask".
             num_blocks: run exactly this many blocks (overrides `stage`).
         Returns:
             (B, N, out_channels).
@@ -152,7 +156,7 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         image_rotary_emb = self.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
 
         joint_kwargs = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if self.config.text_padding == "mask" and attention_mask is not None and not bool(attention_mask.all()):
             image_mask = attention_mask.new_ones(attention_mask.shape[0], hidden_states.shape[1])
             joint_kwargs = {"attention_mask": torch.cat([attention_mask, image_mask], dim=1).bool()}
 

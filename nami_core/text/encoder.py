@@ -10,6 +10,12 @@ A *spec* names the parts, comma separated, each `kind:PATH`:
   pooled vector is the masked mean of the sequence.
 
 Examples: `minilm`, `t5:/w/t5-xxl,clip:/w/clip-l`, `mt5:/w/mt5,mclip:/w/mclip`.
+
+Beside the spec, a `NamiTextEncoder` config states how prompts are encoded, and is saved with
+the model: `max_tokens` (sequence length, padded), `pooled_max_tokens`, whether the sequence
+encoder is given the padding mask (`sequence_attention_mask`) and where the pooled vector comes
+from (`pooled_source`: "pooler", "first-token" or "sequence-mean"). Each part's folder may be
+flat or split into `tokenizer/` and a model folder (`nami_core.text.folders`).
 """
 
 from __future__ import annotations
@@ -25,10 +31,15 @@ from torch import nn
 
 from ..components import ConfigOnlyComponent
 from ..errors import NamiError
+from .folders import locate_part, load_tokenizer
 
 SEQUENCE_KINDS = ("minilm", "t5", "mt5", "auto")
 POOLED_KINDS = ("clip", "mclip", "bert")
 POOLED_MAX_TOKENS = 77
+# Where the pooled vector comes from: a pooled part's pooler output or first token, or, without
+# a pooled part, the masked mean of the sequence.
+POOLED_SOURCES = {"clip": ("pooler", "first-token"), "mclip": ("first-token", "pooler"),
+                  "bert": ("first-token", "pooler"), None: ("sequence-mean",)}
 
 
 @dataclass
@@ -125,8 +136,21 @@ def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
+def resolve_pooled_source(spec: str, source: str | None) -> str:
+    """The pooled source for `spec`: `source` checked against its pooled part, or the part's default."""
+    _, pooled = parse_spec(spec)
+    kind = pooled.kind if pooled is not None else None
+    allowed = POOLED_SOURCES[kind]
+    if source is None:
+        return allowed[0]
+    if source not in allowed:
+        what = f"a {kind} pooled part" if kind else "a spec without a pooled part"
+        raise NamiError(f"pooled_source {source!r} does not fit {what}; use {' or '.join(allowed)}")
+    return source
+
+
 class _HFPart:
-    """One transformers model + tokenizer, loaded from a local directory."""
+    """One transformers model + tokenizer, loaded from a local directory (flat or split layout)."""
 
     def __init__(self, part: SpecPart, base: Path | None) -> None:
         self.part = part
@@ -136,21 +160,22 @@ class _HFPart:
         if not path.is_dir():
             raise NamiError(f"text encoder {part.kind}: no model directory at {path}")
         self.path = path
-        from transformers import AutoModel, AutoTokenizer
+        folders = locate_part(path)
+        from transformers import AutoModel
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.tokenizer = load_tokenizer(folders.tokenizer, part.kind)
             if part.kind in ("t5", "mt5"):
                 from transformers import T5EncoderModel
 
-                self.model = T5EncoderModel.from_pretrained(path)
+                self.model = T5EncoderModel.from_pretrained(folders.model)
             elif part.kind == "clip":
                 from transformers import CLIPTextModel
 
-                self.model = CLIPTextModel.from_pretrained(path)
+                self.model = CLIPTextModel.from_pretrained(folders.model)
             else:
-                self.model = AutoModel.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as exc:
+                self.model = AutoModel.from_pretrained(folders.model)
+        except (OSError, ValueError, KeyError, ImportError) as exc:
             raise NamiError(f"cannot load text encoder {part.kind} from {path}: {str(exc).splitlines()[0]}") from None
         self.model.eval().requires_grad_(False)
 
@@ -170,35 +195,51 @@ class _HFPart:
         return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
     @torch.no_grad()
-    def sequence(self, prompts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sequence(self, prompts: list[str], max_tokens: int, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, max_tokens, C) last hidden state and the (B, max_tokens) padding mask. With
+        `with_mask` False the encoder runs over the padded ids alone, no attention mask."""
         device = next(self.model.parameters()).device
         batch = self.tokenize(prompts, max_tokens, device)
-        out = self.model(**batch)
+        inputs = batch if with_mask else {"input_ids": batch["input_ids"]}
+        out = self.model(**inputs)
         return out.last_hidden_state.float(), batch["attention_mask"].bool()
 
     @torch.no_grad()
-    def pooled(self, prompts: list[str]) -> torch.Tensor:
+    def pooled(self, prompts: list[str], max_tokens: int, source: str) -> torch.Tensor:
+        """(B, C): the pooler output, or the first token of the last hidden state (with the mask)."""
         device = next(self.model.parameters()).device
-        batch = self.tokenize(prompts, POOLED_MAX_TOKENS, device)
+        batch = self.tokenize(prompts, max_tokens, device)
         out = self.model(**batch)
-        if self.part.kind == "clip":
+        if source == "pooler":
             return out.pooler_output.float()
         return out.last_hidden_state[:, 0].float()
 
 
 class NamiTextEncoder(ConfigOnlyComponent):
-    """Prompts -> `TextEmbeddings`, described by a spec string (see module docstring).
+    """Prompts -> `TextEmbeddings`, described by a spec string and the text settings of the
+    module docstring.
 
-    Saving writes only the config (the spec and dims), never the encoder weights: they
-    stay where the spec points. Relative paths resolve against the model directory.
+    Saving writes only the config (the spec, dims and settings), never the encoder weights:
+    they stay where the spec points. Relative paths resolve against the model directory.
     """
 
     @register_to_config
     def __init__(
-        self, spec: str = "minilm", max_tokens: int = 32, sequence_dim: int = 384, pooled_dim: int = 384
+        self,
+        spec: str = "minilm",
+        max_tokens: int = 32,
+        sequence_dim: int = 384,
+        pooled_dim: int = 384,
+        pooled_max_tokens: int = POOLED_MAX_TOKENS,
+        sequence_attention_mask: bool = True,
+        pooled_source: str | None = None,
     ) -> None:
         super().__init__()
         parse_spec(spec)
+        for name, value in (("max_tokens", max_tokens), ("pooled_max_tokens", pooled_max_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise NamiError(f"text encoder {name} must be a positive integer, got {value!r}")
+        self.register_to_config(pooled_source=resolve_pooled_source(spec, pooled_source))
         self.spec = spec
         self.max_tokens = max_tokens
         self.sequence_model: nn.Module | None = None
@@ -206,15 +247,21 @@ class NamiTextEncoder(ConfigOnlyComponent):
         self._parts: tuple[_HFPart, _HFPart | None] | None = None
 
     @classmethod
-    def load(cls, spec: str, max_tokens: int, base_dir: Path | None = None) -> "NamiTextEncoder":
-        """Build from a spec and load its models now; dims are read off the loaded models."""
-        enc = cls(spec=spec, max_tokens=max_tokens)
+    def load(cls, spec: str, max_tokens: int, base_dir: Path | None = None, **settings) -> "NamiTextEncoder":
+        """Build from a spec (and any other config field) and load its models now; dims are
+        read off the loaded models."""
+        enc = cls(spec=spec, max_tokens=max_tokens, **settings)
         seq, pooled = enc.load_models(base_dir)
         enc.register_to_config(
             sequence_dim=seq.hidden_size,
             pooled_dim=pooled.hidden_size if pooled is not None else seq.hidden_size,
         )
         return enc
+
+    def settings(self) -> dict:
+        """The config fields that say how prompts are encoded (everything but the dims)."""
+        keys = ("spec", "max_tokens", "pooled_max_tokens", "sequence_attention_mask", "pooled_source")
+        return {k: self.config[k] for k in keys}
 
     def load_models(self, base_dir: Path | None = None) -> tuple[_HFPart, _HFPart | None]:
         seq_part, pooled_part = parse_spec(self.spec)
@@ -230,9 +277,13 @@ class NamiTextEncoder(ConfigOnlyComponent):
         if self._parts is None:
             self.load_models()
         seq, pooled_part = self._parts  # type: ignore[misc]
+        cfg = self.config
         prompts = [str(p) for p in prompts]
-        hidden, mask = seq.sequence(prompts, self.max_tokens)
-        pooled = pooled_part.pooled(prompts) if pooled_part is not None else _masked_mean(hidden, mask)
+        hidden, mask = seq.sequence(prompts, self.max_tokens, bool(cfg.sequence_attention_mask))
+        if pooled_part is None:
+            pooled = _masked_mean(hidden, mask)
+        else:
+            pooled = pooled_part.pooled(prompts, int(cfg.pooled_max_tokens), cfg.pooled_source)
         return TextEmbeddings(hidden, mask, pooled)
 
     def after_load(self, folder: Path) -> None:

@@ -45,9 +45,7 @@ def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | 
 
     transformer = NamiTransformer.from_config(transformer_config)
     transformer.load_state_dict(raw)
-    text = manifest["text_encoder"]
-    encoder = NamiTextEncoder(spec=text["spec"], max_tokens=int(text["max_tokens"]),
-                              sequence_dim=int(text["sequence_dim"]), pooled_dim=int(text["pooled_dim"]))
+    encoder = NamiTextEncoder.from_config(manifest["text_encoder"])  # the data's text settings
     steps = plan.stage_steps(sample_steps or ",".join(["10"] * plan.flow.num_stages))
     guidance = guidance_record(plan.stage_guidance(sample_cfg))
     scheduler = NamiFlowScheduler.from_flow(plan.flow, default_steps=list(steps), default_cfg=guidance,
