@@ -15,10 +15,10 @@ app = typer.Typer(
 
 
 def _write_json(path: Path, report: dict) -> None:
-    import json
+    from nami_core.files import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(path, report)
 
 
 def _mib(n: int | None) -> str:
@@ -49,7 +49,8 @@ def latency(
     model: Optional[str] = typer.Option(None, "--model", help="A saved model directory: its configs (weights stay random)."),
     resolutions: str = typer.Option("256,512,1024,2048", "--resolutions", help="Final resolutions; stages are (res/4, res/2, res) for 3 stages."),
     steps: str = typer.Option("30", "--steps", help="Total Euler steps (30 = 10,10,10 per stage; flux-base runs the total), or per stage, e.g. 10,10,10."),
-    batch: int = typer.Option(1, "--batch", help="Images per sampler call; times are reported per image."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per sampler call (default 1); times are reported per image."),
+    batch: Optional[int] = typer.Option(None, "--batch", hidden=True, help="Old name of --batch-size."),
     modes: str = typer.Option("flux-base,flow-only,nami", "--modes", help="Modes, run interleaved in this order."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32."),
     attention: str = typer.Option("auto", "--attention", help="auto | native | xformers | flash."),
@@ -86,6 +87,7 @@ def latency(
     from nami_core.bench.latency import LatencyRequest, interleaved_schedule, run_latency
     from nami_core.config import parse_int_list
 
+    from .aliases import renamed
     from .progress import console
 
     if plot is not None:
@@ -95,7 +97,7 @@ def latency(
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     req = LatencyRequest(
         preset=preset, model_dir=model, resolutions=parse_int_list(resolutions, "--resolutions"), steps=steps,
-        batch=batch, modes=mode_list, dtype=dtype, attention=attention, compile=compile_, device=device,
+        batch_size=renamed(batch_size, batch, "--batch-size", "--batch", 1), modes=mode_list, dtype=dtype, attention=attention, compile=compile_, device=device,
         warmup=warmup, repeats=repeats, cfg=cfg, text_tokens=text_tokens, include_codec=include_codec,
         include_text=include_text, seed=seed,
     )
@@ -152,7 +154,8 @@ def train(
     stages: Optional[str] = typer.Option(None, "--stages", help="Stage resolutions, e.g. 256,512,1024 (default: the preset's)."),
     mode: str = typer.Option("nami", "--mode", help="nami | flow-only | flux-base (one full-resolution stage)."),
     ratio: str = typer.Option("4:2:1", "--ratio", help="Stage sampling ratio of the mixed batch, low to high resolution."),
-    batch: int = typer.Option(8, "--batch", help="Samples per optimizer step."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per optimizer step (default 8)."),
+    batch: Optional[int] = typer.Option(None, "--batch", hidden=True, help="Old name of --batch-size."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32 (autocast over fp32 weights)."),
     attention: str = typer.Option("auto", "--attention", help="auto | native | xformers | flash."),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
@@ -172,20 +175,21 @@ def train(
 
     Examples:
 
-      nami bench train --preset nami-2b --device cuda --batch 16 --grad-checkpointing --json train.json
+      nami bench train --preset nami-2b --device cuda --batch-size 16 --grad-checkpointing --json train.json
 
       nami bench train --preset nami-2b --device cuda --stages 256,512,1024 --ratio 4:2:1 --compile
 
-      nami bench train --preset tiny --device cpu --batch 8 --steps 5
+      nami bench train --preset tiny --device cpu --batch-size 8 --steps 5
     """
     from nami_core.bench.throughput import TrainBenchRequest, run_train_bench
     from nami_core.config import parse_int_list
 
+    from .aliases import renamed
     from .progress import console
 
     req = TrainBenchRequest(
         preset=preset, stages=parse_int_list(stages, "--stages") if stages else None, mode=mode, ratio=ratio,
-        batch=batch, dtype=dtype, attention=attention, grad_checkpointing=grad_checkpointing, compile=compile_,
+        batch_size=renamed(batch_size, batch, "--batch-size", "--batch", 8), dtype=dtype, attention=attention, grad_checkpointing=grad_checkpointing, compile=compile_,
         steps=steps, warmup=warmup, device=device, text_tokens=text_tokens, seed=seed,
     )
     req.validate()

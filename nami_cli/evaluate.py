@@ -198,7 +198,7 @@ def generate(suite: list[dict], out: Path, model: Optional[str], images_per_prom
     """Write GenEval's layout for `suite` under `out`: image j of prompt i has seed seed + i*n + j."""
     from nami_core.eval import geneval as ge
     from nami_core.eval.generation import Generator
-    from nami_core.eval.io import save_png_atomic
+    from nami_core.png import save_png
 
     generator = Generator(model, device, steps, cfg)
     ge.write_prompt_folders(out, suite)
@@ -206,7 +206,7 @@ def generate(suite: list[dict], out: Path, model: Optional[str], images_per_prom
         total = len(suite) * images_per_prompt
         for done, made in enumerate(generator.images([line["prompt"] for line in suite], images_per_prompt, seed,
                                                      batch_size), start=1):
-            save_png_atomic(made.image, ge.sample_path(out, made.index, made.j),
+            save_png(made.image, ge.sample_path(out, made.index, made.j),
                             generator.info(suite[made.index]["prompt"], made.seed))
             update(done, total)
 
@@ -401,7 +401,7 @@ def nami1k_score(
 
       nami eval nami1k score a.json b.json c.json --models nami,flux --json nami1k_scores.json
     """
-    from nami_core.eval.io import atomic_write_json
+    from nami_core.files import write_json_atomic
     from nami_core.eval.nami1k.annotate import DIMENSIONS
     from nami_core.eval.nami1k.prompts import SOURCES
     from nami_core.eval.nami1k.score import read_annotations, score_annotations
@@ -416,7 +416,7 @@ def nami1k_score(
     typer.echo("agreement (Krippendorff's alpha, interval): "
                + ", ".join(f"{d} {fmt(result['agreement'][d], 3)}" for d in DIMENSIONS))
     if json_out is not None:
-        atomic_write_json(json_out, result)
+        write_json_atomic(json_out, result)
 
 
 # -- metrics --------------------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def clipscore(
     """
     from nami_core.eval.clip_model import ClipEncoder
     from nami_core.eval.clipscore import prompted_images, score_images
-    from nami_core.eval.io import atomic_write_json
+    from nami_core.files import write_json_atomic
 
     check_positive(batch_size, "--batch-size")
     pairs = prompted_images(images)
@@ -451,7 +451,7 @@ def clipscore(
         scores = score_images(encoder, pairs, batch_size, update)
     mean = sum(scores) / len(scores)
     if json_out is not None:
-        atomic_write_json(json_out, {"clipscore": mean, "images": len(scores), "clip": str(clip),
+        write_json_atomic(json_out, {"clipscore": mean, "images": len(scores), "clip": str(clip),
                                      "definition": "100 * max(cos, 0)",
                                      "per_image": {str(p.relative_to(images)): s for (p, _), s in zip(pairs, scores)}})
     typer.echo(f"clipscore {mean:.4f}")
@@ -477,11 +477,11 @@ def fid(
       nami eval fid real/ fake/ --inception /w/inception-2015-12-05.pt --json fid.json
     """
     from nami_core.eval.fid import InceptionFeatures, folder_fid
-    from nami_core.eval.io import atomic_write_json
+    from nami_core.files import write_json_atomic
 
     check_positive(batch_size, "--batch-size")
     extractor = InceptionFeatures(inception, device_name(device))
     result = folder_fid(real, fake, extractor, batch_size)
     if json_out is not None:
-        atomic_write_json(json_out, {**result, "inception": str(inception), "resize": "bilinear 299, no antialias"})
+        write_json_atomic(json_out, {**result, "inception": str(inception), "resize": "bilinear 299, no antialias"})
     typer.echo(f"fid {result['fid']:.4f}")

@@ -43,7 +43,7 @@ def sample(
     import gc
     import json
 
-    from nami_core.sampling import SampleRequest, report_dict, run_sample
+    from nami_core.generate import SampleRequest, report_dict, run_sample
 
     from . import teardown
     from .progress import StageProgress, console

@@ -25,7 +25,8 @@ def train(
     stage_loss_weights: str = typer.Option("auto", "--stage-loss-weights", help="auto (balance by running loss) or fixed, e.g. 1,1,1."),
     cfg_dropout: float = typer.Option(0.1, "--cfg-dropout", help="Probability of training on the empty prompt."),
     ema_decay: float = typer.Option(0.9999, "--ema-decay", help="EMA decay (0 = no EMA)."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 mixed precision."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 (default) | bf16 | fp16 mixed precision."),
+    precision: Optional[str] = typer.Option(None, "--precision", hidden=True, help="Old name of --dtype."),
     grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile every transformer block (the first steps compile; needs a C++ compiler on CPU)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="Shard with FSDP, wrapping transformer blocks (default: DDP)."),
@@ -53,7 +54,7 @@ def train(
 
       nami train --data data/shapes --out runs/shapes --config examples/nami-shapes/model.json --stages 16,32,64 --steps 20000 --lr 5e-4
 
-      accelerate launch --num_processes 8 $(which nami) train --data data/laion --out runs/2b --preset nami-2b --stages 256,512,1024 --precision bf16 --grad-checkpointing
+      accelerate launch --num_processes 8 $(which nami) train --data data/laion --out runs/2b --preset nami-2b --stages 256,512,1024 --dtype bf16 --grad-checkpointing
 
       nami train --data data/shapes --out runs/shapes --stages 16,32,64 --config model.json --resume latest
     """
@@ -62,14 +63,15 @@ def train(
     from nami_core.train.config import TrainConfig
     from nami_core.train.loop import train as run_training
 
+    from .aliases import renamed
     from .progress import console
 
     quiet_loading()
-    cfg = TrainConfig(
+    settings = TrainConfig(
         data=data, out=out, stages=parse_int_list(stages, "--stages"), preset=preset, config_file=config, init=init,
         mode=mode, steps=steps, batch_size=batch_size, lr=lr, ratio_schedule=ratio_schedule, lr_schedule=lr_schedule,
         timestep_sampling=timestep_sampling, stage_loss_weights=stage_loss_weights, cfg_dropout=cfg_dropout,
-        ema_decay=ema_decay, precision=precision, grad_checkpointing=grad_checkpointing, compile=compile_, fsdp=fsdp,
+        ema_decay=ema_decay, dtype=renamed(dtype, precision, "--dtype", "--precision", "fp32"), grad_checkpointing=grad_checkpointing, compile=compile_, fsdp=fsdp,
         save_every=save_every, keep=keep, resume=resume, seed=seed, log_every=log_every, patch_size=patch_size,
         prediction=prediction, text_positions=text_positions, window_ratios=window_ratios, sample_steps=sample_steps, sample_cfg=sample_cfg,
         max_nan_steps=max_nan_steps, grad_clip=grad_clip, preload=preload, time_budget=time_budget,
@@ -83,6 +85,6 @@ def train(
             + (f"  nan-skipped {r['nan_skipped']}" if r["nan_skipped"] else "")
         )
 
-    result = run_training(cfg, on_log=on_log)
+    result = run_training(settings, on_log=on_log)
     if result.final_dir is not None:
         console.print(f"done at step {result.step}; model: {result.final_dir}")

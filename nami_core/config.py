@@ -13,6 +13,8 @@ from typing import Any, Iterable, Sequence
 from .errors import ConfigError
 
 MODES = ("nami", "flow-only", "flux-base")
+BASELINE_MODE = "flux-base"  # what `nami info` and `nami bench` measure reductions against
+PAPER_TOTAL_STEPS = 30  # Euler steps per image in the paper's comparisons, split evenly over the stages
 PREDICTIONS = ("velocity", "sample")
 TEXT_POSITIONS = ("none", "ordered")
 TEXT_PADDINGS = ("mask", "none")
@@ -179,12 +181,11 @@ def validate_stage_ends(stage_ends: Sequence[int], depth: int) -> None:
 
 @dataclass(frozen=True)
 class FlowConfig:
-    """The piecewise flow: one window per stage, low to high resolution (SPEC §3).
+    """The piecewise flow: one window per stage, low to high resolution (docs/method.md §3).
 
-    `grid` is how a window's Euler grid is laid out: "exact" (uniform in the local ratio) or
-    "public" (the public NAMI-T2I scheduler's integer grid, `nami_core.flow.schedule.PublicGrid`).
-    `timestep_rounding` "fp16" rounds each model timestep as the release's float16 pipeline does
-    (x1000 timestep to float16, then divided by 1000 in float16); "none" keeps it exact.
+    `grid` "exact" computes the windows from the ratios; "public" reads them off the public
+    NAMI-T2I scheduler's integer grid (`nami_core.flow.plan.PublicWindows`), whose Euler grid
+    `NamiFlowScheduler` then lays inside them.
     """
 
     resolutions: tuple[int, ...]
@@ -192,7 +193,6 @@ class FlowConfig:
     gamma: float = 1.0 / 3.0
     grid: str = "exact"
     jump: str = "renoise"
-    timestep_rounding: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))
@@ -211,14 +211,19 @@ class FlowConfig:
             raise ConfigError(f"grid must be one of {', '.join(GRIDS)}, got {self.grid!r}")
         if self.jump not in JUMPS:
             raise ConfigError(f"jump must be one of {', '.join(JUMPS)}, got {self.jump!r}")
-        if self.timestep_rounding not in TIMESTEP_ROUNDINGS:
-            raise ConfigError(
-                f"timestep_rounding must be one of {', '.join(TIMESTEP_ROUNDINGS)}, got {self.timestep_rounding!r}"
-            )
 
     @property
     def num_stages(self) -> int:
         return len(self.resolutions)
+
+    def ending_at(self, final: int) -> "FlowConfig":
+        """This flow with stage resolutions ending at `final`, each half the next."""
+        if final == self.resolutions[-1]:
+            return self
+        K = self.num_stages
+        if final <= 0 or final % 2 ** (K - 1):
+            raise ConfigError(f"resolution {final} cannot be halved {K - 1} times into integer stage sides")
+        return replace(self, resolutions=tuple(final // 2 ** (K - 1 - k) for k in range(K)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -227,7 +232,6 @@ class FlowConfig:
             "gamma": self.gamma,
             "grid": self.grid,
             "jump": self.jump,
-            "timestep_rounding": self.timestep_rounding,
         }
 
 
@@ -401,10 +405,6 @@ def check_mode(mode: str) -> str:
     return mode
 
 
-def with_stage_ends(model: ModelConfig, stage_ends: Sequence[int]) -> ModelConfig:
-    return replace(model, stage_ends=tuple(stage_ends))
-
-
 __all__ = [
     "MODES",
     "PRESETS",
@@ -418,5 +418,4 @@ __all__ = [
     "split_steps",
     "validate_resolutions",
     "validate_stage_ends",
-    "with_stage_ends",
 ]

@@ -6,7 +6,7 @@ import torch
 
 from .codecs.packing import image_ids, pack, text_ids, unpack
 from .flow.parameterization import to_velocity
-from .flow.schedule import StageWindow
+from .flow.plan import StageWindow
 from .text.encoder import TextEmbeddings
 
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .bench.flops import plan_flops
-from .config import MODES, FlowConfig, ModelConfig, get_preset
+from .flow.flops import plan_flops
+from .config import BASELINE_MODE, PAPER_TOTAL_STEPS, FlowConfig, ModelConfig, get_preset, split_steps
 from .errors import NamiError
-from .flow.schedule import FlowPlan
+from .flow.plan import FlowPlan, runnable_modes
 from .model.params import count_parameters
 
 FLUX_VAE_PIXELS_PER_TOKEN = 16  # f8 VAE, 2x2 packing
@@ -31,7 +31,7 @@ class ModelDescription:
 def describe_preset(name: str, resolutions: Sequence[int] | None = None) -> ModelDescription:
     preset = get_preset(name)
     flow = FlowConfig(resolutions=tuple(resolutions or preset.resolutions))
-    steps = (30,) if preset.default_mode == "flux-base" else tuple([10] * flow.num_stages)
+    steps = split_steps(PAPER_TOTAL_STEPS, flow.num_stages)
     return ModelDescription(name, preset.model, flow, FLUX_VAE_PIXELS_PER_TOKEN, steps, preset.default_mode)
 
 
@@ -59,7 +59,6 @@ def describe_model_dir(path: str | Path, resolutions: Sequence[int] | None = Non
         gamma=scheduler.get("gamma", 1 / 3),
         grid=scheduler.get("grid", "exact"),
         jump=scheduler.get("jump", "renoise"),
-        timestep_rounding=scheduler.get("timestep_rounding", "none"),
     )
     if codec.get("_class_name") == "PixelCodec":
         ppt = int(codec.get("patch_size", 1))
@@ -82,7 +81,8 @@ def plan_report(desc: ModelDescription, steps: Sequence[int] | str | None = None
     model, flow = desc.model, desc.flow
     total, per_block = count_parameters(model)
     shared = total - sum(per_block)
-    mode = desc.default_mode if model.num_stages == flow.num_stages else "flux-base"
+    modes = runnable_modes(model.stage_ends, flow)
+    mode = desc.default_mode if desc.default_mode in modes else BASELINE_MODE
     plan = FlowPlan(mode, flow, model.stage_ends, desc.pixels_per_token)
     stage_steps = plan.stage_steps(steps if steps is not None else desc.default_steps)
     stages = []
@@ -105,12 +105,10 @@ def plan_report(desc: ModelDescription, steps: Sequence[int] | str | None = None
             }
         )
     flops = {}
-    for m in MODES:
-        if m == "nami" and model.num_stages != flow.num_stages:
-            continue
+    for m in modes:
         p = FlowPlan(m, flow, model.stage_ends, desc.pixels_per_token)
         flops[m] = plan_flops(model, p, p.stage_steps(stage_steps), text_tokens)
-    reduction = {m: 1.0 - flops[m] / flops["flux-base"] for m in ("flow-only", "nami") if m in flops}
+    reduction = {m: 1.0 - flops[m] / flops[BASELINE_MODE] for m in modes if m != BASELINE_MODE}
     return {
         "model": desc.name,
         "params": int(total),

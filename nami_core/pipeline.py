@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import logging
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -12,16 +13,27 @@ from diffusers.utils import BaseOutput
 
 # Every component class must be importable from sys.modules when diffusers loads a saved pipeline.
 from .codecs import flux_vae, pixel  # noqa: F401
-from .config import FlowConfig, check_mode
 from .denoiser import Denoiser
 from .errors import ConfigError
-from .flow import scheduler  # noqa: F401
 from .flow.jump import RenoiseJump
+from .flow.plan import FlowPlan
 from .flow.sampler import ProgressiveSampler, initial_noise
-from .flow.schedule import FlowPlan
-from .interop.diffusers_registry import register_pipeline_class
-from .model import transformer  # noqa: F401
+from .flow.scheduler import NamiFlowScheduler
+from .model.transformer import NamiTransformer  # noqa: F401
 from .text.encoder import TextEmbeddings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What one pipeline call runs: the `FlowPlan`, Euler steps and guidance scale per window,
+    and the scheduler that lays out and steps each window's grid."""
+
+    plan: FlowPlan
+    steps: tuple[int, ...]
+    guidance: tuple[float, ...]
+    scheduler: NamiFlowScheduler
 
 
 @dataclass
@@ -51,32 +63,29 @@ class NamiPipeline(DiffusionPipeline):
         )
 
     # -- planning -------------------------------------------------------------------------
-    def flow_for(self, resolution: int | None) -> FlowConfig:
-        """The scheduler's flow, rescaled so the last stage has side `resolution`."""
+    def plan(self, mode: str | None = None, resolution: int | None = None) -> FlowPlan:
+        """The `FlowPlan` of `mode` with the last stage at `resolution` (defaults: the model's)."""
         flow = self.scheduler.flow
-        if resolution is None or resolution == flow.resolutions[-1]:
-            return flow
-        K = flow.num_stages
-        lowest = resolution / 2 ** (K - 1)
-        if lowest != int(lowest):
-            raise ConfigError(f"resolution {resolution} cannot be halved {K - 1} times into integer stage sides")
-        return replace(flow, resolutions=tuple(int(lowest) * 2**k for k in range(K)))
+        if resolution is not None:
+            flow = flow.ending_at(resolution)
+        mode = mode or self.scheduler.config.default_mode
+        return FlowPlan(mode, flow, self.transformer.stage_ends, self.codec.pixels_per_token)
 
-    def plan(self, mode: str | None = None, resolution: int | None = None,
-             timestep_rounding: str | None = None) -> FlowPlan:
-        """The `FlowPlan` of `mode` at `resolution` (defaults: the model's); `timestep_rounding`
-        ("none" | "fp16") overrides the scheduler's."""
-        mode = check_mode(mode or self.scheduler.config.default_mode)
-        flow = self.flow_for(resolution)
-        if timestep_rounding is not None:
-            flow = replace(flow, timestep_rounding=timestep_rounding)
-        ppt = self.codec.pixels_per_token
-        lowest = flow.resolutions[0] if mode != "flux-base" else flow.resolutions[-1]
-        if lowest % ppt:
-            raise ConfigError(
-                f"stage resolution {lowest} is not a multiple of the codec's {ppt} pixels per token"
-            )
-        return FlowPlan(mode, flow, self.transformer.stage_ends, ppt)
+    def settings(self, mode: str | None = None, steps=None, cfg=None, resolution: int | None = None,
+                 timestep_rounding: str | None = None) -> "SamplingSettings":
+        """What a call with these arguments runs: the plan, steps and guidance per window, and the
+        scheduler (the model's, with `timestep_rounding` overridden when given)."""
+        plan = self.plan(mode, resolution)
+        config = self.scheduler.config
+        scheduler = self.scheduler
+        if timestep_rounding is not None and timestep_rounding != config.timestep_rounding:
+            scheduler = type(self.scheduler).from_config(config, timestep_rounding=timestep_rounding)
+        return SamplingSettings(
+            plan=plan,
+            steps=plan.stage_steps(steps if steps is not None else tuple(config.default_steps)),
+            guidance=plan.stage_guidance(config.default_cfg if cfg is None else cfg),
+            scheduler=scheduler,
+        )
 
     def jump_for(self, plan: FlowPlan):
         if plan.flow.jump == "bridge":
@@ -106,6 +115,13 @@ class NamiPipeline(DiffusionPipeline):
         return emb.select(index.to(emb.sequence.device))
 
     # -- sampling -------------------------------------------------------------------------
+    def decode(self, latents: torch.Tensor, output_type: str = "pil"):
+        """Latent grids (B, C, H, W) -> PIL images, or a float array (B, H, W, 3) in [0, 1] for "np"."""
+        self._onload("codec")
+        pixels = self.codec.decode(latents)
+        array = ((pixels.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        return array if output_type == "np" else self.numpy_to_pil(array)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -141,30 +157,22 @@ class NamiPipeline(DiffusionPipeline):
             raise ConfigError(f"output_type must be pil, np or latent, got {output_type!r}")
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         batch = len(prompts)
-        plan = self.plan(mode, resolution, timestep_rounding)
-        stage_steps = plan.stage_steps(steps if steps is not None else tuple(self.scheduler.config.default_steps))
-        guidance = plan.stage_guidance(self.scheduler.config.default_cfg if cfg is None else cfg)
+        run = self.settings(mode, steps, cfg, resolution, timestep_rounding)
+        plan = run.plan
 
-        if generator is None:
-            seeds = [seed + i for i in range(batch)]
-            generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        else:
-            generators = [generator] * batch if isinstance(generator, torch.Generator) else list(generator)
-            if len(generators) != batch:
-                raise ConfigError(f"got {len(generators)} generators for {batch} images")
-            seeds = [int(g.initial_seed()) for g in generators]
-
+        generators, seeds = _generators(batch, seed, generator)
         device = self._execution_device
         cond = self.encode_prompts(prompts)
         uncond = None
-        if any(w != 1.0 for w in guidance):
+        if any(w != 1.0 for w in run.guidance):
             uncond = self.encode_prompts([negative_prompt or ""] * batch)
 
         full_side = plan.flow.resolutions[-1] // self.codec.downsample
         noise = initial_noise(batch, self.codec.channels, (full_side, full_side), plan, generators, device)
-        sampler = ProgressiveSampler(Denoiser(self.transformer, self.codec.patch_size), plan, self.jump_for(plan))
+        sampler = ProgressiveSampler(Denoiser(self.transformer, self.codec.patch_size), plan, self.jump_for(plan),
+                                     run.scheduler)
 
-        total = sum(stage_steps)
+        total = sum(run.steps)
         with self.progress_bar(total=total) as bar:
 
             def on_step(stage: int, step: int, z: torch.Tensor) -> None:
@@ -173,20 +181,48 @@ class NamiPipeline(DiffusionPipeline):
                     callback(stage, step, z)
 
             result = sampler(cond.to(device), uncond.to(device) if uncond is not None else None,
-                             noise, stage_steps, guidance, generators, on_step)
+                             noise, run.steps, run.guidance, generators, on_step)
 
-        if output_type == "latent":
-            images = result.latents
-        else:
-            self._onload("codec")
-            pixels = self.codec.decode(result.latents.to(device))
-            array = ((pixels.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-            images = array if output_type == "np" else self.numpy_to_pil(array)
+        images = result.latents if output_type == "latent" else self.decode(result.latents.to(device), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, result.stage_seconds, seeds
         return NamiPipelineOutput(images=images, stage_seconds=result.stage_seconds, seeds=seeds)
 
 
-# `DiffusionPipeline.from_pretrained(dir)` resolves the saved "_class_name" on the diffusers package.
+def _generators(batch: int, seed: int, generator) -> tuple[list[torch.Generator], list[int]]:
+    """One CPU generator per image, seeded `seed + i`, or the given ones; and their seeds."""
+    if generator is None:
+        seeds = [seed + i for i in range(batch)]
+        return [torch.Generator("cpu").manual_seed(s) for s in seeds], seeds
+    generators = [generator] * batch if isinstance(generator, torch.Generator) else list(generator)
+    if len(generators) != batch:
+        raise ConfigError(f"got {len(generators)} generators for {batch} images")
+    return generators, [int(g.initial_seed()) for g in generators]
+
+
+def register_pipeline_class(pipeline_class: type) -> None:
+    """Publish `pipeline_class` under its own name on the `diffusers` package (idempotent), so
+    `DiffusionPipeline.from_pretrained(dir)` loads a saved nami model.
+
+    A saved model's `model_index.json` names its pipeline class (`"_class_name": "NamiPipeline"`)
+    and its components by full module path. Stock diffusers looks the pipeline class up as an
+    attribute of the `diffusers` package, and uses a component's module only if the process has
+    already imported it. Importing this module does both: it imports every component module and
+    publishes `NamiPipeline`. Nothing inside diffusers is replaced, and no code is copied into
+    model directories (diffusers' `trust_remote_code` route). A different class already published
+    under that name is left in place, with a warning.
+    """
+    import diffusers
+
+    name = pipeline_class.__name__
+    existing = getattr(diffusers, name, None)
+    if existing is pipeline_class:
+        return
+    if existing is not None:
+        logger.warning("diffusers already has a %s (%s); not replacing it", name, getattr(existing, "__module__", "?"))
+        return
+    setattr(diffusers, name, pipeline_class)
+
+
 register_pipeline_class(NamiPipeline)

@@ -9,8 +9,7 @@ import json
 import pytest
 import torch
 
-from nami_cli.main import run
-from nami_core.bench.flops import forward_flops
+from nami_core.flow.flops import forward_flops
 from nami_core.bench.gpus import device_peak_tflops, gpu_peak
 from nami_core.bench.latency import LatencyRequest, LatencyRunner, interleaved_schedule, run_latency
 from nami_core.bench.throughput import split_batch
@@ -122,7 +121,7 @@ def test_missing_xformers_names_the_extra(capsys):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["latency", "--preset", "tiny", "--resolutions", "100"], "use a multiple of 64"),
+        (["latency", "--preset", "tiny", "--resolutions", "100"], "use a final resolution that is a multiple of 64"),
         (["latency", "--preset", "tiny", "--modes", "nami,fast"], "mode must be one of"),
         (["latency", "--preset", "tiny", "--modes", "nami,nami"], "lists a mode twice"),
         (["latency", "--preset", "tiny", "--repeats", "0"], "--repeats must be at least 1"),
@@ -133,7 +132,7 @@ def test_missing_xformers_names_the_extra(capsys):
         (["latency", "--preset", "tiny", "--dtype", "fp8"], "dtype must be one of"),
         (["train", "--preset", "tiny", "--ratio", "1:1"], "--ratio lists 2 weights but there are 3 stages"),
         (["train", "--preset", "tiny", "--stages", "64,128,250"], "must double"),
-        (["train", "--preset", "tiny", "--batch", "0"], "--batch must be at least 1"),
+        (["train", "--preset", "tiny", "--batch", "0"], "--batch-size must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line(args, message, capsys):

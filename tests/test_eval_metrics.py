@@ -12,7 +12,7 @@ from PIL import Image
 from nami_core.errors import NamiError
 from nami_core.eval import fid
 from nami_core.eval.clipscore import clip_score, prompted_images
-from nami_core.eval.io import save_png_atomic
+from nami_core.png import save_png
 from tests.test_eval_tiny_models import build_tiny_clip
 from tests.helpers import run_cli
 
@@ -114,7 +114,7 @@ def test_clip_score_is_100_times_the_clipped_cosine():
 
 
 def test_prompts_come_from_the_png_chunk_or_a_txt_file(tmp_path):
-    save_png_atomic(Image.new("RGB", (8, 8)), tmp_path / "a.png", {"prompt": "a red circle", "seed": 1})
+    save_png(Image.new("RGB", (8, 8)), tmp_path / "a.png", {"prompt": "a red circle", "seed": 1})
     Image.new("RGB", (8, 8)).save(tmp_path / "b.jpg")
     (tmp_path / "b.txt").write_text("a blue square\n")
     assert [(p.name, t) for p, t in prompted_images(tmp_path)] == [("a.png", "a red circle"), ("b.jpg", "a blue square")]
@@ -129,7 +129,7 @@ def test_cli_clipscore_end_to_end(tmp_path, capsys):
     clip = build_tiny_clip(tmp_path / "clip")
     images = tmp_path / "images"
     images.mkdir()
-    save_png_atomic(Image.new("RGB", (32, 32), (200, 0, 0)), images / "0.png", {"prompt": "a red circle"})
+    save_png(Image.new("RGB", (32, 32), (200, 0, 0)), images / "0.png", {"prompt": "a red circle"})
     Image.new("RGB", (40, 24), (0, 0, 200)).save(images / "1.jpg")
     (images / "1.txt").write_text("a blue square " * 40)  # 120 words: over 77 tokens
     code, stdout, err = run_cli(["eval", "clipscore", str(images), "--clip", str(clip), "--json",
@@ -147,7 +147,7 @@ def test_cli_clipscore_end_to_end(tmp_path, capsys):
 
 
 def test_cli_clipscore_missing_clip(tmp_path, capsys):
-    save_png_atomic(Image.new("RGB", (8, 8)), tmp_path / "a.png", {"prompt": "a cat"})
+    save_png(Image.new("RGB", (8, 8)), tmp_path / "a.png", {"prompt": "a cat"})
     code, stdout, err = run_cli(["eval", "clipscore", str(tmp_path), "--clip", str(tmp_path / "none")], capsys)
     assert code == 2 and stdout == "" and err.count("\n") == 1
     assert "--clip (a CLIP model): " in err and "does not exist" in err

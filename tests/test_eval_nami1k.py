@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from nami_core.errors import NamiError
-from nami_core.eval.io import save_png_atomic
+from nami_core.png import save_png
 from nami_core.eval.nami1k import annotate, build, plots, prompts, score
 from nami_core.eval.nami1k.agreement import krippendorff_alpha_interval
 from nami_core.eval.nami1k.generate import MANIFEST_NAME, read_manifest
@@ -138,7 +138,7 @@ def fake_generated(folder, ids=("0000", "0001"), model="m"):
     manifest = []
     for k, record_id in enumerate(ids):
         name = f"{record_id}_00.png"
-        save_png_atomic(Image.new("RGB", (64, 48), (40 * k, 90, 200)), folder / name, {"prompt": f"prompt {record_id}"})
+        save_png(Image.new("RGB", (64, 48), (40 * k, 90, 200)), folder / name, {"prompt": f"prompt {record_id}"})
         manifest.append({"file": name, "id": record_id, "prompt": f"prompt {record_id}", "source": "open",
                          "topic": "other", "words": 2, "image": 0, "seed": k, "model": model})
     (folder / MANIFEST_NAME).write_text("".join(json.dumps(m) + "\n" for m in manifest))

@@ -5,7 +5,6 @@ The builders are imported by the other tests/test_eval_*.py files.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -1,4 +1,4 @@
-"""Pyramid operators, renoise jump statistics, training target and sampler consistency (SPEC §4, §5)."""
+"""Pyramid operators, renoise jump statistics, training target and sampler consistency (docs/method.md §4, §5)."""
 
 import math
 
@@ -11,7 +11,7 @@ from nami_core.flow.objective import sample_ratios, stage_targets
 from nami_core.flow.parameterization import velocity_from_sample
 from nami_core.flow.pyramid import block_noise, down, down_to, noise_pyramid, up
 from nami_core.flow.sampler import ProgressiveSampler, initial_noise
-from nami_core.flow.schedule import FlowPlan
+from nami_core.flow.plan import FlowPlan
 
 
 def test_down_is_the_2x2_average_and_up_is_nearest():

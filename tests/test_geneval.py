@@ -139,14 +139,165 @@ def test_relative_position_hand_computed():
     assert ge.relative_position((2, 2, 8, 8), (0, 0, 10, 10)) == set()
 
 
-def test_relative_position_matches_the_shapes_world_rule():
-    from nami_core.data.shapes import relations_between
+# GenEval's position rule, worked by hand from its definition (geneval.relative_position's docstring
+# and GenEval's evaluate_images.py), for box a = (x0, y0, x1, y1) relative to box b, x right, y down:
+#   offset  = centre(a) - centre(b)                                  (per axis)
+#   margin  = 0.1 * (side of a + side of b)                         (per axis: widths on x, heights on y)
+#   revised = sign(offset) * max(|offset| - margin, 0)
+#   no relation when |revised| < 1e-3 on both axes (this also covers equal centres, offset 0);
+#   otherwise d = revised / |offset| (the length of the UNshrunk offset) and
+#   "left of" dx < -0.5, "right of" dx > 0.5, "above" dy < -0.5, "below" dy > 0.5 (strictly).
+# With b = B10 = (0, 0, 10, 10) and a 10 x 10 box a, the margin is 2 px on each axis; a pure horizontal
+# shift s > 2 gives dx = (s - 2) / s, which passes 0.5 only for s > 4.
+B10 = (0.0, 0.0, 10.0, 10.0)
+POSITION_CASES = [
+    # (box a, box b, relations of a to b, how the expected set follows from the rule)
+    ((4.0, 0, 14, 10), B10, set(), "offset (4, 0): dx = 2 / 4 = 0.5 exactly, not beyond 0.5"),
+    ((4.1, 0, 14.1, 10), B10, {"right of"}, "offset (4.1, 0): dx = 2.1 / 4.1 = 0.512"),
+    ((3.9, 0, 13.9, 10), B10, set(), "offset (3.9, 0): dx = 1.9 / 3.9 = 0.487"),
+    ((-4.1, 0, 5.9, 10), B10, {"left of"}, "offset (-4.1, 0): dx = -0.512"),
+    ((-4.0, 0, 6, 10), B10, set(), "offset (-4, 0): dx = -0.5 exactly"),
+    ((0, 4.1, 10, 14.1), B10, {"below"}, "offset (0, 4.1): dy = +0.512; y grows downwards"),
+    ((0, -4.1, 10, 5.9), B10, {"above"}, "offset (0, -4.1): dy = -0.512"),
+    ((0, -4.0, 10, 6), B10, set(), "offset (0, -4): dy = -0.5 exactly"),
+    ((0, 4.0, 10, 14), B10, set(), "offset (0, 4): dy = +0.5 exactly"),
+    ((2.0, 0, 12, 10), B10, set(), "offset (2, 0) equals the 2 px margin: revised (0, 0) vanishes"),
+    ((2, 2, 8, 8), B10, set(), "same centre, offset (0, 0): no relation (and no division by zero)"),
+    ((30, 0, 40, 10), B10, {"right of"}, "offset (30, 0): dx = 28 / 30 = 0.93"),
+    # the margin sums both boxes' sides on that axis: a 30 px wide box a gives 0.1 * (30 + 10) = 4 px on x
+    # (a margin from b's width alone, 1 px, or from the heights, 2 px, would call the first row "right of")
+    ((-2.2, 0, 27.8, 10), B10, set(), "wide a, offset (7.8, 0): dx = 3.8 / 7.8 = 0.487"),
+    ((-1.8, 0, 28.2, 10), B10, {"right of"}, "wide a, offset (8.2, 0): dx = 4.2 / 8.2 = 0.512"),
+    ((0, -2.2, 10, 27.8), B10, set(), "tall a, offset (0, 7.8): dy = 3.8 / 7.8 = 0.487"),
+    ((0, -1.8, 10, 28.2), B10, {"below"}, "tall a, offset (0, 8.2): dy = 4.2 / 8.2 = 0.512"),
+    # the shrunk offset is divided by the length of the unshrunk offset, not of the shrunk one
+    ((4.1, 1.9, 14.1, 11.9), B10, set(), "offset (4.1, 1.9): revised (2.1, 0) / 4.519 = (0.465, 0)"),
+    ((10, -3, 20, 7), B10, {"right of"}, "offset (10, -3): revised (8, -1) / 10.44 = (0.766, -0.096)"),
+    # diagonals: offset (o, o) gives (o - 2) / (o * sqrt 2) on both axes, beyond 0.5 only for o > 6.83
+    ((6.8, 6.8, 16.8, 16.8), B10, set(), "offset (6.8, 6.8): 4.8 / 9.617 = 0.4991 on both axes"),
+    ((6.9, 6.9, 16.9, 16.9), B10, {"right of", "below"}, "offset (6.9, 6.9): 4.9 / 9.758 = 0.5022"),
+    ((-6.9, -6.9, 3.1, 3.1), B10, {"left of", "above"}, "offset (-6.9, -6.9): -0.5022 on both axes"),
+    ((6.9, -6.9, 16.9, 3.1), B10, {"right of", "above"}, "offset (6.9, -6.9)"),
+    ((-6.9, 6.9, 3.1, 16.9), B10, {"left of", "below"}, "offset (-6.9, 6.9)"),
+    # neither box at the origin, unequal sizes: b (20, 20, 40, 30) has centre (30, 25), sides (20, 10)
+    ((44, 22, 52, 28), (20, 20, 40, 30), {"right of"},
+     ("b off the origin, a right: a centre (48, 25), sides (8, 6); offset (18, 0), "
+      "margin 0.1 * 28 = 2.8: dx = 15.2 / 18 = 0.84")),
+    ((26, 0, 34, 12), (20, 20, 40, 30), {"above"},
+     ("b off the origin, a above: a centre (30, 6), sides (8, 12); offset (0, -19), "
+      "margin 0.1 * 22 = 2.2: dy = -16.8 / 19 = -0.88")),
+]
+MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+ALL_RELATIONS = ("left of", "right of", "above", "below")
 
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        a, b = rng.uniform(0, 64, 2), rng.uniform(0, 64, 2)
-        box_a, box_b = (*a, *(a + rng.uniform(5, 25, 2))), (*b, *(b + rng.uniform(5, 25, 2)))
-        assert ge.relative_position(box_a, box_b) == relations_between(box_a, box_b)
+
+def _boxes(case):
+    return tuple(float(v) for v in case[0]), tuple(float(v) for v in case[1])
+
+
+def test_position_table_covers_all_four_relations():
+    assert set().union(*(expected for _, _, expected, _ in POSITION_CASES)) == set(ALL_RELATIONS)
+    assert ge.RELATIONS == ALL_RELATIONS
+
+
+@pytest.mark.parametrize("case", POSITION_CASES, ids=[c[3].split(":")[0] for c in POSITION_CASES])
+def test_geneval_relative_position_follows_the_rule(case):
+    box_a, box_b = _boxes(case)
+    expected = case[2]
+    assert ge.relative_position(box_a, box_b) == expected, case[3]
+    # swapping the boxes negates the offset and keeps the margin: every relation turns into its mirror
+    assert ge.relative_position(box_b, box_a) == {MIRROR[r] for r in expected}, case[3]
+    # the scorer decides position prompts by the same rule: "square REL circle" holds iff REL is expected
+    for relation in ALL_RELATIONS:
+        line = meta("position", [{"class": "circle", "count": 1},
+                                 {"class": "square", "count": 1, "position": [relation, 0]}])
+        correct = evaluate_image([det("circle", 0.9, box_b), det("square", 0.9, box_a)], line)[0]
+        assert correct is (relation in expected), (relation, case[3])
+
+
+class _Rejected(Exception):
+    """Raised by the fake `place` when the shapes world asks for a second layout: it refused the first."""
+
+
+def _caption_relation(scene):
+    """The relation a caption states of scene.shapes[0] relative to scene.shapes[1].
+
+    Captions read "A REL B", "A is (to the) REL B" or "B OPPOSITE(REL) A"; the first noun phrase tells
+    which object comes first (same-class pairs always name two different colours)."""
+    import re
+
+    from nami_core.data.shapes import CLASSES, COLORS
+
+    a, b = scene.shapes
+    said = [r for r in ALL_RELATIONS if f" {r} " in scene.caption]
+    assert len(said) == 1, scene.caption
+    phrase = re.search(r"\b(?:a|an) (?:(" + "|".join(COLORS) + r") )?(" + "|".join(CLASSES) + r")\b", scene.caption)
+    color, cls = phrase.groups()
+    if a.cls != b.cls:
+        a_first = cls == a.cls
+    else:
+        assert color is not None and a.color != b.color, scene.caption
+        a_first = color == a.color
+    return said[0] if a_first else MIRROR[said[0]]
+
+
+@pytest.mark.parametrize("case", POSITION_CASES, ids=[c[3].split(":")[0] for c in POSITION_CASES])
+def test_shapes_world_captions_and_lays_out_relations_by_the_rule(case, monkeypatch):
+    """The shapes world states a relation in a caption only when the rule confirms it, and lays out
+    GenEval position prompts by the same rule: fed a fixed pair of boxes, it must accept exactly the
+    hand-derived relations (whatever function it uses for the rule)."""
+    from nami_core.data import shapes
+
+    box_a, box_b = _boxes(case)
+    expected = case[2]
+
+    # captions: relation scenes draw a relation, then ask `place` for two boxes until the rule agrees
+    calls = []
+
+    def place_pair(rng, count, size, boxes=None, **kw):
+        assert count == 2 and not boxes
+        calls.append(1)
+        if len(calls) > 1:
+            raise _Rejected
+        return [box_a, box_b]
+
+    monkeypatch.setattr(shapes, "place", place_pair)
+    accepted, rejected = set(), 0
+    for seed in range(40):  # each seed draws one of the 4 relations; 40 seeds draw each of them
+        calls.clear()
+        try:
+            scene = shapes.random_scene(np.random.default_rng(seed), 64, {"relation": 1.0})
+        except _Rejected:
+            rejected += 1
+            continue
+        assert [s.box for s in scene.shapes] == [box_a, box_b]
+        accepted.add(_caption_relation(scene))
+    assert accepted == expected, case[3]
+    assert (rejected == 40) is (not expected)
+
+    # GenEval position scenes: the anchor (include entry 0) gets box b, the related object box a
+    tries = []
+
+    def place_anchor_then_a(rng, count, size, boxes=None, **kw):
+        if not boxes:
+            return [box_b]
+        tries.append(1)
+        if len(tries) > 1:
+            raise _Rejected
+        return [box_a]
+
+    monkeypatch.setattr(shapes, "place", place_anchor_then_a)
+    for relation in ALL_RELATIONS:
+        tries.clear()
+        line = {"tag": "position", "prompt": "p", "include": [
+            {"class": "circle", "count": 1}, {"class": "square", "count": 1, "position": [relation, 0]}]}
+        try:
+            laid_out = shapes.scene_for_metadata(line, np.random.default_rng(0))
+        except _Rejected:
+            laid_out = None
+        assert (laid_out is not None) is (relation in expected), (relation, case[3])
+        if laid_out is not None:
+            assert [s.box for s in laid_out] == [box_b, box_a]
 
 
 def test_position_outside_margin_passes_inside_fails():

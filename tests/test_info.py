@@ -1,4 +1,4 @@
-"""`nami info`: the JSON contract, the SPEC's numbers, and the FLOP model against an independent count."""
+"""`nami info`: the JSON contract, the numbers of docs/method.md, and the FLOP model against an independent count."""
 
 import json
 
@@ -8,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from nami_cli.main import run
-from nami_core.bench.flops import forward_flops
+from nami_core.flow.flops import forward_flops
 from nami_core.config import get_preset
 from nami_core.model.transformer import NamiTransformer
 

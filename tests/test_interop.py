@@ -34,7 +34,7 @@ def test_diffusion_pipeline_from_pretrained_loads_a_saved_model(tmp_path):
         with pytest.raises(AttributeError, match="NamiPipeline"):
             DiffusionPipeline.from_pretrained(tmp_path / "m")
     finally:
-        from nami_core.interop.diffusers_registry import register_pipeline_class
+        from nami_core.pipeline import register_pipeline_class
 
         register_pipeline_class(NamiPipeline)
 

@@ -285,7 +285,8 @@ def recorded_grid(plan, steps):
 @pytest.mark.parametrize("steps", [10, 20, 50])
 def test_public_grid_equals_the_release_rule(ratios, steps):
     from nami_core.config import FlowConfig
-    from nami_core.flow.schedule import FlowPlan
+    from nami_core.flow.plan import FlowPlan
+    from nami_core.flow.scheduler import NamiFlowScheduler
 
     plan = FlowPlan("nami", FlowConfig((32, 64, 128), window_ratios=ratios, grid="public"), (9, 16, 22), 16)
     windows, sigmas = release_windows(ratios)
@@ -294,7 +295,7 @@ def test_public_grid_equals_the_release_rule(ratios, steps):
         timesteps, ratios_k = release_stage_grid(windows[k], steps)
         np.testing.assert_allclose(taus, timesteps / 1000, atol=1e-6, rtol=0)  # what the model saw
         np.testing.assert_allclose(r, ratios_k, atol=1e-6, rtol=0)  # where the Euler steps went
-        exact_r, exact_taus = plan.stage_grid(k, steps)
+        exact_r, exact_taus = NamiFlowScheduler.from_flow(plan.flow).stage_grid(plan, k, steps)
         np.testing.assert_allclose(exact_taus, timesteps / 1000, atol=1e-12, rtol=0)
         np.testing.assert_allclose(exact_r, ratios_k, atol=1e-12, rtol=0)
 
@@ -303,30 +304,34 @@ def test_public_grid_for_10_steps_by_hand():
     """1:1:1 windows (1000 -> 744), (744 -> 386), (386 -> 1): fine grids of 256, 358 and 385
     intervals, so 10 steps end at timesteps 745, 387, 2 and local ratios 1/256, 1/358, 1/385."""
     from nami_core.config import FlowConfig
-    from nami_core.flow.schedule import FlowPlan
+    from nami_core.flow.plan import FlowPlan
+    from nami_core.flow.scheduler import NamiFlowScheduler
 
     plan = FlowPlan("nami", FlowConfig((256, 512, 1024), grid="public"), (9, 16, 22), 16)
+    scheduler = NamiFlowScheduler.from_flow(plan.flow)
     assert plan.public.timestep_max == (1000.0, 744.0, 386.0)
     assert plan.public.timestep_min == (744.0, 386.0, 1.0)
     for k, (first, last, intervals) in enumerate([(1000, 745, 256), (744, 387, 358), (386, 2, 385)]):
-        ratios, taus = plan.stage_grid(k, 10)
+        ratios, taus = scheduler.stage_grid(plan, k, 10)
         np.testing.assert_allclose(taus * 1000, np.linspace(first, last, 10), atol=1e-9)
         np.testing.assert_allclose(ratios, np.append(np.linspace(1, 1 / intervals, 10), 0), atol=1e-12)
-    assert plan.stage_grid(0, 10)[1][1] * 1000 == pytest.approx(971.6666667)
+    assert scheduler.stage_grid(plan, 0, 10)[1][1] * 1000 == pytest.approx(971.6666667)
 
 
 def test_fp16_timestep_rounding_as_the_release_pipeline():
     """971.667 -> float16 971.5 (spacing 0.5 in [512, 1024)); / 1000 = 0.9715 -> float16
     0.9716796875 (spacing 2^-11 in [0.5, 1)). 745 is exact in float16; 0.745 -> 0.7451171875."""
     from nami_core.config import FlowConfig
-    from nami_core.flow.schedule import FlowPlan
+    from nami_core.flow.plan import FlowPlan
+    from nami_core.flow.scheduler import NamiFlowScheduler
 
-    rounded = FlowPlan("nami", FlowConfig((256, 512, 1024), grid="public", timestep_rounding="fp16"), (9, 16, 22), 16)
-    ratios, taus = rounded.stage_grid(0, 10)
+    plan = FlowPlan("nami", FlowConfig((256, 512, 1024), grid="public"), (9, 16, 22), 16)
+    rounded = NamiFlowScheduler.from_flow(plan.flow, timestep_rounding="fp16").stage_grid(plan, 0, 10)
+    ratios, taus = rounded
     assert (taus[0], taus[1], taus[-1]) == (1.0, 0.9716796875, 0.7451171875)
-    exact = FlowPlan("nami", FlowConfig((256, 512, 1024), grid="public"), (9, 16, 22), 16)
-    np.testing.assert_array_equal(ratios, exact.stage_grid(0, 10)[0])  # only timesteps are rounded
-    assert np.abs(taus - exact.stage_grid(0, 10)[1]).max() < 5e-4
+    exact = NamiFlowScheduler.from_flow(plan.flow).stage_grid(plan, 0, 10)
+    np.testing.assert_array_equal(ratios, exact[0])  # only timesteps are rounded
+    assert np.abs(taus - exact[1]).max() < 5e-4
 
 
 # -- the release's text handling --------------------------------------------------------------

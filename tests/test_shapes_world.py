@@ -19,12 +19,12 @@ from nami_core.data.shapes import (
     make_suite,
     parse_scene_mix,
     random_scene,
-    relations_between,
     render,
     scene_for_metadata,
     scene_rng,
 )
 from nami_core.errors import NamiError
+from nami_core.geometry import relative_position
 
 WORD_COUNTS = {"a": 1, "an": 1, **{w: n for n, w in NUMBERS.items()}}
 PHRASE = re.compile(
@@ -77,7 +77,7 @@ def test_captions_are_truthful(seed):
             a = next(s for s in scene.shapes if s.cls == first[2] and (first[1] is None or s.color == first[1]))
             b = next(s for s in scene.shapes if s is not a and s.cls == second[2]
                      and (second[1] is None or s.color == second[1]))
-            assert relation in relations_between(a.box, b.box), scene.caption
+            assert relation in relative_position(a.box, b.box), scene.caption
         for s in scene.shapes:
             assert 0 <= s.box[0] < s.box[2] <= 64 and 0 <= s.box[1] < s.box[3] <= 64
         counts[len(scene.shapes)] += 1
@@ -210,5 +210,5 @@ def test_suite_covers_geneval_tags_and_scenes_satisfy_metadata():
             relation, other = line["include"][1]["position"]
             a = next(s for s in shapes if s.cls == line["include"][1]["class"])
             b = next(s for s in shapes if s.cls == line["include"][other]["class"])
-            assert relation in relations_between(a.box, b.box)
+            assert relation in relative_position(a.box, b.box)
     assert suite[0]["prompt"].startswith("a photo of a")

@@ -17,7 +17,7 @@ from nami_core.config import FlowConfig
 from nami_core.data.prepare import PrepareRequest, prepare
 from nami_core.data.shapes import ShapesSource
 from nami_core.data.store import LatentStore
-from nami_core.flow.schedule import FlowPlan
+from nami_core.flow.plan import FlowPlan
 from nami_core.train.batches import BatchDrawer
 from nami_core.train.phases import parse_phases, value_at
 from tests.helpers import run_cli

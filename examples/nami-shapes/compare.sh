@@ -14,4 +14,4 @@ nami eval geneval --model "$FLUX" --out "$OUT/flux-base" --images-per-prompt "$I
 # Timing does not depend on the weights, so one interleaved run times both modes of this architecture:
 # 10/10/10 NAMI steps against 30 flux-base steps, CFG 4, 20 text tokens, batches of 8 images.
 nami bench latency --model "$NAMI" --modes flux-base,nami --resolutions 64 --steps 30 --cfg 4 \
-  --text-tokens 20 --batch 8 --repeats 5 --device cpu --json "$OUT/latency.json"
+  --text-tokens 20 --batch-size 8 --repeats 5 --device cpu --json "$OUT/latency.json"

@@ -26,7 +26,7 @@ from nami_core.data.shapes import OPPOSITE, RELATIONS, SceneStyle, random_scene,
 from nami_core.errors import NamiError
 from nami_core.flow.pyramid import down_to
 from nami_core.train.batches import StageGroup
-from nami_core.train.loop import StagedObjective
+from nami_core.train.staged_loss import StagedObjective
 
 _RELATION = re.compile(r"\b(" + "|".join(RELATIONS) + r")\b")
 

@@ -9,7 +9,7 @@ RUN=${RUN:-runs/flux-base-shapes}
 BUDGET=${BUDGET:-20}
 
 nami train --data "$DATA" --out "$RUN" --config examples/nami-shapes/model.json --stages 16,32,64 \
-  --mode flux-base --steps 12000 --batch-size 64 --precision bf16 --compile \
+  --mode flux-base --steps 12000 --batch-size 64 --dtype bf16 --compile \
   --lr-schedule "0:5e-4,9000:2.5e-4" \
   --ema-decay 0.999 --save-every 250 --keep 4 --log-every 50 \
   --sample-steps 30 --sample-cfg 4 --seed 0 --time-budget "$BUDGET" "$@"

@@ -5,7 +5,7 @@
 #    resumed five times: 29,927 steps in all, then 1,000 steps on a harder scene mix, then 2,300 steps
 #    on a world where uncoloured objects mostly take their class's usual colour
 #    (examples/nami-shapes/training-log.md). bf16 autocast and
-#    --compile pay off on CPUs with AMX (Xeon 4th gen+) and on GPUs; on other CPUs use --precision fp32
+#    --compile pay off on CPUs with AMX (Xeon 4th gen+) and on GPUs; on other CPUs use --dtype fp32
 #    and drop --compile (AVX-512 cores with bf16, as AMD EPYC Zen 4, gain from both too).
 set -euo pipefail
 DATA=${DATA:-data/shapes-60k}
@@ -18,7 +18,7 @@ nami prepare-data shapes --n 60000 --seed 0 --out "$DATA" --stages 16,32,64 \
 SHARED=(--stages 16,32,64 --batch-size 64 --ema-decay 0.999 --save-every 250 --keep 4 --log-every 50
   --sample-steps 10,10,10 --sample-cfg 4)
 TRAIN=(nami train --data "$DATA" --out "$RUN" --config examples/nami-shapes/model.json "${SHARED[@]}"
-  --precision bf16 --compile --seed 0)
+  --dtype bf16 --compile --seed 0)
 LR="0:5e-4,9000:2.5e-4"
 LATE_MIX="0:4:2:1,5000:2:4:1,12000:1:2:4"
 "${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1,8500:1:2:4" --steps 12000 --time-budget 100 "$@"
@@ -44,7 +44,7 @@ LR="$LR,23295:1.25e-4,27300:6e-5,28800:3e-5"
 python examples/nami-shapes/bundle.py "$RUN/final" "$RUN/ema-29927"
 nami prepare-data shapes --n 60000 --seed 2 --out "$DATA-mix" --stages 16,32,64 \
   --max-text-tokens 20 --shard-size 5000 --batch-size 256 --scene-mix relation:2,objects:2,pair:1,count:1
-nami train --data "$DATA-mix" --out "$RUN-mix" --init "$RUN/ema-29927" "${SHARED[@]}" --precision fp32 \
+nami train --data "$DATA-mix" --out "$RUN-mix" --init "$RUN/ema-29927" "${SHARED[@]}" --dtype fp32 \
   --seed 1 --ratio-schedule "0:1:2:4" --lr-schedule "0:2e-5,100:6e-5,900:3e-5" --steps 1000 "$@"
 RUN="$RUN-mix"
 # Then a new run from those weights (the EMA at step 1,000, as bundled, float16) on a world where an
@@ -56,7 +56,7 @@ nami prepare-data shapes --n 60000 --seed 3 --out "$DATA-usual" --stages 16,32,6
   --max-text-tokens 20 --shard-size 5000 --batch-size 256 --scene-mix relation:2,objects:2,pair:1,count:1 \
   --usual-color 0.8 --gap 6
 USUAL=(nami train --data "$DATA-usual" --out "$RUN-usual" --init "$RUN/ema-1000" "${SHARED[@]}" --sample-cfg 3
-  --precision bf16 --compile --seed 4 --ratio-schedule "0:2:3:2")
+  --dtype bf16 --compile --seed 4 --ratio-schedule "0:2:3:2")
 "${USUAL[@]}" --lr-schedule "0:3e-5,100:1e-4" --steps 1598 "$@"
 "${USUAL[@]}" --lr-schedule "0:3e-5,100:1e-4,1598:3e-5" --steps 2300 --resume latest "$@"
 RUN="$RUN-usual"
@@ -70,7 +70,7 @@ python examples/nami-shapes/bundle.py "$RUN/final" "$RUN/ema-2300"
 nami prepare-data shapes --n 60000 --seed 4 --out "$DATA-usual-rel" --stages 16,32,64 \
   --max-text-tokens 20 --shard-size 5000 --batch-size 256 --scene-mix relation:3,objects:1,pair:1,count:2 \
   --usual-color 0.8 --gap 6
-FIRST=(nami train --data "$DATA-usual-rel" "${SHARED[@]}" --sample-cfg 3 --precision bf16 --compile
+FIRST=(nami train --data "$DATA-usual-rel" "${SHARED[@]}" --sample-cfg 3 --dtype bf16 --compile
   --lr-schedule "0:3e-5,50:1e-4")
 "${FIRST[@]}" --out "$RUN-s1" --init "$RUN/ema-2300" --batch-size 128 --seed 8 --ratio-schedule "0:1:0:0" \
   --steps 3313 "$@"

@@ -9,7 +9,7 @@ every jump, so stage k's time covers its Euler steps and the jump out of it, as 
 `SampleResult.stage_seconds`.
 
 Times are per image: a batch's time divided by the batch size. FLOPs are per image and
-come from `nami_core.bench.flops.plan_flops`; `bound = 1 - flops(mode) / flops(flux-base)`
+come from `nami_core.flow.flops.plan_flops`; `bound = 1 - flops(mode) / flops(flux-base)`
 is the reduction a measured `reduction = 1 - ms(mode) / ms(flux-base)` can approach.
 """
 
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..config import MODES, check_mode
+from ..config import BASELINE_MODE, MODES, check_mode
 from ..errors import NamiError
 from .workload import BenchModel
 
 if TYPE_CHECKING:
     from ..denoiser import Denoiser
-    from ..flow.schedule import FlowPlan
+    from ..flow.plan import FlowPlan
     from ..text.encoder import TextEmbeddings
 
 DEFAULT_RESOLUTIONS = (256, 512, 1024, 2048)
@@ -64,7 +64,7 @@ class LatencyRequest:
     model_dir: str | None = None
     resolutions: tuple[int, ...] = DEFAULT_RESOLUTIONS
     steps: str = "30"
-    batch: int = 1
+    batch_size: int = 1
     modes: tuple[str, ...] = DEFAULT_MODES
     dtype: str = "auto"
     attention: str = "auto"
@@ -79,8 +79,8 @@ class LatencyRequest:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.batch < 1:
-            raise NamiError(f"--batch must be at least 1, got {self.batch}")
+        if self.batch_size < 1:
+            raise NamiError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.warmup < 0:
             raise NamiError(f"--warmup must be 0 or more, got {self.warmup}")
         if self.repeats < 1:
@@ -210,19 +210,42 @@ def _build_runner(req: LatencyRequest, bench: BenchModel, device: torch.device, 
     apply_backend(transformer, backend, device.type)
     if req.compile:
         transformer.compile_blocks(dynamic=False)
-    text = random_text(bench.model, req.batch, req.text_tokens, device)
-    return LatencyRunner(bench, Denoiser(transformer, bench.patch), device, req.batch, float(req.cfg), text,
+    text = random_text(bench.model, req.batch_size, req.text_tokens, device)
+    return LatencyRunner(bench, Denoiser(transformer, bench.patch), device, req.batch_size, float(req.cfg), text,
                          text_encoder, codec, req.seed)
+
+
+def result_entry(req: LatencyRequest, res: int, mode: str, timed: list[RunTimes], peaks: list[int],
+                 flops: float) -> dict:
+    """One row of the report's "results": medians (min, max) over the timed runs of `mode` at `res`."""
+    from .timing import Summary
+
+    total = Summary.of([t.total for t in timed])
+    entry = {
+        "resolution": res,
+        "mode": mode,
+        "ms_median": total.median,
+        "ms_min": total.min,
+        "ms_max": total.max,
+        "ms_per_stage": [Summary.of(list(stage)).median for stage in zip(*(t.stages for t in timed))],
+        "flops": flops,
+        "peak_mem_bytes": max(peaks) if peaks else None,
+    }
+    if req.include_text:
+        entry["ms_text"] = Summary.of([t.text for t in timed]).median
+    if req.include_codec:
+        entry["ms_codec"] = Summary.of([t.codec for t in timed]).median
+    return entry
 
 
 def run_latency(req: LatencyRequest, on_run: RunCallback | None = None) -> dict:
     """Run the benchmark; returns the JSON report (see `nami bench latency --help`)."""
-    from ..flow.schedule import FlowPlan
+    from ..flow.plan import FlowPlan
     from ..model.attention import resolve_backend
     from ..runtime import resolve_device, resolve_dtype
-    from .flops import plan_flops
+    from ..flow.flops import plan_flops
     from .gpus import device_label
-    from .timing import Summary, peak_memory_bytes, reset_peak_memory
+    from .timing import peak_memory_bytes, reset_peak_memory
     from .workload import load_bench_model
 
     req.validate()
@@ -234,7 +257,7 @@ def run_latency(req: LatencyRequest, on_run: RunCallback | None = None) -> dict:
     flows = {res: bench.flow(res) for res in req.resolutions}  # checks every resolution before any work
     stage_ends = bench.model.stage_ends
     plans = {
-        res: {mode: FlowPlan(mode, flow, stage_ends, bench.pixels_per_token) for mode in (*req.modes, "flux-base")}
+        res: {mode: FlowPlan(mode, flow, stage_ends, bench.pixels_per_token) for mode in (*req.modes, BASELINE_MODE)}
         for res, flow in flows.items()
     }
     steps = {
@@ -264,27 +287,11 @@ def run_latency(req: LatencyRequest, on_run: RunCallback | None = None) -> dict:
             mode: forwards_per_step * plan_flops(bench.model, plan, steps[res][mode], text_tokens)
             for mode, plan in plans[res].items()
         }
-        for mode in req.modes:
-            total = Summary.of([t.total for t in timed[mode]])
-            entry = {
-                "resolution": res,
-                "mode": mode,
-                "ms_median": total.median,
-                "ms_min": total.min,
-                "ms_max": total.max,
-                "ms_per_stage": [Summary.of(list(stage)).median for stage in zip(*(t.stages for t in timed[mode]))],
-                "flops": flops[mode],
-                "peak_mem_bytes": max(peaks[mode]) if peaks[mode] else None,
-            }
-            if req.include_text:
-                entry["ms_text"] = Summary.of([t.text for t in timed[mode]]).median
-            if req.include_codec:
-                entry["ms_codec"] = Summary.of([t.codec for t in timed[mode]]).median
-            results.append(entry)
-        others = [m for m in req.modes if m != "flux-base"]
-        bound[str(res)] = {m: 1.0 - flops[m] / flops["flux-base"] for m in others}
-        if "flux-base" in req.modes:
-            base_ms = next(r["ms_median"] for r in results if r["resolution"] == res and r["mode"] == "flux-base")
+        results += [result_entry(req, res, mode, timed[mode], peaks[mode], flops[mode]) for mode in req.modes]
+        others = [m for m in req.modes if m != BASELINE_MODE]
+        bound[str(res)] = {m: 1.0 - flops[m] / flops[BASELINE_MODE] for m in others}
+        if BASELINE_MODE in req.modes:
+            base_ms = next(r["ms_median"] for r in results if r["resolution"] == res and r["mode"] == BASELINE_MODE)
             reduction[str(res)] = {
                 m: 1.0 - next(r["ms_median"] for r in results if r["resolution"] == res and r["mode"] == m) / base_ms
                 for m in others

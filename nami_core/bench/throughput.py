@@ -1,7 +1,7 @@
 """`nami bench train`: optimizer steps of the training objective on random data, per stage and for a
 stage-ratio mix, with achieved TFLOP/s and MFU.
 
-A step is what `nami train` does per batch: `StagedObjective` (SPEC §4 targets from
+A step is what `nami train` does per batch: `StagedObjective` (docs/method.md §4 targets from
 `nami_core.flow.objective`, one stage per sample) forward, the mean loss, backward, AdamW
 step. Data loading, EMA and logging are not timed. Mixed precision is autocast over fp32
 weights, as accelerate's. Training FLOPs are 3x the forward FLOPs of the FLOP model (forward
@@ -35,7 +35,7 @@ class TrainBenchRequest:
     stages: tuple[int, ...] | None = None
     mode: str = "nami"
     ratio: str = DEFAULT_RATIO
-    batch: int = 8
+    batch_size: int = 8
     dtype: str = "auto"
     attention: str = "auto"
     grad_checkpointing: bool = False
@@ -50,8 +50,8 @@ class TrainBenchRequest:
         from ..config import check_mode
 
         check_mode(self.mode)
-        if self.batch < 1:
-            raise NamiError(f"--batch must be at least 1, got {self.batch}")
+        if self.batch_size < 1:
+            raise NamiError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.steps < 1:
             raise NamiError(f"--steps must be at least 1, got {self.steps}")
         if self.warmup < 0:
@@ -121,7 +121,7 @@ def random_groups(bench, plan, counts: Sequence[int], text_tokens: int, device: 
 
 def step_flops(bench, plan, counts: Sequence[int], text_tokens: int) -> float:
     """Training FLOPs of one optimizer step: 3x the forward FLOPs of every sample's stage prefix."""
-    from .flops import forward_flops
+    from ..flow.flops import forward_flops
 
     return TRAIN_FLOPS_PER_FORWARD * sum(
         n * forward_flops(bench.model, bench.image_tokens(plan[k].resolution), text_tokens, plan[k].blocks)
@@ -134,16 +134,35 @@ def step_tokens(bench, plan, counts: Sequence[int], text_tokens: int) -> int:
     return sum(n * (bench.image_tokens(plan[k].resolution) + text_tokens) for k, n in enumerate(counts))
 
 
+def time_steps(clock, step: Callable[[], None], warmup: int, repeats: int,
+               on_step: Callable[[int, int], None]):
+    """Run `warmup` untimed then `repeats` timed calls of `step`; the `Summary` of the timed ones (ms)."""
+    from .timing import Summary
+
+    total = warmup + repeats
+    marks = []
+    for i in range(total):
+        if i == warmup:
+            clock.finish()
+        if i >= warmup:
+            marks.append(clock.mark())
+        step()
+        on_step(i, total)
+    marks.append(clock.mark())
+    clock.finish()
+    return Summary.of(clock.spans_ms(marks))
+
+
 def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None) -> dict:
     """Run the benchmark; returns the JSON report (see `nami bench train --help`)."""
     from ..config import FlowConfig, parse_float_list
-    from ..flow.schedule import FlowPlan
+    from ..flow.plan import FlowPlan
     from ..model.attention import apply_backend, resolve_backend
     from ..runtime import resolve_device, resolve_dtype
-    from ..train.loop import StagedObjective
+    from ..train.staged_loss import StagedObjective
     from .gpus import device_label, device_peak_tflops
     from .latency import default_dtype
-    from .timing import Clock, Summary, peak_memory_bytes, reset_peak_memory
+    from .timing import Clock, peak_memory_bytes, reset_peak_memory
     from .workload import load_bench_model, random_transformer
 
     req.validate()
@@ -155,12 +174,9 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
     if req.text_tokens < 1:
         raise NamiError(f"--text-tokens must be at least 1, got {req.text_tokens}")
     flow = FlowConfig(resolutions=tuple(req.stages)) if req.stages else bench.description.flow
-    for res in flow.resolutions:
-        if res % bench.pixels_per_token:
-            raise NamiError(f"stage resolution {res} is not a multiple of {bench.pixels_per_token} pixels per token")
     plan = FlowPlan(req.mode, flow, bench.model.stage_ends, bench.pixels_per_token)
     ratios = parse_float_list(req.ratio, "--ratio") if req.ratio else None
-    configs = step_configs(len(plan), req.batch, ratios)
+    configs = step_configs(len(plan), req.batch_size, ratios)
 
     transformer = random_transformer(bench.model, device, torch.float32, req.seed).train()
     apply_backend(transformer, backend, device.type)
@@ -180,7 +196,7 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
     def train_step(groups) -> None:
         with autocast():
             losses = objective(groups)
-        loss = sum(per_sample.sum() for per_sample in losses) / req.batch
+        loss = sum(per_sample.sum() for per_sample in losses) / req.batch_size
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -190,20 +206,9 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
     results = []
     for config in configs:
         groups = random_groups(bench, plan, config.samples_per_stage, req.text_tokens, device, req.seed)
-        total = req.warmup + req.steps
         reset_peak_memory(device)
-        marks = []
-        for i in range(total):
-            if i == req.warmup:
-                clock.finish()
-            if i >= req.warmup:
-                marks.append(clock.mark())
-            train_step(groups)
-            if on_step is not None:
-                on_step(config.name, i, total)
-        marks.append(clock.mark())
-        clock.finish()
-        step_ms = Summary.of(clock.spans_ms(marks))
+        step_ms = time_steps(clock, lambda: train_step(groups), req.warmup, req.steps,
+                             lambda i, total: on_step(config.name, i, total) if on_step is not None else None)
         seconds = step_ms.median / 1000.0
         flops = step_flops(bench, plan, config.samples_per_stage, req.text_tokens)
         tflops_per_s = flops / seconds / 1e12
@@ -214,7 +219,7 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
             "step_ms_median": step_ms.median,
             "step_ms_min": step_ms.min,
             "step_ms_max": step_ms.max,
-            "images_per_s": req.batch / seconds,
+            "images_per_s": req.batch_size / seconds,
             "tokens_per_s": step_tokens(bench, plan, config.samples_per_stage, req.text_tokens) / seconds,
             "train_flops_per_step": flops,
             "tflops_per_s": tflops_per_s,
@@ -227,7 +232,7 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
         "attention": backend,
         "model": bench.name,
         "mode": req.mode,
-        "batch": req.batch,
+        "batch": req.batch_size,
         "text_tokens": req.text_tokens,
         "grad_checkpointing": req.grad_checkpointing,
         "compile": req.compile,

@@ -8,7 +8,7 @@ latents are those of the FLUX VAE (16 channels, f8, 2x2 packing: 16 pixels per t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -76,20 +76,10 @@ class BenchModel:
     def num_stages(self) -> int:
         return self.description.flow.num_stages
 
-    def stage_resolutions(self, final: int) -> tuple[int, ...]:
-        """Stage resolutions ending at `final`, each half the next: (final/4, final/2, final) for 3 stages."""
-        K = self.num_stages
-        unit = self.pixels_per_token * 2 ** (K - 1)
-        if final <= 0 or final % unit:
-            raise NamiError(
-                f"resolution {final} cannot be split into {K} stages of whole {self.pixels_per_token}-pixel "
-                f"tokens; use a multiple of {unit}"
-            )
-        return tuple(final // 2 ** (K - 1 - k) for k in range(K))
-
     def flow(self, final: int) -> FlowConfig:
-        """The model's flow (window ratios, gamma, grid) at the stage resolutions ending at `final`."""
-        return replace(self.description.flow, resolutions=self.stage_resolutions(final))
+        """The model's flow (window ratios, gamma, grid) at the stage resolutions ending at `final`,
+        each half the next; `FlowPlan` checks that every stage is a whole number of tokens."""
+        return self.description.flow.ending_at(final)
 
     def image_tokens(self, resolution: int) -> int:
         return (resolution // self.pixels_per_token) ** 2

@@ -13,7 +13,7 @@ from ..errors import NamiError
 
 
 class FluxVAECodec(ModelMixin, ConfigMixin):
-    """`z = (vae_latent - shift_factor) * scaling_factor`; tokens are 2x2 patches of z (SPEC §1)."""
+    """`z = (vae_latent - shift_factor) * scaling_factor`; tokens are 2x2 patches of z (docs/method.md §1)."""
 
     config_name = "config.json"
 

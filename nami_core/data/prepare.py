@@ -21,7 +21,8 @@ from ..errors import NamiError
 from ..text.encoder import NamiTextEncoder, TextEmbeddings
 from .images import SkipImage, center_crop_resize, load_image, target_resolution, to_tensor
 from .sources import Source, SourceItem
-from .store import FORMAT, VERSION, load_manifest, write_json_atomic, write_shard
+from ..files import write_json_atomic
+from .store import FORMAT, VERSION, load_manifest, write_shard
 
 DEFAULT_MAX_TOKENS = {"minilm": 32}
 
@@ -155,7 +156,7 @@ class Preparer:
             counts[str(res)] = len(entries)
         marker = {"unit": unit, "items": len(items), "files": files, "counts": counts,
                   "skipped": skipped, "converted": converted}
-        write_json_atomic(shard_dir / f"unit-{unit:06d}.json", marker)
+        write_json_atomic(shard_dir / f"unit-{unit:06d}.json", marker, sort_keys=True)
         return marker
 
 
@@ -179,7 +180,7 @@ def prepare(
     settings = _settings(req, preparer.max_tokens, source)
     out.mkdir(parents=True, exist_ok=True)
     _check_previous(out, settings)
-    write_json_atomic(out / "prepare.json", settings)
+    write_json_atomic(out / "prepare.json", settings, sort_keys=True)
     shard_dir = out / "shards"
     shard_dir.mkdir(exist_ok=True)
 
@@ -250,7 +251,7 @@ def write_manifest(out: Path, req: PrepareRequest, preparer: Preparer, source: S
         "skipped_by_reason": dict(Counter(s["reason"].split(" (")[0] for s in skipped)),
         "converted": converted,
     }
-    write_json_atomic(out / "manifest.json", manifest)
+    write_json_atomic(out / "manifest.json", manifest, sort_keys=True)
     return manifest
 
 

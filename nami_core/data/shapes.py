@@ -8,7 +8,6 @@ GenEval's position rule. Scenes are deterministic by (seed, index).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..geometry import OPPOSITE, RELATIONS, relative_position
 from .sources import Source, SourceItem
 
 CLASSES = ("circle", "square", "triangle", "diamond")
@@ -32,10 +32,7 @@ COLORS = {
     "white": (245, 245, 245),
 }
 BACKGROUND = (128, 128, 128)
-RELATIONS = ("left of", "right of", "above", "below")
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
-POSITION_THRESHOLD = 0.1  # GenEval's margin, as a fraction of the two boxes' summed sides
 SUPERSAMPLE = 4
 MIN_SIDE, MAX_SIDE = 14, 22
 USUAL_COLORS = {"circle": "red", "square": "blue", "triangle": "yellow", "diamond": "green"}
@@ -76,13 +73,6 @@ class Shape:
     @property
     def center(self) -> tuple[float, float]:
         return ((self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2)
-
-
-def relations_between(a: Sequence[float], b: Sequence[float]) -> set[str]:
-    """GenEval's position rule: where box a lies relative to box b (x right, y down)."""
-    from ..eval.geneval import relative_position
-
-    return relative_position(a, b, POSITION_THRESHOLD)
 
 
 def _polygon(cls: str, box: Sequence[float]) -> list[tuple[float, float]] | None:
@@ -185,7 +175,7 @@ def _relation_scene(rng, size, style: SceneStyle) -> Scene | None:
     relation = _pick(rng, RELATIONS)
     for _ in range(100):
         boxes = place(rng, 2, size, gap=style.gap)
-        if boxes is not None and relation in relations_between(boxes[0], boxes[1]):
+        if boxes is not None and relation in relative_position(boxes[0], boxes[1]):
             break
     else:
         return None
@@ -367,7 +357,7 @@ def scene_for_metadata(meta: dict, rng: np.random.Generator, size: int = 64) -> 
                 anchor = shapes[groups[other][0]].box
                 for _ in range(50):
                     cand = place(rng, count, size, [s.box for s in shapes])
-                    if cand and all(relation in relations_between(b, anchor) for b in cand):
+                    if cand and all(relation in relative_position(b, anchor) for b in cand):
                         boxes = cand
                         break
             else:
@@ -426,12 +416,3 @@ def make_suite(n_per_tag: int = 50, seed: int = 0) -> list[dict]:
                       "include": [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
                       "prompt": f"a photo of {noun_phrase(a, ca)} and {noun_phrase(b, cb)}"})
     return lines
-
-
-def write_suite(path: Path, lines: list[dict]) -> None:
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-
-
-def shape_area_fraction(cls: str) -> float:
-    """Fraction of its box a filled shape covers (used by the detector's shape classifier)."""
-    return {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5}[cls]

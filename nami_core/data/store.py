@@ -18,7 +18,6 @@ DIR/
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import NamiError
+from ..files import write_atomic
 from ..text.encoder import TextEmbeddings
 
 FORMAT = "nami-latents"
 VERSION = 1
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def write_shard(path: Path, latents: torch.Tensor, text: TextEmbeddings, keys: list[str], captions: list[str]) -> None:
@@ -48,9 +42,8 @@ def write_shard(path: Path, latents: torch.Tensor, text: TextEmbeddings, keys: l
         "mask": text.mask.to(torch.bool).contiguous(),
         "pooled": text.pooled.to(torch.float16).contiguous(),
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"keys": json.dumps(keys), "captions": json.dumps(captions)})
-    os.replace(tmp, path)
+    metadata = {"keys": json.dumps(keys), "captions": json.dumps(captions)}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_manifest(folder: Path) -> dict[str, Any]:

@@ -19,7 +19,8 @@ import torch
 
 from ..errors import NamiError
 from .clip_model import ClipEncoder
-from .io import list_images, png_info, read_rgb
+from ..png import read_png_metadata
+from .io import list_images, read_rgb
 
 
 def clip_score(cosine: torch.Tensor) -> torch.Tensor:
@@ -34,7 +35,7 @@ def prompted_images(folder: str | Path) -> list[tuple[Path, str]]:
         raise NamiError(f"{folder} holds no .png/.jpg/.webp images")
     pairs = []
     for path in paths:
-        prompt = png_info(path).get("prompt") if path.suffix.lower() == ".png" else None
+        prompt = read_png_metadata(path).get("prompt") if path.suffix.lower() == ".png" else None
         caption = path.with_suffix(".txt")
         if not prompt and caption.is_file():
             prompt = caption.read_text(encoding="utf-8", errors="replace").strip()

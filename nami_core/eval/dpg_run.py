@@ -14,7 +14,9 @@ from typing import Callable
 
 from ..errors import NamiError
 from . import dpg
-from .io import atomic_write_json, atomic_write_jsonl, png_info, read_rgb, save_png_atomic
+from ..files import write_json_atomic, write_jsonl_atomic
+from ..png import read_png_metadata, save_png
+from .io import read_rgb
 from .vqa import REFERENCE, is_yes
 
 RESULTS_NAME = "dpg_results.jsonl"
@@ -55,7 +57,7 @@ def generate_grids(generator, prompts: dict[str, str], out: str | Path, seed: in
             item_id = ids[made.index]
             info = generator.info(prompts[item_id], made.seed - (dpg.CELLS - 1), item_id=item_id,
                                   cell_seeds=[made.seed - (dpg.CELLS - 1) + k for k in range(dpg.CELLS)])
-            save_png_atomic(dpg.make_grid(cells), out / f"{item_id}.png", info)
+            save_png(dpg.make_grid(cells), out / f"{item_id}.png", info)
             cells = []
             if on_grid is not None:
                 on_grid(made.index + 1, len(ids))
@@ -93,7 +95,7 @@ def evaluate_grids(folder: str | Path, items: dict[str, dpg.Item], vqa,
         else:
             results.append(result)
             records.append({"item_id": item.item_id, "file": path.name, "prompt": item.prompt,
-                            "seed": png_info(path).get("seed"), "score": 100 * result.score,
+                            "seed": read_png_metadata(path).get("seed"), "score": 100 * result.score,
                             "cell_scores": [100 * s for s in result.cell_scores],
                             "answers": [{str(k): v for k, v in cell.items()} for cell in result.answers]})
         if on_grid is not None:
@@ -106,6 +108,6 @@ def evaluate_grids(folder: str | Path, items: dict[str, dpg.Item], vqa,
         "skipped": skipped,
         "missing": sorted(set(items) - {p.stem for p in files}),
     })
-    atomic_write_jsonl(folder / RESULTS_NAME, records)
-    atomic_write_json(folder / SUMMARY_NAME, summary)
+    write_jsonl_atomic(folder / RESULTS_NAME, records)
+    write_json_atomic(folder / SUMMARY_NAME, summary)
     return summary

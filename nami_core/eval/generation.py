@@ -38,10 +38,8 @@ class Generator:
 
         self.model_name = str(model or "default")
         self.pipe = load_pipeline(model, resolve_device(device), torch.float32)
-        plan = self.pipe.plan(None)
-        defaults = tuple(self.pipe.scheduler.config.default_steps)
-        self.stage_steps = plan.stage_steps(steps if steps is not None else defaults)
-        self.guidance = plan.stage_guidance(self.pipe.scheduler.config.default_cfg if cfg is None else cfg)
+        run = self.pipe.settings(steps=steps, cfg=cfg)
+        self.stage_steps, self.guidance = run.steps, run.guidance
 
     def info(self, prompt: str, seed: int, **extra) -> dict:
         """What a PNG's "nami" chunk records about its generation."""

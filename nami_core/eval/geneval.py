@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,13 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 import numpy as np
 
 from ..errors import NamiError
+from ..files import write_text_atomic
+from ..geometry import POSITION_THRESHOLD, RELATIONS, relative_position
 
 THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
 MAX_OBJECTS = 16
 NMS_THRESHOLD = 1.0  # 1.0 = no same-class non-maximum suppression (GenEval's default)
-POSITION_THRESHOLD = 0.1
-RELATIONS = ("left of", "right of", "above", "below")
 # GenEval's color vocabulary; reasons list color counts in this order, then any other names.
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 METADATA_NAME = "metadata.jsonl"
@@ -172,50 +171,12 @@ def read_metadata(path: str | Path) -> list[dict]:
     return lines
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_metadata(path: str | Path, lines: Iterable[dict]) -> None:
     """Write metadata objects as JSON lines (atomically)."""
-    _atomic_write(Path(path), "".join(json.dumps(line) + "\n" for line in lines))
+    write_text_atomic(Path(path), "".join(json.dumps(line) + "\n" for line in lines))
 
 
 # -- the rules ----------------------------------------------------------------------------------------
-
-
-def relative_position(box_a: Sequence[float], box_b: Sequence[float],
-                      margin: float = POSITION_THRESHOLD) -> set[str]:
-    """Where box a lies relative to box b (x right, y down), GenEval's rule.
-
-    The centre offset shrinks by `margin` x the two boxes' summed sides on each axis; a relation
-    holds when the shrunk offset, divided by the length of the unshrunk offset, is beyond 0.5 on
-    its axis. Shrunk offsets that vanish (< 1e-3 on both axes) give no relation.
-    """
-    a = np.asarray(box_a[:4], dtype=np.float64)
-    b = np.asarray(box_b[:4], dtype=np.float64)
-    offset = (a[:2] + a[2:]) / 2 - (b[:2] + b[2:]) / 2
-    sides = np.abs(a[2:] - a[:2]) + np.abs(b[2:] - b[:2])
-    revised = np.maximum(np.abs(offset) - margin * sides, 0) * np.sign(offset)
-    if np.all(np.abs(revised) < 1e-3):
-        return set()
-    dx, dy = revised / np.linalg.norm(offset)
-    found = set()
-    if dx < -0.5:
-        found.add("left of")
-    if dx > 0.5:
-        found.add("right of")
-    if dy < -0.5:
-        found.add("above")
-    if dy > 0.5:
-        found.add("below")
-    return found
 
 
 def box_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
@@ -333,7 +294,7 @@ def write_prompt_folders(out: str | Path, lines: Sequence[dict]) -> list[Path]:
     for i, meta in enumerate(lines):
         folder = prompt_dir(out, i)
         (folder / SAMPLES_NAME).mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / METADATA_NAME, json.dumps(meta) + "\n")
+        write_text_atomic(folder / METADATA_NAME, json.dumps(meta) + "\n")
         dirs.append(folder)
     return dirs
 
@@ -432,8 +393,8 @@ def evaluate_folder(folder: str | Path, detector: Detector,
             })
             if on_image is not None:
                 on_image(len(results), total)
-    _atomic_write(folder / RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in results))
-    _atomic_write(folder / SUMMARY_NAME, json.dumps(summarize(results), indent=2) + "\n")
+    write_text_atomic(folder / RESULTS_NAME, "".join(json.dumps(r) + "\n" for r in results))
+    write_text_atomic(folder / SUMMARY_NAME, json.dumps(summarize(results), indent=2) + "\n")
     return results
 
 

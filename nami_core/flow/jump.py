@@ -1,4 +1,4 @@
-"""Jumps between consecutive stage windows (SPEC §5).
+"""Jumps between consecutive stage windows (docs/method.md §5).
 
 A jump takes the state at the end of window k, a latent grid (B, C, h, w), to the
 start of window k + 1, a grid (B, C, 2h, 2w).

@@ -1,4 +1,4 @@
-"""Training target for one stage window (SPEC §4, Algorithm 1).
+"""Training target for one stage window (docs/method.md §4, Algorithm 1).
 
 For a clean grid x_k at the window's resolution and fresh unit noise eps_k:
 `start = S * eps + (1 - S) * Up(Down(x_k))` (pure noise in the first window),
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .pyramid import down, up
-from .schedule import StageWindow
+from .plan import StageWindow
 
 RATIO_SAMPLINGS = ("logit-normal", "uniform")
 

@@ -1,4 +1,4 @@
-"""What the network predicts, converted to the SPEC velocity `v = start_k - end_k`.
+"""What the network predicts, converted to the velocity `v = start_k - end_k` of docs/method.md §4.
 
 Inside window k (start sigma S, end sigma E), for clean x_k at the window's resolution,
 `x_r = a * eps + b * Up(Down(x_k)) + c * x_k` with
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .pyramid import down, up
-from .schedule import StageWindow
+from .plan import StageWindow
 
 MIN_NOISE = 0.05
 

@@ -1,4 +1,4 @@
-"""Resolution pyramid operators on latent grids (B, C, H, W) (SPEC §1, §4, §5)."""
+"""Resolution pyramid operators on latent grids (B, C, H, W) (docs/method.md §1, §4, §5)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def randn(shape: Sequence[int], generators: Sequence[torch.Generator] | None, de
 
 
 def block_noise(shape: Sequence[int], gamma: float, generators, device, dtype=torch.float32) -> torch.Tensor:
-    """Renoise noise eta (SPEC §5), shape (B, C, H, W) with even H, W.
+    """Renoise noise eta (docs/method.md §5), shape (B, C, H, W) with even H, W.
 
     Independent across 2x2 blocks, covariance `(1 + gamma) I - gamma 11^T` inside a block:
     `eta = sqrt(1 + gamma) * (xi - Up(Down(xi))) + sqrt(1 - 3 gamma) * Up(Down(xi))`,

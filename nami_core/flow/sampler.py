@@ -1,4 +1,4 @@
-"""Progressive sampler (SPEC §5, Algorithm 2): Euler per stage window, CFG, jumps between windows."""
+"""Progressive sampler (docs/method.md §5, Algorithm 2): Euler per stage window, CFG, jumps between windows."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from .plan import FlowPlan, StageWindow
 from .pyramid import noise_down, randn
-from .schedule import FlowPlan, StageWindow
+from .scheduler import NamiFlowScheduler
 
 # velocity(z (B,C,h,w), r (B,), tau (B,), window, text) -> (B,C,h,w)
 VelocityFn = Callable[..., torch.Tensor]
@@ -52,13 +53,15 @@ class ProgressiveSampler:
     """Runs a `FlowPlan`: Euler steps on each window's grid, then the jump to the next window.
 
     `velocity` is a `Denoiser` (or any callable with its signature); `jump(z, k, generators)`
-    is a `RenoiseJump` or `BridgeJump`.
+    is a `RenoiseJump` or `BridgeJump`; `scheduler` lays out each window's grid and takes the
+    Euler step (default: `NamiFlowScheduler` with the plan's flow).
     """
 
-    def __init__(self, velocity: VelocityFn, plan: FlowPlan, jump) -> None:
+    def __init__(self, velocity: VelocityFn, plan: FlowPlan, jump, scheduler: NamiFlowScheduler | None = None) -> None:
         self.velocity = velocity
         self.plan = plan
         self.jump = jump
+        self.scheduler = scheduler if scheduler is not None else NamiFlowScheduler.from_flow(plan.flow)
 
     def guided_velocity(self, z, r: float, tau: float, window: StageWindow, cond, uncond, cfg: float):
         """Classifier-free guidance `v_u + w (v_c - v_u)`; one batched forward for both branches."""
@@ -80,10 +83,10 @@ class ProgressiveSampler:
         """`steps` Euler steps through window k from its start state z (B, C, h_k, w_k) to its end
         state, same shape. No jump: `self.jump(z, k, generators)` takes the result to window k + 1."""
         window = self.plan.windows[k]
-        ratios, taus = self.plan.stage_grid(k, steps)
+        ratios, taus = self.scheduler.stage_grid(self.plan, k, steps)
         for i in range(steps):
             v = self.guided_velocity(z, float(ratios[i]), float(taus[i]), window, cond, uncond, cfg)
-            z = z + float(ratios[i + 1] - ratios[i]) * v.float()
+            z = self.scheduler.step(z, v, ratios[i], ratios[i + 1])
             if callback is not None:
                 callback(k, i, z)
         return z

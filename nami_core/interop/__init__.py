@@ -6,7 +6,6 @@
   vae/, mclip/, mt5/) -> a `NamiPipeline`, and its conversion to a nami model directory.
 * `block_selection` / `flux_convert`: a FLUX-family transformer cut to a subset of its
   blocks, written as a transformer directory for `nami train --init`.
-* `diffusers_registry`: makes `DiffusionPipeline.from_pretrained` resolve `NamiPipeline`.
 
 Modules import torch and diffusers at the top; import them inside functions from code
 that must stay light (the CLI).

@@ -14,16 +14,14 @@ reported.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import validate_stage_ends
 from ..errors import NamiError
+from ..files import fresh_temp_dir, publish_dir, write_json_atomic
 from .block_selection import BlockSelection, compact
 from .flux_state import (
     GUIDANCE_PREFIX,
@@ -130,11 +128,8 @@ def convert_flux(src: Path, out: Path, stage_ends: Sequence[int], selection: Blo
             "the source is guidance-distilled and NAMI has no guidance input"
         )
 
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_temp_dir(out)
     transformer.save_pretrained(tmp / "transformer")
-    (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    write_json_atomic(tmp / REPORT_FILE, report.to_dict())
+    publish_dir(tmp, out)
     return report

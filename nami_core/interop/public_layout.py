@@ -1,4 +1,4 @@
-"""The public NAMI-T2I checkpoint directory (SPEC §2, §5) -> `NamiPipeline`.
+"""The public NAMI-T2I checkpoint directory (docs/method.md §2, §5) -> `NamiPipeline`.
 
 Layout (no `model_index.json`):
 
@@ -42,6 +42,7 @@ import torch
 
 from ..config import FlowConfig, get_preset, validate_stage_ends
 from ..errors import ConfigError, NamiError
+from ..files import fresh_temp_dir, publish_dir
 from ..text.folders import locate_part
 from .flux_state import (
     FluxWeights,
@@ -278,8 +279,7 @@ def convert_public_layout(src: Path, out: Path, link_text: bool = False) -> Publ
         raise NamiError(f"{out}: already exists; choose a new --out")
     layout = PublicLayout.inspect(src)
     pipe = layout.load(load_text_models=False)  # the text encoder is saved as its spec; its models are copied
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_temp_dir(out)
     pipe.save_pretrained(tmp)
     for name in ("mt5", "mclip"):
         source = (Path(src) / name).resolve()
@@ -287,7 +287,5 @@ def convert_public_layout(src: Path, out: Path, link_text: bool = False) -> Publ
             os.symlink(source, tmp / name, target_is_directory=True)
         else:
             shutil.copytree(source, tmp / name)
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    publish_dir(tmp, out)
     return layout

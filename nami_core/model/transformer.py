@@ -141,7 +141,8 @@ class NamiTransformer(ModelMixin, ConfigMixin):
             encoder_hidden_states: text tokens (B, T, joint_attention_dim).
             pooled_projections: pooled text (B, pooled_projection_dim).
             timestep: (B,) model timestep tau in [0, 1] (multiplied by 1000 inside).
-            img_ids: (N, 3) rotary ids (0, row, col); txt_ids: (T, 3), zeros.
+            img_ids: (N, 3) rotary ids (0, row, col); txt_ids: (T, 3) rotary ids of the text tokens
+                (zeros, or (k, 0, 0) for token k with `text_positions="ordered"`).
             attention_mask: optional (B, T) text mask, True = real token; used only by models whose
                 `text_padding` is "mask".
             num_blocks: run exactly this many blocks (overrides `stage`).

@@ -1,4 +1,4 @@
-"""Algorithm 1 batches: every sample trains one stage, drawn by the stage ratio in force.
+"""Algorithm 1 batches: every sample trains one stage, drawn by the stage mix in force.
 
 A step's batch is a pure function of (seed, step, rank), so resuming at a step restores the
 data position exactly. The stage of each sample comes from a generator shared by all ranks
@@ -15,7 +15,7 @@ import torch
 from ..data.store import LatentStore
 from ..flow.objective import sample_ratios
 from ..flow.pyramid import down_to
-from ..flow.schedule import FlowPlan
+from ..flow.plan import FlowPlan
 from ..text.encoder import TextEmbeddings
 
 
@@ -58,15 +58,14 @@ class BatchDrawer:
     def usable(self) -> list[int]:
         return [sum(n for _, n in pool) for pool in self.pools]
 
-    def draw_stages(self, step: int, ratios) -> torch.Tensor:
-        """Window index of each sample, shape (batch_size,), identical on every rank."""
-        weights = torch.tensor([float(w) for w in ratios], dtype=torch.float64)
-        if len(self.plan) == 1:
-            return torch.zeros(self.batch_size, dtype=torch.long)
+    def draw_stages(self, step: int, mix) -> torch.Tensor:
+        """Window index of each sample, shape (batch_size,), identical on every rank; `mix` weights
+        the flow's stages (low to high resolution) and maps onto the plan's windows."""
+        weights = torch.tensor(self.plan.stage_mix(mix), dtype=torch.float64)
         return torch.multinomial(weights, self.batch_size, replacement=True, generator=step_generator(self.seed, step, 0))
 
-    def draw(self, step: int, ratios) -> list[StageGroup]:
-        stages = self.draw_stages(step, ratios)
+    def draw(self, step: int, mix) -> list[StageGroup]:
+        stages = self.draw_stages(step, mix)
         g = step_generator(self.seed, step, 1 + self.rank)
         groups = []
         for k in range(len(self.plan)):

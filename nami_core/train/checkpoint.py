@@ -9,12 +9,12 @@ RUN/checkpoints/.tmp-step-...    an unfinished write (ignored, removed on the ne
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from ..errors import NamiError
+from ..files import TEMP_PREFIX, publish_dir, temp_sibling, write_json_atomic
 
 PREFIX = "step-"
 
@@ -52,9 +52,9 @@ def save_checkpoint(accelerator, run: Path, step: int, trainer_state: dict, keep
     renamed into place, so a checkpoint is either complete or absent.
     """
     final = checkpoint_dir(run, step)
-    tmp = final.with_name(f".tmp-{final.name}")
+    tmp = temp_sibling(final, shared=True)  # every rank writes into it
     if accelerator.is_main_process:
-        for stale in final.parent.glob(".tmp-*") if final.parent.is_dir() else []:
+        for stale in final.parent.glob(f"{TEMP_PREFIX}*") if final.parent.is_dir() else []:
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -63,10 +63,8 @@ def save_checkpoint(accelerator, run: Path, step: int, trainer_state: dict, keep
         extra(tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        write_json_atomic(tmp / "trainer_state.json", trainer_state)
+        publish_dir(tmp, final)
         if keep > 0:
             for old in list_checkpoints(run)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)

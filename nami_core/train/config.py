@@ -7,11 +7,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import TEXT_POSITIONS, FlowConfig, ModelConfig, check_mode, get_preset, parse_float_list, split_guidance
+from ..config import TEXT_POSITIONS, FlowConfig, ModelConfig, check_mode, get_preset, parse_float_list
 from ..errors import ConfigError, NamiError
 from ..flow.objective import RATIO_SAMPLINGS
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -32,7 +32,7 @@ class TrainConfig:
     stage_loss_weights: str = "auto"
     cfg_dropout: float = 0.1
     ema_decay: float = 0.9999
-    precision: str = "fp32"
+    dtype: str = "fp32"
     grad_checkpointing: bool = False
     compile: bool = False
     fsdp: bool = False
@@ -62,8 +62,8 @@ class TrainConfig:
             raise ConfigError("--keep must be 0 (keep all) or more")
         if self.timestep_sampling not in RATIO_SAMPLINGS:
             raise ConfigError(f"--timestep-sampling must be one of {', '.join(RATIO_SAMPLINGS)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}")
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ConfigError("--cfg-dropout must be in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -78,7 +78,6 @@ class TrainConfig:
             raise ConfigError(f"--text-positions must be one of {', '.join(TEXT_POSITIONS)}, got {self.text_positions!r}")
         if sum(x is not None for x in (self.preset, self.config_file, self.init)) > 1:
             raise ConfigError("give one of --preset, --config and --init")
-        split_guidance(self.sample_cfg, 1 if self.mode == "flux-base" else len(self.stages), "--sample-cfg")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -104,7 +103,7 @@ def read_model_file(path: Path) -> tuple[ModelConfig | None, dict[str, Any]]:
     return data, flow
 
 
-def build_model_config(cfg: TrainConfig, manifest: dict[str, Any], patch_size: int) -> tuple[ModelConfig, dict[str, Any]]:
+def build_model_config(settings: TrainConfig, manifest: dict[str, Any], patch_size: int) -> tuple[ModelConfig, dict[str, Any]]:
     """The model to train. Input width and text dims follow the data (codec and text encoder)."""
     codec = manifest["codec"]
     data_dims = {
@@ -113,42 +112,38 @@ def build_model_config(cfg: TrainConfig, manifest: dict[str, Any], patch_size: i
         "pooled_dim": int(manifest["text_encoder"]["pooled_dim"]),
     }
     flow: dict[str, Any] = {}
-    if cfg.init is not None:
-        path = Path(cfg.init) / "transformer" / "config.json"
+    if settings.init is not None:
+        path = Path(settings.init) / "transformer" / "config.json"
         if not path.is_file():
-            raise NamiError(f"--init {cfg.init} has no transformer/config.json (a model directory, e.g. from `nami convert flux`)")
+            raise NamiError(f"--init {settings.init} has no transformer/config.json (a model directory, e.g. from `nami convert flux`)")
         try:
             model = ModelConfig.from_transformer_config(json.loads(path.read_text()))
         except (json.JSONDecodeError, KeyError) as exc:
-            raise NamiError(f"--init {cfg.init}: unreadable transformer config ({exc})") from None
+            raise NamiError(f"--init {settings.init}: unreadable transformer config ({exc})") from None
         for key, value in data_dims.items():
             if getattr(model, key) != value:
                 raise NamiError(f"--init model has {key}={getattr(model, key)} but the data needs {value}")
-    elif cfg.config_file is not None:
-        fields, flow = read_model_file(cfg.config_file)
+    elif settings.config_file is not None:
+        fields, flow = read_model_file(settings.config_file)
         for key, value in data_dims.items():
             if key in fields and int(fields[key]) != value:
                 raise NamiError(f"--config sets {key}={fields[key]} but the data needs {value}")
         model = ModelConfig.from_dict({**fields, **data_dims})
     else:
-        model = replace(get_preset(cfg.preset or "tiny").model, **data_dims)
-    if cfg.prediction is not None and cfg.init is not None and cfg.prediction != model.prediction:
-        raise NamiError(f"--prediction {cfg.prediction} differs from the --init model's {model.prediction}")
-    if cfg.prediction is not None:
-        model = replace(model, prediction=cfg.prediction)
-    if cfg.text_positions is not None:  # no weights depend on it, so an --init model may change it
-        model = replace(model, text_positions=cfg.text_positions)
-    if cfg.mode == "nami" and model.num_stages != len(cfg.stages):
-        raise NamiError(
-            f"the model has {model.num_stages} stage modules but --stages lists {len(cfg.stages)} resolutions"
-        )
+        model = replace(get_preset(settings.preset or "tiny").model, **data_dims)
+    if settings.prediction is not None and settings.init is not None and settings.prediction != model.prediction:
+        raise NamiError(f"--prediction {settings.prediction} differs from the --init model's {model.prediction}")
+    if settings.prediction is not None:
+        model = replace(model, prediction=settings.prediction)
+    if settings.text_positions is not None:  # no weights depend on it, so an --init model may change it
+        model = replace(model, text_positions=settings.text_positions)
     return model, flow
 
 
-def build_flow(cfg: TrainConfig, flow_fields: dict[str, Any]) -> FlowConfig:
-    ratios = parse_float_list(cfg.window_ratios, "--window-ratios") if cfg.window_ratios else flow_fields.get("window_ratios", ())
+def build_flow(settings: TrainConfig, flow_fields: dict[str, Any]) -> FlowConfig:
+    ratios = parse_float_list(settings.window_ratios, "--window-ratios") if settings.window_ratios else flow_fields.get("window_ratios", ())
     return FlowConfig(
-        resolutions=tuple(cfg.stages),
+        resolutions=tuple(settings.stages),
         window_ratios=tuple(ratios),
         gamma=float(flow_fields.get("gamma", 1 / 3)),
     )

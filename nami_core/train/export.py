@@ -8,28 +8,15 @@ the text encoder the data was prepared with.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from ..errors import NamiError
-from ..flow.schedule import FlowPlan
+from ..files import fresh_temp_dir, publish_dir
+from ..flow.plan import FlowPlan
 
 TRANSFORMER_PREFIX = "transformer."
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move `tmp` to `final`, replacing any previous `final` without a moment where neither exists complete."""
-    if final.exists():
-        old = final.with_name(f".old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
 
 
 def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | None, plan: FlowPlan,
@@ -52,13 +39,12 @@ def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | 
                                             default_mode=mode)
     codec = codec_from_record(manifest["codec"], patch)
     out = Path(out)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_temp_dir(out)
     NamiPipeline(transformer, scheduler, codec, encoder).save_pretrained(tmp)
     if ema is not None:
         transformer.load_state_dict(ema)
         transformer.save_pretrained(tmp / "transformer", variant="ema")
-    replace_dir(tmp, out)
+    publish_dir(tmp, out)
     return out
 
 

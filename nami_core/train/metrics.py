@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from ..files import write_text_atomic
+
 TAU_BINS = 10
 
 
@@ -96,7 +98,7 @@ class MetricsLog:
         if not self.enabled or not self.path.is_file():
             return
         kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def close(self) -> None:
         if self.writer is not None:

@@ -51,10 +51,6 @@ DETECTORS: dict[str, tuple[Callable[[str | None, DetectorOptions], Detector], st
 }
 
 
-def detector_names() -> list[str]:
-    return list(DETECTORS)
-
-
 def get_detector(spec: str, options: DetectorOptions | None = None) -> Detector:
     """The detector named by `spec` ("NAME" or "NAME:ARGUMENT"); NamiError listing the choices otherwise."""
     name, sep, argument = spec.strip().partition(":")

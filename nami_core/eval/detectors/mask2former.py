@@ -117,7 +117,7 @@ def instance_postprocess(class_logits: torch.Tensor, mask_logits: torch.Tensor,
     probabilities (flat index = query * K + class), each scored by class probability x mean mask
     probability inside its binary mask (logit > 0). Ties keep the lower flat index first.
     """
-    num_queries, num_classes = class_logits.shape[0], class_logits.shape[1] - 1
+    num_classes = class_logits.shape[1] - 1
     probs = F.softmax(class_logits.float(), dim=-1)[:, :-1]
     flat = probs.flatten()
     k = min(max_per_image, flat.numel())

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ...errors import NamiError
-from ..io import atomic_write_text, read_rgb
+from ...files import write_text_atomic
+from ..io import read_rgb
 from .generate import read_manifest
 from .page import render_page
 
@@ -78,5 +79,5 @@ def write_page(models: Sequence[tuple[str, Path]], out: str | Path, embed: bool 
     if not out.parent.is_dir():
         raise NamiError(f"the folder of --out {out} does not exist")
     data = page_data(models, out, embed, max_side, seed, title)
-    atomic_write_text(out, render_page(data))
+    write_text_atomic(out, render_page(data))
     return data

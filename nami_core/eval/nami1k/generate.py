@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ...errors import NamiError
-from ..io import atomic_write_jsonl, read_jsonl, save_png_atomic
+from ...files import write_jsonl_atomic
+from ...png import save_png
+from ..io import read_jsonl
 from .prompts import FIELDS, PromptRecord, validate_record
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -37,12 +39,12 @@ def generate_set(generator, records: Sequence[PromptRecord], out: str | Path, im
     for made in generator.images([r.prompt for r in records], images_per_prompt, seed, batch_size):
         record = records[made.index]
         name = image_name(record.id, made.j)
-        save_png_atomic(made.image, out / name, generator.info(record.prompt, made.seed, id=record.id))
+        save_png(made.image, out / name, generator.info(record.prompt, made.seed, id=record.id))
         manifest.append({"file": name, **asdict(record), "image": made.j, "seed": made.seed,
                          "model": generator.model_name})
         if on_image is not None:
             on_image(len(manifest), total)
-    atomic_write_jsonl(out / MANIFEST_NAME, manifest)
+    write_jsonl_atomic(out / MANIFEST_NAME, manifest)
     return manifest
 
 

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_write_bytes
+from ...files import write_bytes_atomic
 from .prompts import SOURCES, PromptRecord
 from .topics import TOPICS
 
@@ -58,4 +58,4 @@ def write_histograms(records: Sequence[PromptRecord], path: str | Path, bin_word
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ...errors import NamiError
-from ..io import atomic_write_jsonl, read_jsonl
+from ...files import write_jsonl_atomic
+from ..io import read_jsonl
 from .topics import TOPICS
 
 SOURCES = ("open", "human", "generated")
@@ -68,4 +69,4 @@ def read_prompt_set(path: str | Path) -> list[PromptRecord]:
 
 
 def write_prompt_set(path: str | Path, records: Iterable[PromptRecord]) -> None:
-    atomic_write_jsonl(Path(path), (asdict(r) for r in records))
+    write_jsonl_atomic(Path(path), (asdict(r) for r in records))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import NamiError
+from .png import save_png
 
 
 @dataclass
@@ -31,6 +31,22 @@ class SampleRequest:
     batch_size: int = 8
     prompt_style: str = "plain"
     timestep_rounding: str | None = None
+
+    def validate(self) -> None:
+        """Check what can be checked before a model is loaded; one error line names the option."""
+        from .config import TIMESTEP_ROUNDINGS, check_mode
+
+        if self.n < 1:
+            raise NamiError(f"--n must be at least 1, got {self.n}")
+        if self.batch_size < 1:
+            raise NamiError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.mode is not None:
+            check_mode(self.mode)
+        if not self.prompt.strip():
+            raise NamiError("the prompt is empty")
+        if self.timestep_rounding is not None and self.timestep_rounding not in TIMESTEP_ROUNDINGS:
+            raise NamiError(f"--timestep-rounding must be one of {', '.join(TIMESTEP_ROUNDINGS)}, "
+                            f"got {self.timestep_rounding!r}")
 
 
 @dataclass
@@ -56,39 +72,14 @@ def output_paths(out: Path, prompt: str, seeds: list[int]) -> list[Path]:
     return [out / f"{slug(prompt)}-{s}.png" for s in seeds]
 
 
-def save_png(image, path: Path, metadata: dict) -> None:
-    """Write `image` (PIL) with `metadata` in a PNG text chunk ("nami") and a sidecar JSON."""
-    from PIL.PngImagePlugin import PngInfo
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngInfo()
-    text = json.dumps(metadata, sort_keys=True)
-    info.add_text("nami", text)
-    info.add_text("prompt", str(metadata.get("prompt", "")))
-    tmp = path.with_name(path.name + ".tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-
-
 def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = None,
                on_plan: Callable[[list[int]], None] | None = None) -> SampleReport:
     """Generate `req.n` images of `req.prompt`; image i has seed `req.seed + i`."""
-    from .config import TIMESTEP_ROUNDINGS, check_mode, guidance_record
     from .modeldir import load_pipeline, resolve_model_dir
     from .runtime import resolve_device, resolve_dtype
     from .text.prompt_styles import get_prompt_style
 
-    if req.n < 1:
-        raise NamiError(f"--n must be at least 1, got {req.n}")
-    if req.batch_size < 1:
-        raise NamiError(f"--batch-size must be at least 1, got {req.batch_size}")
-    if req.mode is not None:
-        check_mode(req.mode)
-    if not req.prompt.strip():
-        raise NamiError("the prompt is empty")
-    if req.timestep_rounding is not None and req.timestep_rounding not in TIMESTEP_ROUNDINGS:
-        raise NamiError(f"--timestep-rounding must be one of {', '.join(TIMESTEP_ROUNDINGS)}, got {req.timestep_rounding!r}")
+    req.validate()
     model_prompt, negative = get_prompt_style(req.prompt_style).apply(req.prompt, req.negative)
     device = resolve_device(req.device)
     dtype = resolve_dtype(req.dtype)
@@ -98,50 +89,37 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
     pipe = load_pipeline(model_dir, device, dtype, req.attention)
     load_seconds = time.perf_counter() - t0
 
-    mode = req.mode or pipe.scheduler.config.default_mode
-    plan = pipe.plan(mode, timestep_rounding=req.timestep_rounding)
-    steps = plan.stage_steps(req.steps if req.steps is not None else tuple(pipe.scheduler.config.default_steps))
-    guidance = plan.stage_guidance(pipe.scheduler.config.default_cfg if req.cfg is None else req.cfg)
+    run = pipe.settings(req.mode, req.steps, req.cfg, timestep_rounding=req.timestep_rounding)
     if on_plan is not None:
-        on_plan(list(steps))
+        on_plan(list(run.steps))
+    described = {"prompt": req.prompt, "prompt_style": req.prompt_style, "model_prompt": model_prompt,
+                 "negative": negative, "model": str(model_dir), "dtype": req.dtype, **settings_record(run)}
 
     seeds = [req.seed + i for i in range(req.n)]
     paths = output_paths(req.out, req.prompt, seeds)
-    stage_seconds = [0.0] * len(steps)
+    stage_seconds = [0.0] * len(run.steps)
     metadata_all = []
     t1 = time.perf_counter()
     for start in range(0, req.n, req.batch_size):
         chunk = seeds[start : start + req.batch_size]
-        out = pipe(
-            model_prompt,
-            negative_prompt=negative,
-            num_images_per_prompt=len(chunk),
-            steps=steps,
-            cfg=guidance,
-            mode=mode,
-            timestep_rounding=req.timestep_rounding,
-            seed=chunk[0],
-            callback=(lambda k, i, z: on_step(k, i)) if on_step is not None else None,
-        )
+        out = pipe(model_prompt, negative_prompt=negative, num_images_per_prompt=len(chunk), steps=run.steps,
+                   cfg=run.guidance, mode=run.plan.mode, timestep_rounding=req.timestep_rounding, seed=chunk[0],
+                   callback=(lambda k, i, z: on_step(k, i)) if on_step is not None else None)
         stage_seconds = [a + b for a, b in zip(stage_seconds, out.stage_seconds)]
         for image, s, path in zip(out.images, out.seeds, paths[start : start + len(chunk)]):
-            meta = {
-                "prompt": req.prompt,
-                "prompt_style": req.prompt_style,
-                "model_prompt": model_prompt,
-                "negative": negative,
-                "timestep_rounding": plan.flow.timestep_rounding,
-                "seed": s,
-                "steps": list(steps),
-                "cfg": guidance_record(guidance),
-                "mode": mode,
-                "model": str(model_dir),
-                "resolution": plan.flow.resolutions[-1],
-                "dtype": req.dtype,
-            }
-            save_png(image, path, meta)
+            meta = {**described, "seed": s}
+            save_png(image, path, meta, sidecar=True)
             metadata_all.append(meta)
     return SampleReport(paths, stage_seconds, load_seconds, time.perf_counter() - t1, metadata_all)
+
+
+def settings_record(run) -> dict:
+    """What a PNG records of a call's resolved `SamplingSettings`."""
+    from .config import guidance_record
+
+    return {"steps": list(run.steps), "cfg": guidance_record(run.guidance), "mode": run.plan.mode,
+            "resolution": run.plan.flow.resolutions[-1], "timestep_rounding": run.scheduler.config.timestep_rounding}
+
 
 
 def report_dict(report: SampleReport) -> dict:

@@ -1,4 +1,4 @@
-"""Windows, timestep windows, jump coefficients and grids against SPEC §3 and §5."""
+"""Windows, timestep windows, jump coefficients, mode plans and grids (docs/method.md §3, §5, §6)."""
 
 import math
 
@@ -7,9 +7,10 @@ import pytest
 
 from nami_core.config import FlowConfig
 from nami_core.errors import ConfigError
-from nami_core.flow.schedule import (
+from nami_core.flow.scheduler import NamiFlowScheduler
+from nami_core.flow.plan import (
     FlowPlan,
-    PublicGrid,
+    PublicWindows,
     flux_shift_mu,
     jump_coefficients,
     tau_windows,
@@ -65,7 +66,7 @@ def test_general_k_windows_are_monotone_and_cover_unit_interval():
 
 
 def test_public_grid_reads_ends_off_the_integer_grid():
-    grid = PublicGrid.build((1, 1, 1), 1 / 3)
+    grid = PublicWindows.build((1, 1, 1), 1 / 3)
     assert grid.ends == pytest.approx((0.667, 0.334, 0.0), abs=1e-6)
     assert grid.starts == pytest.approx((1.0, 0.8002, 0.5007), abs=5e-5)
     assert grid.timestep_max == (1000.0, 744.0, 386.0)
@@ -74,7 +75,7 @@ def test_public_grid_reads_ends_off_the_integer_grid():
 
 def test_exact_grid_is_uniform_in_ratio_and_tau():
     plan = FlowPlan("nami", FlowConfig((16, 32, 64)), (1, 2, 3), 4)
-    ratios, taus = plan.stage_grid(1, 4)
+    ratios, taus = NamiFlowScheduler.from_flow(plan.flow).stage_grid(plan, 1, 4)
     np.testing.assert_allclose(ratios, [1, 0.75, 0.5, 0.25, 0])
     w = plan[1]
     np.testing.assert_allclose(taus, w.tau_end + ratios[:-1] * (w.tau_start - w.tau_end))

@@ -1,17 +1,21 @@
-"""Piecewise flow: windows, timestep windows, jump coefficients and per-mode stage plans.
+"""The stage plan: what each mode runs, window by window (docs/method.md §3, §6).
 
-Conventions (SPEC §1): sigma = 1 is pure noise, sigma = 0 is data. Stages run low to
+Conventions (docs/method.md §1): sigma = 1 is pure noise, sigma = 0 is data. Stages run low to
 high resolution. Inside window k a *local ratio* r runs from 1 (window start) to 0
 (window end); the state is `r * start_k + (1 - r) * end_k` and the transformer is
 conditioned on `tau = tau_end_k + r * (tau_start_k - tau_end_k)` (in [0, 1]; the
 model multiplies by 1000 inside, FLUX style).
 
-The three modes share this one description:
+`FlowPlan` is the one place that knows what a mode means (`MODE_RULES`):
 
 * ``nami``: K windows, stage k runs the block prefix `stage_ends[k]` at resolution k.
 * ``flow-only``: the same K windows, every stage runs all blocks.
 * ``flux-base``: one window over sigma 1 -> 0 at the full resolution, all blocks, with
   FLUX's resolution-dependent time shift applied to the local ratio.
+
+Everything else (the sampler, training, `nami info`, the benchmarks) asks a plan: its windows,
+their block prefixes and resolutions, how per-stage steps, guidance and stage mixes map onto its
+windows. The Euler grid inside a window belongs to `NamiFlowScheduler`.
 """
 
 from __future__ import annotations
@@ -22,10 +26,32 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import FlowConfig, check_mode, split_guidance, split_steps
+from ..config import FlowConfig, check_mode, parse_int_list, split_guidance, split_steps
 from ..errors import ConfigError
 
 PUBLIC_GRID_POINTS = 1000
+
+
+@dataclass(frozen=True)
+class ModeRule:
+    """What a mode runs: every stage window or only the full-resolution one (`single_window`), and
+    each stage's block prefix or all blocks (`nested_blocks`)."""
+
+    single_window: bool
+    nested_blocks: bool
+
+
+MODE_RULES = {
+    "nami": ModeRule(single_window=False, nested_blocks=True),
+    "flow-only": ModeRule(single_window=False, nested_blocks=False),
+    "flux-base": ModeRule(single_window=True, nested_blocks=False),
+}
+
+
+def runnable_modes(stage_ends: Sequence[int], flow: FlowConfig) -> tuple[str, ...]:
+    """The modes a model with `stage_ends` can run on `flow`: nested blocks need one stage module
+    per stage."""
+    return tuple(m for m, rule in MODE_RULES.items() if not rule.nested_blocks or len(stage_ends) == flow.num_stages)
 
 
 def window_ends(ratios: Sequence[float]) -> list[float]:
@@ -46,7 +72,7 @@ def corrected_start(previous_end: float, gamma: float) -> float:
 
 
 def window_starts(ends: Sequence[float], gamma: float) -> list[float]:
-    """Window starts: `S_1 = 1`, later ones from the previous window's end (SPEC §3)."""
+    """Window starts: `S_1 = 1`, later ones from the previous window's end (docs/method.md §3)."""
     return [1.0] + [corrected_start(e, gamma) for e in ends[:-1]]
 
 
@@ -64,7 +90,7 @@ def tau_windows(starts: Sequence[float], ends: Sequence[float]) -> list[tuple[fl
 
 
 def jump_coefficients(end: float, gamma: float) -> tuple[float, float]:
-    """Renoise jump out of a window ending at sigma `end` (SPEC §5).
+    """Renoise jump out of a window ending at sigma `end` (docs/method.md §5).
 
     `alpha = 1 / (sqrt(1 + 1/gamma) * E + 1 - E)`, `beta = alpha * E / sqrt(gamma)`.
     """
@@ -94,21 +120,14 @@ def time_shift(mu: float, t: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PublicGrid:
-    """The public NAMI-T2I scheduler's windows and Euler grids, read off its integer grid.
+class PublicWindows:
+    """The public NAMI-T2I scheduler's windows, read off its 1000-point integer grid (docs/method.md §7).
 
-    Windows: the scheduler keeps `sigmas = [1000, 999, ..., 1] / 1000` (float32) and takes
-    the window edges as grid indices `int(edge * 1000)`, so 1:1:1 windows end at 0.667 and
-    0.334 (not 2/3 and 1/3). Starts are corrected with gamma, and the arc lengths split the
-    float32 timestep grid `sigmas * 1000` into timestep windows `(t_max, t_min)` (x1000 units):
-    (1000, 744), (744, 386), (386, 1) for 1:1:1.
-
-    Grids: within window k the scheduler lays a fine grid of `N = int(t_max - t_min)` intervals
-    (float32 difference) and drops its last point, so the fine timesteps run from t_max to
-    `t_last = t_min + (t_max - t_min) / N` and the local ratios from 1 to `1 / N`. An n-step
-    stage takes `tau = linspace(t_max, t_last, n) / 1000` and `r = [linspace(1, 1/N, n), 0]`:
-    last timesteps 745 / 387 / 2 and last ratios 1/256, 1/358, 1/385 for 1:1:1. Both are the
-    window's linear map `tau = tau_end + r (tau_start - tau_end)` at the same ratios.
+    The scheduler keeps `sigmas = [1000, 999, ..., 1] / 1000` (float32) and takes the window
+    edges as grid indices `int(edge * 1000)`, so 1:1:1 windows end at 0.667 and 0.334 (not 2/3
+    and 1/3). Starts are corrected with gamma, and the arc lengths split the float32 timestep
+    grid `sigmas * 1000` into timestep windows `(t_max, t_min)` (x1000 units): (1000, 744),
+    (744, 386), (386, 1) for 1:1:1. The Euler grid inside them is `NamiFlowScheduler`'s.
     """
 
     starts: tuple[float, ...]
@@ -118,7 +137,7 @@ class PublicGrid:
     timestep_min: tuple[float, ...]  # x1000 units, float32 values
 
     @classmethod
-    def build(cls, ratios: Sequence[float], gamma: float) -> "PublicGrid":
+    def build(cls, ratios: Sequence[float], gamma: float) -> "PublicWindows":
         n = PUBLIC_GRID_POINTS
         grid = np.linspace(1, n, n, dtype=np.float32)[::-1].copy()
         sigmas = grid / np.float32(n)  # float32, [1.0, 0.999, ..., 0.001]
@@ -153,37 +172,6 @@ class PublicGrid:
             t_min.append(float(timesteps[min(int(r1 * n), n - 1)]))
         return cls(tuple(starts), tuple(ends), tuple(raw_starts), tuple(t_max), tuple(t_min))
 
-    def fine_intervals(self, k: int) -> int:
-        """N: the number of intervals of window k's fine grid, `int(t_max - t_min)` in float32."""
-        span = np.float32(self.timestep_max[k]) - np.float32(self.timestep_min[k])
-        intervals = int(span)
-        if intervals < 1:
-            raise ConfigError(
-                f"window {k + 1} spans {float(span):.3f} timesteps, less than one step of the public grid; "
-                "use wider window ratios"
-            )
-        return intervals
-
-    def stage_grid(self, k: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ratios of length steps+1 from 1 to 0; taus of length steps, in [0, 1])."""
-        n = self.fine_intervals(k)
-        t_max, t_min = self.timestep_max[k], self.timestep_min[k]
-        t_last = t_max + (n - 1) * ((t_min - t_max) / n)  # point n-1 of the fine grid
-        last_ratio = 1.0 + (n - 1) * (-1.0 / n)
-        ratios = np.append(np.linspace(1.0, last_ratio, steps), 0.0)
-        return ratios, np.linspace(t_max, t_last, steps) / 1000.0
-
-
-def round_timesteps(taus: np.ndarray, rounding: str) -> np.ndarray:
-    """Model timesteps in [0, 1] as a pipeline passes them: "none" keeps them, "fp16" rounds the
-    x1000 timestep to float16 and divides it by 1000 in float16 (the release's float16 pipeline)."""
-    if rounding == "none":
-        return taus
-    import torch
-
-    scaled = torch.as_tensor(np.asarray(taus, dtype=np.float64) * 1000.0).to(torch.float16)
-    return (scaled / 1000).double().numpy()
-
 
 @dataclass(frozen=True)
 class StageWindow:
@@ -214,7 +202,11 @@ class StageWindow:
 
 
 class FlowPlan:
-    """The stage windows a mode runs, with jump coefficients between consecutive windows."""
+    """The stage windows a mode runs, with jump coefficients between consecutive windows.
+
+    Raises `ConfigError` when the mode cannot run: an unknown mode, a nested mode whose model has
+    not one stage module per stage, or a window resolution that is not a whole number of tokens.
+    """
 
     def __init__(
         self,
@@ -224,47 +216,56 @@ class FlowPlan:
         pixels_per_token: int,
     ) -> None:
         self.mode = check_mode(mode)
+        self.rule = MODE_RULES[mode]
         self.flow = flow
         self.gamma = float(flow.gamma)
         self.pixels_per_token = int(pixels_per_token)
         depth = int(stage_ends[-1])
         K = flow.num_stages
-        if mode == "nami" and len(stage_ends) != K:
+        if flow.resolutions[0] % self.pixels_per_token:  # the stages double, so the lowest decides
+            raise ConfigError(
+                f"stage resolution {flow.resolutions[0]} is not a multiple of the codec's {self.pixels_per_token} "
+                f"pixels per token; use a final resolution that is a multiple of {self.pixels_per_token * 2 ** (K - 1)}"
+            )
+        if self.rule.nested_blocks and len(stage_ends) != K:
             raise ConfigError(
                 f"the model has {len(stage_ends)} stage modules but the flow has {K} stages "
                 f"({', '.join(map(str, flow.resolutions))})"
             )
-        self.public = PublicGrid.build(flow.window_ratios, self.gamma) if flow.grid == "public" else None
-        if mode == "flux-base":
+        public = flow.grid == "public" and not self.rule.single_window
+        self.public = PublicWindows.build(flow.window_ratios, self.gamma) if public else None
+        if self.rule.single_window:
             res = flow.resolutions[-1]
             tokens = (res // self.pixels_per_token) ** 2
             self.windows = [StageWindow(0, K - 1, res, depth, 1.0, 0.0, 1.0, 0.0, flux_shift_mu(tokens))]
             self.jumps: list[tuple[float, float]] = []
-            return
+        else:
+            self.windows = self._stage_windows(stage_ends, depth)
+            self.jumps = [jump_coefficients(w.sigma_end, self.gamma) for w in self.windows[:-1]]
+
+    def _stage_windows(self, stage_ends: Sequence[int], depth: int) -> list[StageWindow]:
+        flow = self.flow
         if self.public is not None:
             starts, ends = list(self.public.starts), list(self.public.ends)
-            taus = [
-                (tmax / 1000.0, tmin / 1000.0)
-                for tmax, tmin in zip(self.public.timestep_max, self.public.timestep_min)
-            ]
+            taus = [(tmax / 1000.0, tmin / 1000.0)
+                    for tmax, tmin in zip(self.public.timestep_max, self.public.timestep_min)]
         else:
             ends = window_ends(flow.window_ratios)
             starts = window_starts(ends, self.gamma)
             taus = tau_windows(starts, ends)
-        self.windows = [
+        return [
             StageWindow(
                 index=k,
                 level=k,
                 resolution=flow.resolutions[k],
-                blocks=int(stage_ends[k]) if mode == "nami" else depth,
+                blocks=int(stage_ends[k]) if self.rule.nested_blocks else depth,
                 sigma_start=starts[k],
                 sigma_end=ends[k],
                 tau_start=taus[k][0],
                 tau_end=taus[k][1],
             )
-            for k in range(K)
+            for k in range(flow.num_stages)
         ]
-        self.jumps = [jump_coefficients(ends[k], self.gamma) for k in range(K - 1)]
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -276,34 +277,22 @@ class FlowPlan:
         return self.windows[k]
 
     def stage_steps(self, steps) -> tuple[int, ...]:
-        """Per-window step counts. flux-base takes the total of the given counts."""
-        if self.mode == "flux-base":
-            if isinstance(steps, str):
-                from ..config import parse_int_list
-
-                steps = parse_int_list(steps, "steps")
-            total = steps if isinstance(steps, int) else sum(int(s) for s in steps)
-            return split_steps(int(total), 1)
+        """Per-window step counts from one total or one count per stage ("10,10,10"). A single
+        window takes the total of the given counts."""
+        if self.rule.single_window:
+            counts = parse_int_list(steps, "steps") if not isinstance(steps, int) else (steps,)
+            return split_steps(sum(counts), 1)
         return split_steps(steps, len(self.windows))
 
-    def stage_guidance(self, cfg) -> tuple[float, ...]:
-        """Per-window guidance scales from one scale or one per window ("8,3,3")."""
-        return split_guidance(cfg, len(self.windows))
+    def stage_guidance(self, cfg, name: str = "cfg") -> tuple[float, ...]:
+        """Per-window guidance scales from one scale or one per window ("8,3,3"); errors name `name`."""
+        return split_guidance(cfg, len(self.windows), name)
 
-    def stage_grid(self, k: int, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """Euler grid of window k: (ratios, length steps+1, from 1 to 0; taus, length steps),
-        taus rounded as the flow's `timestep_rounding` says."""
-        if steps <= 0:
-            raise ConfigError(f"steps must be positive, got {steps}")
-        if self.public is not None and self.mode != "flux-base":
-            ratios, taus = self.public.stage_grid(k, steps)
-        else:
-            window = self.windows[k]
-            ratios = window.warp(np.linspace(1.0, 0.0, steps + 1))
-            taus = window.tau(ratios[:-1])
-        return ratios, round_timesteps(taus, self.flow.timestep_rounding)
-
-    def latent_sides(self, full_side: int) -> list[int]:
-        """Latent grid side per window given the full-resolution latent side."""
-        K = self.flow.num_stages
-        return [full_side // 2 ** (K - 1 - w.level) for w in self.windows]
+    def stage_mix(self, weights: Sequence[float]) -> tuple[float, ...]:
+        """Per-window sampling weights from a mix over the flow's stages (low to high resolution);
+        a single window takes every sample."""
+        if self.rule.single_window:
+            return (1.0,)
+        if len(weights) != len(self.windows):
+            raise ConfigError(f"the stage mix has {len(weights)} weights for {len(self.windows)} stages")
+        return tuple(float(w) for w in weights)

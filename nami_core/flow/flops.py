@@ -1,4 +1,4 @@
-"""Analytic FLOP model of the transformer (linear layers and attention), shared by `nami info` and `nami bench`.
+"""Analytic FLOP model of the transformer (linear layers and attention), along a stage plan, shared by `nami info` and `nami bench`.
 
 One multiply-add counts as 2 FLOPs. Per forward pass with N image tokens and T text
 tokens at width D (MLP ratio 4):
@@ -13,7 +13,7 @@ Norms, activations, rotary embedding and the Euler update are not counted.
 from __future__ import annotations
 
 from ..config import ModelConfig
-from ..flow.schedule import FlowPlan
+from .plan import FlowPlan
 
 TIMESTEP_CHANNELS = 256
 

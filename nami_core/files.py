@@ -1,0 +1,76 @@
+"""Files and folders written so that a crash or a kill never leaves a partial one.
+
+Everything is written under a temporary sibling name, `.tmp-NAME` (folders that several
+processes fill, such as a DDP checkpoint) or `.tmp-NAME.PID` (files and folders one process
+writes), and renamed into place. Readers ignore names starting with `.tmp-`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+TEMP_PREFIX = ".tmp-"
+
+
+def temp_sibling(path: str | Path, shared: bool = False) -> Path:
+    """The temporary name `path` is written under: `.tmp-NAME`, plus `.PID` unless `shared`."""
+    path = Path(path)
+    suffix = "" if shared else f".{os.getpid()}"
+    return path.with_name(f"{TEMP_PREFIX}{path.name}{suffix}")
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` to write the file, then rename it to `path`; `tmp` never outlives the call."""
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any, sort_keys: bool = False) -> None:
+    """`obj` as indented JSON (UTF-8, non-ASCII kept) and a final newline."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=sort_keys) + "\n")
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
+    """One JSON object per line."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def publish_dir(tmp: str | Path, final: str | Path) -> Path:
+    """Move the finished folder `tmp` to `final`, replacing a previous `final` with no moment in
+    which neither exists complete (the old one is set aside as `.tmp-old-NAME` first)."""
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(f"{TEMP_PREFIX}old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final
+
+
+def fresh_temp_dir(final: str | Path, shared: bool = False) -> Path:
+    """An empty temporary sibling folder for `final` (a stale one from a killed run is removed)."""
+    tmp = temp_sibling(final, shared)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
