@@ -31,7 +31,7 @@ def _print(table) -> None:
 
     console = Console()
     if not console.is_terminal:
-        console = Console(width=120)
+        console = Console(width=160)
     console.print(table)
 
 
@@ -53,13 +53,16 @@ def latency(
     batch: Optional[int] = typer.Option(None, "--batch", hidden=True, help="Old name of --batch-size."),
     modes: str = typer.Option("flux-base,flow-only,nami", "--modes", help="Modes, run interleaved in this order."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32."),
-    attention: str = typer.Option("auto", "--attention", help="auto | native | xformers | flash."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile every transformer block (compiles during warm-up)."),
+    attention: str = typer.Option("auto", "--attention", help="Backends, each timed in turn: auto | native | xformers | flash, e.g. native,xformers,flash."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile every transformer block, CUDA graphs on a GPU (compiles during warm-up)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed rounds (every mode once) before timing."),
     repeats: int = typer.Option(3, "--repeats", help="Timed rounds; median, min and max are over these."),
-    cfg: float = typer.Option(1.0, "--cfg", help="Guidance scale; 1 = off (one forward per step), else two."),
-    text_tokens: int = typer.Option(256, "--text-tokens", help="Random text tokens fed to the model (mask all true)."),
+    cfg: float = typer.Option(3.0, "--cfg", help="Guidance scale, with the empty negative prompt; 1 = off (one forward per step)."),
+    text_tokens: int = typer.Option(256, "--text-tokens", help="Text slot: random text tokens padded to this length, as a tokenizer pads."),
+    prompt_tokens: int = typer.Option(12, "--prompt-tokens", help="Real tokens of the prompt in the slot (the negative prompt has 1)."),
+    text_padding: Optional[str] = typer.Option(None, "--text-padding", help="mask (cut to the longest prompt) | none (attend to the whole slot, as the public release). Default: the model's."),
+    count_ops: bool = typer.Option(True, "--count-ops/--no-count-ops", help="Count kernel launches (CUDA) or ATen ops (CPU) per step and stage with the profiler."),
     include_codec: bool = typer.Option(False, "--include-codec", help="Also time decoding (presets: a random FLUX-sized VAE)."),
     include_text: bool = typer.Option(False, "--include-text", help="Also time the text encoder (needs --model)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report to this file."),
@@ -68,19 +71,19 @@ def latency(
 ) -> None:
     """Time the transformer sampling loop of flux-base, flow-only and nami, beside the FLOP bound.
 
-    Weights are random. Only the progressive sampler is timed unless --include-text / --include-codec.
+    Weights are random. Only the progressive sampler is timed unless --include-text / --include-codec. By default it runs the path sampling takes: a 12-token prompt padded to 256 tokens, guidance 3 with the empty negative prompt.
 
     Modes run interleaved (round r: flux-base, flow-only, nami), so machine drift hits them alike.
 
     reduction = 1 - ms(mode) / ms(flux-base); bound = 1 - FLOPs(mode) / FLOPs(flux-base) (the FLOP model of `nami info`).
 
-    JSON keys: device, dtype, attention, results [{resolution, mode, ms_median, ms_min, ms_max, ms_per_stage, flops, peak_mem_bytes}], reduction and bound {"<res>": {flow-only, nami}}. Times are ms per image, FLOPs per image.
+    JSON keys: device, dtype, attention (the first backend), attentions, text_tokens (processed per row), text_slot, cfg, op_counter, results [{resolution, mode, attention, ms_median, ms_min, ms_max, ms_per_stage, flops, peak_mem_bytes, ops_per_step}], reduction and bound {"<res>": {flow-only, nami}} (reduction for the first backend), reduction_by_attention {"<backend>": {"<res>": {...}}}. Times are ms per image, FLOPs per image, ops per Euler step per stage.
 
     Examples:
 
       nami bench latency --preset nami-2b --device cuda --dtype bf16 --json lat.json --plot lat.png
 
-      nami bench latency --preset nami-2b --device cuda --compile --resolutions 1024
+      nami bench latency --preset nami-2b --device cuda --compile --resolutions 1024 --attention native,xformers,flash
 
       nami bench latency --preset cpu-bench --device cpu --resolutions 256,512 --json cpu.json
     """
@@ -95,16 +98,18 @@ def latency(
 
         check_plot_path(plot)
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
+    backend_list = tuple(b.strip() for b in attention.split(",") if b.strip())
     req = LatencyRequest(
         preset=preset, model_dir=model, resolutions=parse_int_list(resolutions, "--resolutions"), steps=steps,
-        batch_size=renamed(batch_size, batch, "--batch-size", "--batch", 1), modes=mode_list, dtype=dtype, attention=attention, compile=compile_, device=device,
-        warmup=warmup, repeats=repeats, cfg=cfg, text_tokens=text_tokens, include_codec=include_codec,
-        include_text=include_text, seed=seed,
+        batch_size=renamed(batch_size, batch, "--batch-size", "--batch", 1), modes=mode_list, dtype=dtype,
+        attention=backend_list, compile=compile_, device=device, warmup=warmup, repeats=repeats, cfg=cfg,
+        text_tokens=text_tokens, prompt_tokens=prompt_tokens, text_padding=text_padding, count_ops=count_ops,
+        include_codec=include_codec, include_text=include_text, seed=seed,
     )
     req.validate()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    runs = len(interleaved_schedule(req.modes, req.warmup, req.repeats)) * len(req.resolutions)
+    runs = len(interleaved_schedule(req.modes, req.warmup, req.repeats)) * len(req.resolutions) * len(req.attention)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("building the model", total=runs)
@@ -129,21 +134,24 @@ EXTRA_COLUMNS = {"ms_text": "text ms", "ms_codec": "decode ms"}
 def _latency_table(report: dict, steps: str) -> None:
     from rich.table import Table
 
-    table = Table(title=f"sampling latency per image ({steps} steps): {report['device']}, {report['dtype']}, "
-                        f"attention {report['attention']}")
+    table = Table(title=f"sampling latency per image ({steps} steps, cfg {report['cfg']:g}, {report['text_tokens']} of "
+                        f"{report['text_slot']} text tokens): {report['device']}, {report['dtype']}")
     extras = {key: name for key, name in EXTRA_COLUMNS.items() if key in report["results"][0]}
-    for col in ["res", "mode", "ms/image", "ms per stage", *extras.values(), "reduction", "FLOP bound", "of bound",
-                "peak MiB"]:
+    ops = report["op_counter"]
+    columns = ["res", "attention", "mode", "ms/image", "ms per stage", *extras.values(), "reduction", "FLOP bound",
+               "of bound", "peak MiB"] + ([f"{ops}/step"] if ops else [])
+    for col in columns:
         table.add_column(col, justify="right", no_wrap=True)
     for r in report["results"]:
         res = str(r["resolution"])
-        reduction = report["reduction"].get(res, {}).get(r["mode"])
+        reduction = report["reduction_by_attention"].get(r["attention"], {}).get(res, {}).get(r["mode"])
         bound = report["bound"].get(res, {}).get(r["mode"])
         fraction = None if reduction is None or not bound else reduction / bound
         table.add_row(
-            res, r["mode"], f"{r['ms_median']:,.1f}", "/".join(f"{s:,.0f}" for s in r["ms_per_stage"]),
+            res, r["attention"], r["mode"], f"{r['ms_median']:,.1f}", "/".join(f"{s:,.0f}" for s in r["ms_per_stage"]),
             *(f"{r[k]:,.1f}" for k in extras),
             _pct(reduction), _pct(bound), "-" if fraction is None else f"{fraction:.2f}", _mib(r["peak_mem_bytes"]),
+            *(["/".join(f"{n:,.0f}" for n in r["ops_per_step"])] if ops else []),
         )
     _print(table)
 

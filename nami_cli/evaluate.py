@@ -32,6 +32,7 @@ nami1k_app = typer.Typer(
 app.add_typer(nami1k_app, name="nami1k")
 
 DEVICE_HELP = "auto | cpu | cuda."
+DTYPE_HELP = "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 for the transformer."
 
 
 # -- shared helpers -------------------------------------------------------------------------------------
@@ -114,6 +115,7 @@ def geneval(
     steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage, e.g. 10,10,10. Default: the model's."),
     cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale, or one per stage such as 8,3,3. Default: the model's."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
 ) -> None:
     """Generate images for GenEval prompts, detect their objects and score them by GenEval's rules.
@@ -153,7 +155,7 @@ def geneval(
         if out.is_dir() and any(p.name.isdigit() for p in out.iterdir()):
             raise NamiError(f"{out} already holds GenEval samples; score them with --skip-generation "
                             f"or choose an empty --out")
-        generate(suite, out, model, images_per_prompt, seed, steps, cfg, device, batch_size)
+        generate(suite, out, model, images_per_prompt, seed, steps, cfg, device, dtype, batch_size)
 
     with progress_bar("scoring") as update:
         results = ge.evaluate_folder(out, found, update)
@@ -194,20 +196,20 @@ def check_same_prompts(prompts, suite: list[dict], source: str) -> None:
 
 
 def generate(suite: list[dict], out: Path, model: Optional[str], images_per_prompt: int, seed: int,
-             steps: Optional[str], cfg: Optional[str], device: str, batch_size: int) -> None:
+             steps: Optional[str], cfg: Optional[str], device: str, dtype: str, batch_size: int) -> None:
     """Write GenEval's layout for `suite` under `out`: image j of prompt i has seed seed + i*n + j."""
     from nami_core.eval import geneval as ge
     from nami_core.eval.generation import Generator
     from nami_core.png import save_png
 
-    generator = Generator(model, device, steps, cfg)
+    generator = Generator(model, device, steps, cfg, dtype)
     ge.write_prompt_folders(out, suite)
     with progress_bar("generating") as update:
         total = len(suite) * images_per_prompt
         for done, made in enumerate(generator.images([line["prompt"] for line in suite], images_per_prompt, seed,
                                                      batch_size), start=1):
             save_png(made.image, ge.sample_path(out, made.index, made.j),
-                            generator.info(suite[made.index]["prompt"], made.seed))
+                     generator.info(suite[made.index]["prompt"], made.seed))
             update(done, total)
 
 
@@ -226,6 +228,7 @@ def dpg(
     steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage. Default: the model's."),
     cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale, or one per stage such as 8,3,3. Default: the model's."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
     vqa_prompt: str = typer.Option("{question}", "--vqa-prompt", help="How a question is put to a generative VQA model, e.g. 'Question: {question} Answer:' for BLIP-2."),
     keep_first_row: bool = typer.Option(False, "--keep-first-row", help="Also use the csv's first question (ELLA's script skips it; off = ELLA's numbers)."),
@@ -256,7 +259,7 @@ def dpg(
         prompt_texts = dpg_run.read_prompt_dir(prompts)
     answerer = TransformersVQA(vqa, device_name(device), vqa_prompt)
     if not skip_generation:
-        generator = Generator(model, device, steps, cfg)
+        generator = Generator(model, device, steps, cfg, dtype)
         with progress_bar("generating") as update:
             dpg_run.generate_grids(generator, prompt_texts, out, seed, batch_size, update)
     with progress_bar("asking") as update:
@@ -336,6 +339,7 @@ def nami1k_generate(
     steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage. Default: the model's."),
     cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale, or one per stage such as 8,3,3. Default: the model's."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
 ) -> None:
     """Generate a model's images for a NAMI-1K prompt set (reproducible seeds), with a manifest for `annotate`.
@@ -353,7 +357,7 @@ def nami1k_generate(
     check_positive(images_per_prompt, "--images-per-prompt")
     check_positive(batch_size, "--batch-size")
     records = read_prompt_set(prompts)
-    generator = Generator(model, device, steps, cfg)
+    generator = Generator(model, device, steps, cfg, dtype)
     with progress_bar("generating") as update:
         manifest = generate_set(generator, records, out, images_per_prompt, seed, batch_size, update)
     typer.echo(f"wrote {len(manifest)} images and {out / 'manifest.jsonl'}")

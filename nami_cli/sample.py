@@ -19,10 +19,11 @@ def sample(
     negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt for guidance."),
     mode: Optional[str] = typer.Option(None, "--mode", help="nami | flow-only | flux-base. Default: the model's."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | bf16 | fp16 for the transformer."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 for the transformer."),
     attention: str = typer.Option("auto", "--attention", help="auto | native | xformers | flash."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per batch."),
     prompt_style: str = typer.Option("plain", "--prompt-style", help="plain | nami-t2i-demo: the public NAMI-T2I demo's quality suffix and default negative prompt."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer blocks (CUDA graphs on a GPU); the first image pays the compile time."),
     timestep_rounding: Optional[str] = typer.Option(None, "--timestep-rounding", help="none | fp16: round model timesteps as the public release's float16 pipeline does. Default: the model's."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON report instead of the summary."),
 ) -> None:
@@ -34,7 +35,7 @@ def sample(
 
       nami sample "a photo of three purple triangles" --n 4 --seed 7 --out shapes/
 
-      nami sample "a cat" --model runs/cat/final --steps 10,10,10 --cfg 4 --device cuda --dtype bf16
+      nami sample "a cat" --model runs/cat/final --steps 10,10,10 --cfg 4 --device cuda --compile
 
       nami sample "a photo of a red circle left of a blue square" --cfg 12,3,3
 
@@ -51,7 +52,7 @@ def sample(
     req = SampleRequest(
         prompt=prompt, model=model, out=out, n=n, seed=seed, steps=steps, cfg=cfg, negative=negative,
         mode=mode, device=device, dtype=dtype, attention=attention, batch_size=batch_size,
-        prompt_style=prompt_style, timestep_rounding=timestep_rounding,
+        prompt_style=prompt_style, timestep_rounding=timestep_rounding, compile=compile_,
     )
     batches = -(-max(n, 1) // max(batch_size, 1))
     gc.disable()  # importing torch, diffusers and transformers allocates millions of objects: ~1 s of collections

@@ -7,18 +7,46 @@ import torch
 from .codecs.packing import image_ids, pack, text_ids, unpack
 from .flow.parameterization import to_velocity
 from .flow.plan import StageWindow
-from .text.encoder import TextEmbeddings
+from .text.embeddings import TextEmbeddings
 
 
 class Denoiser:
-    """Wraps a `NamiTransformer`: packs the grid into tokens, builds rotary ids, runs the
-    window's block prefix and converts the output to a velocity."""
+    """Wraps a `NamiTransformer`: packs the grid into tokens, runs the window's block prefix and
+    converts the output to a velocity.
+
+    What a window's steps share (projected text, pooled embedding, rotary ids, ragged text
+    lengths) is prepared once per (text batch, window, grid) and reused by every step, so a step
+    reads nothing back from the device.
+    """
 
     def __init__(self, transformer, patch_size: int) -> None:
         self.transformer = transformer
         self.patch_size = int(patch_size)
         self.prediction = transformer.config.prediction
         self.ordered_text = transformer.config.text_positions == "ordered"
+        self.dtype = transformer.dtype
+        self._prepared: dict[tuple, tuple[TextEmbeddings, object]] = {}  # window key -> (text, StageInputs)
+
+    def prepare(self, window: StageWindow, text: TextEmbeddings, height: int, width: int, device):
+        """The transformer's `StageInputs` for `window` on a height x width latent grid, built on
+        the first call for this (text, window, grid) and returned as is afterwards."""
+        key = (window.index, window.blocks, height, width, str(device))
+        cached = self._prepared.get(key)
+        if cached is not None and cached[0] is text:
+            return cached[1]
+        p = self.patch_size
+        inputs = self.transformer(
+            encoder_hidden_states=text.sequence.to(device=device, dtype=self.dtype),
+            pooled_projections=text.pooled.to(device=device, dtype=self.dtype),
+            img_ids=image_ids(height // p, width // p, device=device),
+            txt_ids=text_ids(text.sequence.shape[1], ordered=self.ordered_text, device=device),
+            attention_mask=text.mask.to(device),
+            lengths=text.lengths,
+            num_blocks=window.blocks,
+            prepare_only=True,
+        )
+        self._prepared[key] = (text, inputs)
+        return inputs
 
     def __call__(
         self,
@@ -29,20 +57,9 @@ class Denoiser:
         text: TextEmbeddings,
     ) -> torch.Tensor:
         """z (B, C, h, w), r (B,), tau (B,), text of batch B -> velocity (B, C, h, w) in z's dtype."""
-        b, _, h, w = z.shape
+        _, _, h, w = z.shape
         p = self.patch_size
-        dtype = self.transformer.dtype
-        device = z.device
-        tokens = pack(z, p).to(dtype)
-        out = self.transformer(
-            hidden_states=tokens,
-            encoder_hidden_states=text.sequence.to(device=device, dtype=dtype),
-            pooled_projections=text.pooled.to(device=device, dtype=dtype),
-            timestep=tau.to(device=device),
-            img_ids=image_ids(h // p, w // p, device=device),
-            txt_ids=text_ids(text.sequence.shape[1], ordered=self.ordered_text, device=device),
-            attention_mask=text.mask.to(device),
-            num_blocks=window.blocks,
-        )
+        inputs = self.prepare(window, text, h, w, z.device)
+        out = self.transformer(hidden_states=pack(z, p).to(self.dtype), timestep=tau, stage_inputs=inputs)
         out = unpack(out.to(z.dtype), h, w, p)
-        return to_velocity(out, z, r.to(device), window, self.prediction)
+        return to_velocity(out, z, r, window, self.prediction)

@@ -26,11 +26,12 @@ class SampleRequest:
     negative: str | None = None
     mode: str | None = None
     device: str = "auto"
-    dtype: str = "fp32"
+    dtype: str = "auto"
     attention: str = "auto"
     batch_size: int = 8
     prompt_style: str = "plain"
     timestep_rounding: str | None = None
+    compile: bool = False
 
     def validate(self) -> None:
         """Check what can be checked before a model is loaded; one error line names the option."""
@@ -76,24 +77,26 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
                on_plan: Callable[[list[int]], None] | None = None) -> SampleReport:
     """Generate `req.n` images of `req.prompt`; image i has seed `req.seed + i`."""
     from .modeldir import load_pipeline, resolve_model_dir
-    from .runtime import resolve_device, resolve_dtype
+    from .runtime import dtype_name, resolve_device, resolve_dtype
     from .text.prompt_styles import get_prompt_style
 
     req.validate()
     model_prompt, negative = get_prompt_style(req.prompt_style).apply(req.prompt, req.negative)
     device = resolve_device(req.device)
-    dtype = resolve_dtype(req.dtype)
+    dtype = resolve_dtype(req.dtype, device)
     model_dir = resolve_model_dir(req.model)
 
     t0 = time.perf_counter()
     pipe = load_pipeline(model_dir, device, dtype, req.attention)
+    if req.compile:
+        pipe.compile()
     load_seconds = time.perf_counter() - t0
 
     run = pipe.settings(req.mode, req.steps, req.cfg, timestep_rounding=req.timestep_rounding)
     if on_plan is not None:
         on_plan(list(run.steps))
     described = {"prompt": req.prompt, "prompt_style": req.prompt_style, "model_prompt": model_prompt,
-                 "negative": negative, "model": str(model_dir), "dtype": req.dtype, **settings_record(run)}
+                 "negative": negative, "model": str(model_dir), "dtype": dtype_name(req.dtype, device), **settings_record(run)}
 
     seeds = [req.seed + i for i in range(req.n)]
     paths = output_paths(req.out, req.prompt, seeds)

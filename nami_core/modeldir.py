@@ -74,17 +74,27 @@ def quiet_loading():
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
+def codec_dtype(codec, dtype: torch.dtype) -> torch.dtype:
+    """The codec runs in float32 (pixel codec), or in the transformer's dtype except float16: the
+    FLUX VAE overflows in float16, so it then stays in float32."""
+    if codec.__class__.__name__ == "PixelCodec" or dtype == torch.float16:
+        return torch.float32
+    return dtype
+
+
 def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.dtype, attention: str = "auto",
                   weights: str = "auto"):
     """Load a `NamiPipeline` from a model directory onto `device`.
 
     The directory is a saved nami model or the public NAMI-T2I layout (read in place).
     weights: "ema" (the EMA variant), "raw", or "auto" (EMA when the directory has it).
-    The transformer runs in `dtype`; text encoders stay in float32.
+    The transformer runs in `dtype`, the codec as `codec_dtype` says; text encoders stay in
+    float32. On CUDA, float32 matmuls may use TF32.
     """
     from .interop.public_layout import is_public_layout, load_public_pipeline
     from .model.attention import apply_backend
     from .pipeline import NamiPipeline
+    from .runtime import use_fast_matmul
 
     path = resolve_model_dir(model)
     check_model_dir(path)
@@ -102,8 +112,9 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise NamiError(f"cannot load the model in {path}: {first}") from None
+    use_fast_matmul(device)
     pipe.transformer.to(device=device, dtype=dtype)
-    pipe.codec.to(device=device, dtype=dtype if pipe.codec.__class__.__name__ != "PixelCodec" else torch.float32)
+    pipe.codec.to(device=device, dtype=codec_dtype(pipe.codec, dtype))
     pipe.text_encoder.to(device)
     if pipe.bridge is not None:
         pipe.bridge.to(device)

@@ -20,7 +20,8 @@ from .flow.plan import FlowPlan
 from .flow.sampler import ProgressiveSampler, initial_noise
 from .flow.scheduler import NamiFlowScheduler
 from .model.transformer import NamiTransformer  # noqa: F401
-from .text.encoder import TextEmbeddings
+from .text.embeddings import TextEmbeddings
+from .text.encoder import NamiTextEncoder  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,12 @@ class NamiPipeline(DiffusionPipeline):
             scheduler=scheduler,
         )
 
+    def compile(self) -> None:
+        """Compile the transformer for sampling: each block with static shapes, replayed as CUDA
+        graphs on a GPU. The first call per stage shape pays the compile time."""
+        cuda = self._execution_device.type == "cuda"
+        self.transformer.compile_blocks(dynamic=False, mode="reduce-overhead" if cuda else None)
+
     def jump_for(self, plan: FlowPlan):
         if plan.flow.jump == "bridge":
             if self.bridge is None:
@@ -110,9 +117,7 @@ class NamiPipeline(DiffusionPipeline):
         """Encode each distinct prompt once; returns embeddings in the given order (B = len(prompts))."""
         self._onload("text_encoder")
         unique = list(dict.fromkeys(prompts))
-        emb = self.text_encoder.encode(unique)
-        index = torch.tensor([unique.index(p) for p in prompts])
-        return emb.select(index.to(emb.sequence.device))
+        return self.text_encoder.encode(unique).select([unique.index(p) for p in prompts])
 
     # -- sampling -------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor, output_type: str = "pil"):

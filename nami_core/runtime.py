@@ -23,8 +23,36 @@ def resolve_device(name: str) -> torch.device:
     raise NamiError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def dtype_name(name: str, device: torch.device) -> str:
+    """"auto" -> "bf16" on CUDA, "fp32" elsewhere; any other name as given (checked)."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    resolve_dtype(name)
+    return name
+
+
+def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
+    """The torch dtype of "fp32" | "bf16" | "fp16", or of "auto" on `device`."""
+    if name == "auto" and device is not None:
+        name = dtype_name(name, device)
     try:
         return DTYPES[name]
     except KeyError:
-        raise NamiError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}") from None
+        choices = ", ".join(("auto", *DTYPES)) if device is not None else ", ".join(DTYPES)
+        raise NamiError(f"dtype must be one of {choices}, got {name!r}") from None
+
+
+def host_to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """A CPU tensor on `device` without the host waiting: pinned and copied asynchronously on
+    CUDA (PyTorch's pinned-memory allocator keeps the buffer until the copy is done)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def use_fast_matmul(device: torch.device) -> None:
+    """On CUDA, let float32 matmuls and convolutions use TF32 tensor cores (as diffusers users expect)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True

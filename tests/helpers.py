@@ -98,3 +98,20 @@ def run_cli(args, capsys=None):
         return code, "", ""
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def flux_and_nami(flux_kwargs: dict, stage_ends, seed: int = 0):
+    """A random diffusers FluxTransformer2DModel (perturbed, so zero-initialised parts such as
+    AdaLN do not hide mistakes) and a NamiTransformer holding the same weights."""
+    from diffusers import FluxTransformer2DModel
+
+    from nami_core.model.transformer import NamiTransformer
+
+    torch.manual_seed(seed)
+    flux = FluxTransformer2DModel(**flux_kwargs, guidance_embeds=False).eval()
+    with torch.no_grad():
+        for p in flux.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    nami = NamiTransformer(**flux_kwargs, stage_ends=tuple(stage_ends)).eval()
+    nami.load_state_dict(flux.state_dict(), strict=True)
+    return flux, nami

@@ -17,7 +17,8 @@ from nami_core.config import get_preset
 from tests.helpers import run_cli
 
 TINY = get_preset("tiny").model
-RESULT_KEYS = {"resolution", "mode", "ms_median", "ms_min", "ms_max", "ms_per_stage", "flops", "peak_mem_bytes"}
+RESULT_KEYS = {"resolution", "mode", "attention", "ms_median", "ms_min", "ms_max", "ms_per_stage", "flops",
+               "peak_mem_bytes", "ops_per_step"}
 
 
 
@@ -28,8 +29,13 @@ def test_latency_json_contract_flops_and_plot(tmp_path, capsys):
          "--warmup", "0", "--repeats", "1", "--text-tokens", "16", "--json", str(out), "--plot", str(plot)], capsys)
     assert code == 0, err
     report = json.loads(out.read_text())
-    assert set(report) == {"device", "dtype", "attention", "results", "reduction", "bound"}
+    assert set(report) == {"device", "dtype", "attention", "attentions", "text_tokens", "text_slot", "cfg", "op_counter",
+                           "results", "reduction", "reduction_by_attention", "bound"}
     assert report["device"].startswith("cpu") and report["dtype"] == "fp32" and report["attention"] == "native"
+    # the default workload: a 12-token prompt in the 16-token slot, cut to 12; guidance 3, empty negative
+    assert (report["text_tokens"], report["text_slot"], report["cfg"]) == (12, 16, 3.0)
+    assert report["attentions"] == ["native"] and report["op_counter"] == "aten ops"
+    assert report["reduction_by_attention"] == {"native": report["reduction"]}
     results = report["results"]
     assert [(r["resolution"], r["mode"]) for r in results] == [
         (res, mode) for res in (64, 128) for mode in ("flux-base", "flow-only", "nami")]
@@ -41,12 +47,17 @@ def test_latency_json_contract_flops_and_plot(tmp_path, capsys):
         assert r["ms_median"] == r["ms_min"] == r["ms_max"] == pytest.approx(sum(r["ms_per_stage"]), rel=1e-9)
         assert all(s > 0 for s in r["ms_per_stage"])
     by = {(r["resolution"], r["mode"]): r for r in results}
-    # FLOPs per image, counted independently: "3" steps = 3 full forwards for flux-base, 1,1,1 otherwise;
-    # a 128 px image is 8x8 = 64 tokens (16 px per token), stages 32/64/128 px = 4/16/64 tokens; tiny ends 2/4/6.
-    assert by[128, "flux-base"]["flops"] == pytest.approx(3 * forward_flops(TINY, 64, 16, 6), rel=1e-12)
-    assert by[128, "flow-only"]["flops"] == pytest.approx(sum(forward_flops(TINY, n, 16, 6) for n in (4, 16, 64)))
+    # FLOPs per image, counted independently: "3" steps = 3 full forwards for flux-base, 1,1,1 otherwise,
+    # two forwards per step (guidance), 12 text tokens; a 128 px image is 8x8 = 64 tokens (16 px per
+    # token), stages 32/64/128 px = 4/16/64 tokens; tiny ends 2/4/6.
+    assert by[128, "flux-base"]["flops"] == pytest.approx(2 * 3 * forward_flops(TINY, 64, 12, 6), rel=1e-12)
+    assert by[128, "flow-only"]["flops"] == pytest.approx(2 * sum(forward_flops(TINY, n, 12, 6) for n in (4, 16, 64)))
     assert by[128, "nami"]["flops"] == pytest.approx(
-        forward_flops(TINY, 4, 16, 2) + forward_flops(TINY, 16, 16, 4) + forward_flops(TINY, 64, 16, 6))
+        2 * (forward_flops(TINY, 4, 12, 2) + forward_flops(TINY, 16, 12, 4) + forward_flops(TINY, 64, 12, 6)))
+    # ops per Euler step: the nested modules run fewer blocks, so fewer ops, in the early stages
+    assert [len(by[128, m]["ops_per_step"]) for m in ("flux-base", "flow-only", "nami")] == [1, 3, 3]
+    assert by[128, "nami"]["ops_per_step"][0] < by[128, "flow-only"]["ops_per_step"][0]
+    assert by[128, "nami"]["ops_per_step"][2] == by[128, "flow-only"]["ops_per_step"][2]
     for res in (64, 128):
         base = by[res, "flux-base"]
         assert set(report["reduction"][str(res)]) == set(report["bound"][str(res)]) == {"flow-only", "nami"}
@@ -72,7 +83,7 @@ def test_modes_run_interleaved_round_by_round(monkeypatch):
 
     monkeypatch.setattr(LatencyRunner, "run", recording_run)
     req = LatencyRequest(preset="tiny", device="cpu", resolutions=(64, 128), steps="3", modes=("nami", "flux-base"),
-                         warmup=1, repeats=2, text_tokens=4)
+                         warmup=1, repeats=2, text_tokens=4, prompt_tokens=3, count_ops=False)
     report = run_latency(req)
     one_round = [("nami", (1, 1, 1)), ("flux-base", (3,))]
     assert sampler_calls == [(res, mode, steps) for res in (64, 128) for _ in range(3) for mode, steps in one_round]
@@ -87,16 +98,23 @@ def test_model_dir_with_text_encoder_and_codec(tiny_model_dir, tmp_path, capsys)
          "3", "--warmup", "0", "--repeats", "1", "--modes", "nami", "--include-text", "--include-codec",
          "--json", str(out)], capsys)
     assert code == 0, err
-    (r,) = json.loads(out.read_text())["results"]
+    report = json.loads(out.read_text())
+    (r,) = report["results"]
     assert set(r) == RESULT_KEYS | {"ms_text", "ms_codec"}
     assert r["ms_text"] > 0 and r["ms_codec"] > 0
     assert r["ms_median"] == pytest.approx(sum(r["ms_per_stage"]) + r["ms_text"] + r["ms_codec"])
-    # the model's own layout: pixel codec with 4 px tokens, 12 text tokens from its encoder, stages 16/32/64 px
-    model = json.loads((tiny_model_dir / "transformer" / "config.json").read_text())
-    from nami_core.config import ModelConfig
+    # the model's own layout: pixel codec with 4 px tokens, stages 16/32/64 px, its encoder's 12-token slot
+    # cut to the bench prompt's real tokens (the empty negative is shorter), two forwards per step
+    from transformers import AutoTokenizer
 
-    cfg = ModelConfig.from_transformer_config(model)
-    assert r["flops"] == pytest.approx(sum(forward_flops(cfg, n, 12, b) for n, b in ((16, 1), (64, 2), (256, 3))))
+    from nami_core.bench.latency import BENCH_PROMPT
+    from nami_core.config import ModelConfig
+    from nami_core.text.encoder import minilm_path
+
+    real = len(AutoTokenizer.from_pretrained(minilm_path())(BENCH_PROMPT).input_ids)
+    assert report["text_tokens"] == real < 12
+    cfg = ModelConfig.from_transformer_config(json.loads((tiny_model_dir / "transformer" / "config.json").read_text()))
+    assert r["flops"] == pytest.approx(2 * sum(forward_flops(cfg, n, real, b) for n, b in ((16, 1), (64, 2), (256, 3))))
 
 
 def test_cuda_without_gpu_is_one_line(capsys):
@@ -204,7 +222,7 @@ def test_unknown_gpu_and_cpu_have_no_peak():
 
 def test_preset_decode_uses_a_flux_sized_vae():
     req = LatencyRequest(preset="tiny", device="cpu", resolutions=(64,), steps="3", modes=("nami",), warmup=0,
-                         repeats=1, text_tokens=4, include_codec=True)
+                         repeats=1, text_tokens=4, prompt_tokens=4, cfg=1.0, include_codec=True, count_ops=False)
     (r,) = run_latency(req)["results"]
     assert r["ms_codec"] > 0 and "ms_text" not in r
     assert r["ms_median"] == pytest.approx(sum(r["ms_per_stage"]) + r["ms_codec"])
@@ -214,8 +232,8 @@ def test_preset_decode_uses_a_flux_sized_vae():
 
 def test_guidance_doubles_the_forwards():
     base = dict(preset="tiny", device="cpu", resolutions=(64,), steps="3", modes=("flux-base", "nami"), warmup=0,
-                repeats=1, text_tokens=4)
-    plain = run_latency(LatencyRequest(**base))
+                repeats=1, text_tokens=4, prompt_tokens=4, count_ops=False)
+    plain = run_latency(LatencyRequest(**base, cfg=1.0))
     guided = run_latency(LatencyRequest(**base, cfg=3.0))
     for a, b in zip(plain["results"], guided["results"]):
         assert b["flops"] == pytest.approx(2 * a["flops"])

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nami_cli.main import run
 from tests.helpers import run_cli
 
 

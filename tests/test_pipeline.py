@@ -45,7 +45,8 @@ def test_guidance_per_stage_applies_each_scale_in_its_window_only():
     forward = pipe.transformer.forward
 
     def counting(*args, **kwargs):
-        batches.append(kwargs["hidden_states"].shape[0])
+        if not kwargs.get("prepare_only"):  # a step, not the once-per-stage preparation
+            batches.append(kwargs["hidden_states"].shape[0])
         return forward(*args, **kwargs)
 
     pipe.transformer.forward = counting
@@ -98,7 +99,9 @@ def test_sample_prediction_follows_the_straight_path_to_the_predicted_grid(mode)
     x = torch.rand((1, 3, 64, 64), generator=torch.Generator().manual_seed(7)) * 2 - 1
     inputs = []  # the state each transformer call sees, as a grid
 
-    def oracle(hidden_states, **kwargs):
+    def oracle(hidden_states=None, prepare_only=False, **kwargs):
+        if prepare_only:  # the once-per-stage preparation: nothing to predict
+            return None
         side = p * math.isqrt(hidden_states.shape[1])
         inputs.append(unpack(hidden_states.float(), side, side, p))
         x_k = F.avg_pool2d(x, 64 // side)  # 2x2 averages, repeated: Down^j(x)

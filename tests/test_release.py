@@ -357,13 +357,13 @@ def test_text_encoding_equals_the_release(public_dir):
 def test_release_model_samples_with_no_text_mask_anywhere(public_dir, tmp_path, monkeypatch):
     """The converted release: mT5 is called without an attention mask and no attention call gets
     one; a native model, for contrast, masks its padded prompt in every attention call."""
-    import diffusers.models.transformers.transformer_flux as flux_module
+    import nami_core.model.ragged_attention as attention_module
     from transformers import BertModel, T5EncoderModel
 
     from nami_core.interop.public_layout import convert_public_layout
 
     masks, encoder_masks = [], {}
-    dispatch = flux_module.dispatch_attention_fn
+    dispatch = attention_module.dispatch_attention_fn
 
     def spy_attention(*args, **kwargs):
         masks.append(kwargs.get("attn_mask"))
@@ -377,7 +377,7 @@ def test_release_model_samples_with_no_text_mask_anywhere(public_dir, tmp_path, 
             return forward(self, *args, **kwargs)
         monkeypatch.setattr(cls, "forward", recorded)
 
-    monkeypatch.setattr(flux_module, "dispatch_attention_fn", spy_attention)
+    monkeypatch.setattr(attention_module, "dispatch_attention_fn", spy_attention)
     spy_encoder(T5EncoderModel)
     spy_encoder(BertModel)
     convert_public_layout(public_dir, tmp_path / "m")
@@ -390,11 +390,17 @@ def test_release_model_samples_with_no_text_mask_anywhere(public_dir, tmp_path, 
     assert encoder_masks["T5EncoderModel"] == [None, None]  # prompt and negative
     assert all(m is not None and m.shape == (1, 77) for m in encoder_masks["BertModel"])  # mCLIP keeps its mask
 
+    # A native model (text_padding "mask", 12-token slots): the guidance batch [""; "a red circle"]
+    # has 2 and 5 real tokens, so its text is cut to 5 and the shorter row masked.
     masks.clear()
-    native = build_tiny_pipeline()  # text_padding "mask": 12 tokens, "a red circle" pads 7 of them
-    native("a red circle", steps=(1, 1, 1), cfg=1.0, output_type="latent")
+    native = build_tiny_pipeline()
+    native("a red circle", steps=(1, 1, 1), cfg=3.0, output_type="latent")
     assert len(masks) == 1 + 2 + 3 and all(m is not None for m in masks)
-    assert masks[0].shape[-1] == 12 + 16  # 12 text tokens + the 4 x 4 image tokens of stage 1
+    assert masks[0].shape == (2, 5 + 16)  # 5 text tokens + the 4 x 4 image tokens of stage 1
+    assert masks[0].sum(1).tolist() == [2 + 16, 5 + 16]
+    masks.clear()
+    native("a red circle", steps=(1, 1, 1), cfg=1.0, output_type="latent")  # one prompt: cut, nothing padded
+    assert len(masks) == 6 and all(m is None for m in masks)
 
 
 # -- converting and sampling the release, as a user would --------------------------------------

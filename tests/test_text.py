@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from nami_core.errors import NamiError
-from nami_core.text.encoder import NamiTextEncoder, SpecPart, TextEmbeddings, parse_spec
+from nami_core.text.embeddings import TextEmbeddings
+from nami_core.text.encoder import NamiTextEncoder, SpecPart, parse_spec
 from tests.helpers import build_tiny_bert, build_tiny_t5
 
 

@@ -7,6 +7,7 @@ from diffusers import FluxTransformer2DModel
 from nami_core.config import ModelConfig, get_preset
 from nami_core.model.params import count_parameters
 from nami_core.model.transformer import NamiTransformer
+from tests.helpers import flux_and_nami
 
 FLUX_KW = dict(
     patch_size=1, in_channels=16, num_layers=2, num_single_layers=3, attention_head_dim=16,
@@ -32,15 +33,7 @@ def inputs(batch=2, rows=4, cols=4, text=5, seed=0):
 
 @pytest.fixture(scope="module")
 def pair():
-    torch.manual_seed(0)
-    flux = FluxTransformer2DModel(**FLUX_KW, guidance_embeds=False).eval()
-    # Perturb so zero-initialised parts (e.g. AdaLN) do not hide mistakes.
-    with torch.no_grad():
-        for p in flux.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    nami = NamiTransformer(**FLUX_KW, stage_ends=(1, 3, 5)).eval()
-    nami.load_state_dict(flux.state_dict(), strict=True)
-    return flux, nami
+    return flux_and_nami(FLUX_KW, (1, 3, 5))
 
 
 def test_flux_state_dict_loads_strictly_and_last_stage_matches(pair):

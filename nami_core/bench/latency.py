@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..config import BASELINE_MODE, MODES, check_mode
+from ..config import BASELINE_MODE, MODES, TEXT_PADDINGS, check_mode
 from ..errors import NamiError
 from .workload import BenchModel
 
 if TYPE_CHECKING:
     from ..denoiser import Denoiser
     from ..flow.plan import FlowPlan
-    from ..text.encoder import TextEmbeddings
+    from ..text.embeddings import TextEmbeddings
 
 DEFAULT_RESOLUTIONS = (256, 512, 1024, 2048)
 DEFAULT_MODES = ("flux-base", "flow-only", "nami")
@@ -67,13 +67,16 @@ class LatencyRequest:
     batch_size: int = 1
     modes: tuple[str, ...] = DEFAULT_MODES
     dtype: str = "auto"
-    attention: str = "auto"
+    attention: tuple[str, ...] = ("auto",)
     compile: bool = False
     device: str = "auto"
     warmup: int = 1
     repeats: int = 3
-    cfg: float = 1.0
+    cfg: float = 3.0
     text_tokens: int = 256
+    prompt_tokens: int = 12
+    text_padding: str | None = None
+    count_ops: bool = True
     include_codec: bool = False
     include_text: bool = False
     seed: int = 0
@@ -97,13 +100,10 @@ class LatencyRequest:
             raise NamiError(f"--resolutions lists a resolution twice: {','.join(map(str, self.resolutions))}")
         if not self.cfg > 0:
             raise NamiError(f"--cfg must be positive (1 = no guidance), got {self.cfg}")
-
-
-def default_dtype(name: str, device: torch.device) -> str:
-    """"auto" -> bf16 on CUDA, fp32 on the CPU; any other name is returned as given."""
-    if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return name
+        if not self.attention or len(set(self.attention)) != len(self.attention):
+            raise NamiError(f"--attention must list each backend once, got {','.join(self.attention)}")
+        if self.text_padding is not None and self.text_padding not in TEXT_PADDINGS:
+            raise NamiError(f"--text-padding must be one of {', '.join(TEXT_PADDINGS)}, got {self.text_padding!r}")
 
 
 @dataclass
@@ -134,40 +134,61 @@ class MarkedJump:
 
 @dataclass
 class LatencyRunner:
-    """Everything a run needs that does not change between runs: model, text, optional codec/encoder."""
+    """Everything a run needs that does not change between runs: model, text, optional codec/encoder.
+
+    `cond` is a prompt of `prompt_tokens` real tokens padded to the text slot, `uncond` the empty
+    negative prompt (one real token), as a tokenizer pads them; a text encoder replaces both."""
 
     bench: BenchModel
     denoiser: "Denoiser"
     device: torch.device
     batch: int
     cfg: float
-    text: "TextEmbeddings"  # random conditioning of batch B, used when there is no text encoder
+    cond: "TextEmbeddings"
+    uncond: "TextEmbeddings"
     text_encoder: object | None = None  # NamiTextEncoder
     codec: object | None = None  # PixelCodec or FluxVAECodec
     noise_seed: int = 0
 
+    def texts(self):
+        """(cond, uncond or None) of batch B on the device."""
+        if self.text_encoder is None:
+            return self.cond, (self.uncond if self.cfg != 1.0 else None)
+        cond = self.text_encoder.encode([BENCH_PROMPT] * self.batch).to(self.device)
+        uncond = self.text_encoder.encode([""] * self.batch).to(self.device) if self.cfg != 1.0 else None
+        return cond, uncond
+
+    def text_tokens(self) -> int:
+        """Text tokens the transformer processes per row: the longest real prompt when the model cuts
+        padding ("mask"), else the whole slot."""
+        cond, uncond = self.texts()
+        rows = [cond] + ([uncond] if uncond is not None else [])
+        if self.denoiser.transformer.config.text_padding == "none":
+            return cond.sequence.shape[1]
+        return max(max(t.host_lengths()) for t in rows)
+
+    def sampler(self, plan: "FlowPlan", on_jump: Callable[[], None] = lambda: None):
+        from ..flow.jump import RenoiseJump
+        from ..flow.sampler import ProgressiveSampler
+
+        return ProgressiveSampler(self.denoiser, plan, MarkedJump(RenoiseJump(plan.jumps, plan.gamma), on_jump))
+
     def run(self, plan: "FlowPlan", steps: Sequence[int]) -> RunTimes:
         """One sampler call over `plan` with `steps[k]` Euler steps in window k, from noise (B, C, h_1, w_1)
         to latents (B, C, H, W) (then decoded to (B, 3, res, res) with a codec); returns times per image."""
-        from ..flow.jump import RenoiseJump
-        from ..flow.sampler import ProgressiveSampler, initial_noise
+        from ..flow.sampler import initial_noise
         from .timing import Clock
 
         clock = Clock(self.device)
         marks: list = []
-        sampler = ProgressiveSampler(self.denoiser, plan, MarkedJump(RenoiseJump(plan.jumps, plan.gamma),
-                                                                   lambda: marks.append(clock.mark())))
+        sampler = self.sampler(plan, lambda: marks.append(clock.mark()))
         side = plan.flow.resolutions[-1] // self.bench.downsample
         g = [torch.Generator().manual_seed(self.noise_seed + i) for i in range(self.batch)]
         noise = initial_noise(self.batch, self.bench.channels, (side, side), plan, g, self.device)
         clock.finish()
         with torch.no_grad():
             begin = clock.mark()
-            cond, uncond = self.text, (self.text if self.cfg != 1.0 else None)
-            if self.text_encoder is not None:
-                prompts = [BENCH_PROMPT] * self.batch
-                cond = self.text_encoder.encode(prompts).to(self.device)
-                uncond = self.text_encoder.encode([""] * self.batch).to(self.device) if self.cfg != 1.0 else None
+            cond, uncond = self.texts()
             start = clock.mark()
             result = sampler(cond, uncond, noise, steps, self.cfg)
             sampled = clock.mark()
@@ -183,11 +204,26 @@ class LatencyRunner:
             codec=clock.elapsed_ms(sampled, decoded) * per_image if self.codec is not None else 0.0,
         )
 
+    def ops_per_step(self, plan: "FlowPlan") -> list[float]:
+        """Per window of `plan`: operations dispatched per Euler step (see `bench.opcount`)."""
+        from .opcount import dispatches_per_step
 
-def _build_runner(req: LatencyRequest, bench: BenchModel, device: torch.device, dtype: torch.dtype,
-                  backend: str) -> LatencyRunner:
+        sampler = self.sampler(plan)
+        cond, uncond = self.texts()
+        side = plan.flow.resolutions[-1] // self.bench.downsample
+        counts = []
+        for k, window in enumerate(plan):
+            grid = side // 2 ** (plan.flow.num_stages - 1 - window.level)
+            z = torch.randn(self.batch, self.bench.channels, grid, grid, device=self.device)
+            counts.append(dispatches_per_step(lambda n: sampler.run_window(z, k, n, cond, uncond, self.cfg),
+                                              self.device))
+        return counts
+
+
+def _build_runner(req: LatencyRequest, bench: BenchModel, device: torch.device, dtype: torch.dtype) -> LatencyRunner:
+    from dataclasses import replace
+
     from ..denoiser import Denoiser
-    from ..model.attention import apply_backend
     from .workload import (
         load_component,
         place,
@@ -206,17 +242,18 @@ def _build_runner(req: LatencyRequest, bench: BenchModel, device: torch.device, 
         codec = random_flux_vae_codec() if bench.model_dir is None else load_component(bench.model_dir, "codec")
         pixel = codec.__class__.__name__ == "PixelCodec"
         codec = place(codec, device, torch.float32 if pixel else dtype)
-    transformer = random_transformer(bench.model, device, dtype, req.seed)
-    apply_backend(transformer, backend, device.type)
+    model = bench.model if req.text_padding is None else replace(bench.model, text_padding=req.text_padding)
+    transformer = random_transformer(model, device, dtype, req.seed)
     if req.compile:
-        transformer.compile_blocks(dynamic=False)
-    text = random_text(bench.model, req.batch_size, req.text_tokens, device)
-    return LatencyRunner(bench, Denoiser(transformer, bench.patch), device, req.batch_size, float(req.cfg), text,
-                         text_encoder, codec, req.seed)
+        transformer.compile_blocks(dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+    cond = random_text(model, req.batch_size, req.text_tokens, device, req.prompt_tokens, seed=0)
+    uncond = random_text(model, req.batch_size, req.text_tokens, device, 1, seed=1)
+    return LatencyRunner(bench, Denoiser(transformer, bench.patch), device, req.batch_size, float(req.cfg), cond,
+                         uncond, text_encoder, codec, req.seed)
 
 
-def result_entry(req: LatencyRequest, res: int, mode: str, timed: list[RunTimes], peaks: list[int],
-                 flops: float) -> dict:
+def result_entry(req: LatencyRequest, res: int, mode: str, backend: str, timed: list[RunTimes], peaks: list[int],
+                 flops: float, ops: list[float] | None) -> dict:
     """One row of the report's "results": medians (min, max) over the timed runs of `mode` at `res`."""
     from .timing import Summary
 
@@ -224,12 +261,14 @@ def result_entry(req: LatencyRequest, res: int, mode: str, timed: list[RunTimes]
     entry = {
         "resolution": res,
         "mode": mode,
+        "attention": backend,
         "ms_median": total.median,
         "ms_min": total.min,
         "ms_max": total.max,
         "ms_per_stage": [Summary.of(list(stage)).median for stage in zip(*(t.stages for t in timed))],
         "flops": flops,
         "peak_mem_bytes": max(peaks) if peaks else None,
+        "ops_per_step": ops,
     }
     if req.include_text:
         entry["ms_text"] = Summary.of([t.text for t in timed]).median
@@ -238,69 +277,87 @@ def result_entry(req: LatencyRequest, res: int, mode: str, timed: list[RunTimes]
     return entry
 
 
+def reductions(results: list[dict], res: int, backend: str, modes: Sequence[str]) -> dict[str, float]:
+    """1 - ms(mode) / ms(flux-base) for every other mode at `res` with `backend`."""
+    ms = {r["mode"]: r["ms_median"] for r in results if r["resolution"] == res and r["attention"] == backend}
+    return {m: 1.0 - ms[m] / ms[BASELINE_MODE] for m in modes if m != BASELINE_MODE}
+
+
+def time_modes(runner: LatencyRunner, plans: dict, steps: dict, schedule: list[ScheduledRun], device,
+               on_run) -> tuple[dict, dict]:
+    """Run the interleaved schedule over `plans` (mode -> plan); timed runs and peak bytes per mode."""
+    from .timing import peak_memory_bytes, reset_peak_memory
+
+    timed: dict[str, list[RunTimes]] = {mode: [] for mode in plans}
+    peaks: dict[str, list[int]] = {mode: [] for mode in plans}
+    for item in schedule:
+        reset_peak_memory(device)
+        times = runner.run(plans[item.mode], steps[item.mode])
+        if item.timed:
+            timed[item.mode].append(times)
+            peak = peak_memory_bytes(device)
+            if peak is not None:
+                peaks[item.mode].append(peak)
+        on_run(item)
+    return timed, peaks
+
+
 def run_latency(req: LatencyRequest, on_run: RunCallback | None = None) -> dict:
     """Run the benchmark; returns the JSON report (see `nami bench latency --help`)."""
-    from ..flow.plan import FlowPlan
-    from ..model.attention import resolve_backend
-    from ..runtime import resolve_device, resolve_dtype
     from ..flow.flops import plan_flops
+    from ..flow.plan import FlowPlan
+    from ..model.attention import apply_backend, resolve_backend
+    from ..runtime import dtype_name as resolved_dtype_name
+    from ..runtime import resolve_device, resolve_dtype
     from .gpus import device_label
-    from .timing import peak_memory_bytes, reset_peak_memory
+    from .opcount import counter_name
     from .workload import load_bench_model
 
     req.validate()
     device = resolve_device(req.device)
-    dtype_name = default_dtype(req.dtype, device)
-    dtype = resolve_dtype(dtype_name)
-    backend = resolve_backend(req.attention, device.type)
+    dtype_name = resolved_dtype_name(req.dtype, device)
+    backends = [resolve_backend(name, device.type) for name in req.attention]
     bench = load_bench_model(req.preset, req.model_dir)
     flows = {res: bench.flow(res) for res in req.resolutions}  # checks every resolution before any work
-    stage_ends = bench.model.stage_ends
     plans = {
-        res: {mode: FlowPlan(mode, flow, stage_ends, bench.pixels_per_token) for mode in (*req.modes, BASELINE_MODE)}
+        res: {mode: FlowPlan(mode, flow, bench.model.stage_ends, bench.pixels_per_token) for mode in req.modes}
         for res, flow in flows.items()
     }
-    steps = {
-        res: {mode: plan.stage_steps(req.steps) for mode, plan in by_mode.items()}
-        for res, by_mode in plans.items()
-    }
-    runner = _build_runner(req, bench, device, dtype, backend)
-    text_tokens = runner.text_encoder.max_tokens if runner.text_encoder is not None else req.text_tokens
+    baselines = {res: FlowPlan(BASELINE_MODE, flow, bench.model.stage_ends, bench.pixels_per_token)
+                 for res, flow in flows.items()}
+    steps = {res: {mode: plan.stage_steps(req.steps) for mode, plan in by_mode.items()} for res, by_mode in plans.items()}
+    runner = _build_runner(req, bench, device, resolve_dtype(dtype_name))
+    text_tokens = runner.text_tokens()
     forwards_per_step = 1 if req.cfg == 1.0 else 2
+    flops = {res: {mode: forwards_per_step * plan_flops(bench.model, plan, plan.stage_steps(req.steps), text_tokens)
+                   for mode, plan in {**by_mode, BASELINE_MODE: baselines[res]}.items()}
+             for res, by_mode in plans.items()}
+    bound = {str(res): {m: 1.0 - f[m] / f[BASELINE_MODE] for m in req.modes if m != BASELINE_MODE}
+             for res, f in flops.items()}
 
     schedule = interleaved_schedule(req.modes, req.warmup, req.repeats)
-    results, reduction, bound = [], {}, {}
-    for res in req.resolutions:
-        timed: dict[str, list[RunTimes]] = {mode: [] for mode in req.modes}
-        peaks: dict[str, list[int]] = {mode: [] for mode in req.modes}
-        for item in schedule:
-            reset_peak_memory(device)
-            times = runner.run(plans[res][item.mode], steps[res][item.mode])
-            if item.timed:
-                timed[item.mode].append(times)
-                peak = peak_memory_bytes(device)
-                if peak is not None:
-                    peaks[item.mode].append(peak)
-            if on_run is not None:
-                on_run(res, item.mode, item.round, item.timed)
-        flops = {
-            mode: forwards_per_step * plan_flops(bench.model, plan, steps[res][mode], text_tokens)
-            for mode, plan in plans[res].items()
-        }
-        results += [result_entry(req, res, mode, timed[mode], peaks[mode], flops[mode]) for mode in req.modes]
-        others = [m for m in req.modes if m != BASELINE_MODE]
-        bound[str(res)] = {m: 1.0 - flops[m] / flops[BASELINE_MODE] for m in others}
+    results, by_attention = [], {}
+    for backend in backends:
+        apply_backend(runner.denoiser.transformer, backend, device.type)
+        for res in req.resolutions:
+            report_run = (lambda item, r=res: on_run(r, item.mode, item.round, item.timed)) if on_run else (lambda item: None)
+            timed, peaks = time_modes(runner, plans[res], steps[res], schedule, device, report_run)
+            for mode in req.modes:
+                ops = runner.ops_per_step(plans[res][mode]) if req.count_ops else None
+                results.append(result_entry(req, res, mode, backend, timed[mode], peaks[mode], flops[res][mode], ops))
         if BASELINE_MODE in req.modes:
-            base_ms = next(r["ms_median"] for r in results if r["resolution"] == res and r["mode"] == BASELINE_MODE)
-            reduction[str(res)] = {
-                m: 1.0 - next(r["ms_median"] for r in results if r["resolution"] == res and r["mode"] == m) / base_ms
-                for m in others
-            }
+            by_attention[backend] = {str(res): reductions(results, res, backend, req.modes) for res in req.resolutions}
     return {
         "device": device_label(device),
         "dtype": dtype_name,
-        "attention": backend,
+        "attention": backends[0],
+        "attentions": backends,
+        "text_tokens": text_tokens,
+        "text_slot": req.text_tokens,
+        "cfg": req.cfg,
+        "op_counter": counter_name(device) if req.count_ops else None,
         "results": results,
-        "reduction": reduction,
+        "reduction": by_attention.get(backends[0], {}),
+        "reduction_by_attention": by_attention,
         "bound": bound,
     }

@@ -158,16 +158,16 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
     from ..config import FlowConfig, parse_float_list
     from ..flow.plan import FlowPlan
     from ..model.attention import apply_backend, resolve_backend
+    from ..runtime import dtype_name as resolved_dtype_name
     from ..runtime import resolve_device, resolve_dtype
     from ..train.staged_loss import StagedObjective
     from .gpus import device_label, device_peak_tflops
-    from .latency import default_dtype
     from .timing import Clock, peak_memory_bytes, reset_peak_memory
     from .workload import load_bench_model, random_transformer
 
     req.validate()
     device = resolve_device(req.device)
-    dtype_name = default_dtype(req.dtype, device)
+    dtype_name = resolved_dtype_name(req.dtype, device)
     dtype = resolve_dtype(dtype_name)
     backend = resolve_backend(req.attention, device.type)
     bench = load_bench_model(req.preset, None)

@@ -16,7 +16,7 @@ import torch
 from ..config import FlowConfig, ModelConfig
 from ..errors import NamiError
 from ..info import FLUX_VAE_PIXELS_PER_TOKEN, ModelDescription, describe_model_dir, describe_preset
-from ..text.encoder import TextEmbeddings
+from ..text.embeddings import TextEmbeddings
 
 FLUX_VAE_DOWNSAMPLE = 8
 DEFAULT_PRESET = "nami-2b"
@@ -121,15 +121,20 @@ def place(module, device: torch.device, dtype: torch.dtype):
         dlogging.set_verbosity(level)
 
 
-def random_text(model: ModelConfig, batch: int, tokens: int, device: torch.device) -> TextEmbeddings:
-    """Random text conditioning: sequence (batch, tokens, text_dim), mask (batch, tokens) all True,
-    pooled (batch, pooled_dim)."""
+def random_text(model: ModelConfig, batch: int, tokens: int, device: torch.device,
+                real_tokens: int | None = None, seed: int = 0) -> TextEmbeddings:
+    """Random text conditioning as a tokenizer pads it: sequence (batch, tokens, text_dim) whose
+    first `real_tokens` (default: all) are real and the rest padding, mask (batch, tokens),
+    pooled (batch, pooled_dim); the lengths are known on the host."""
     if tokens < 1:
         raise NamiError(f"--text-tokens must be at least 1, got {tokens}")
-    g = torch.Generator().manual_seed(0)
-    return TextEmbeddings(
-        torch.randn(batch, tokens, model.text_dim, generator=g),
-        torch.ones(batch, tokens, dtype=torch.bool),
+    real = tokens if real_tokens is None else real_tokens
+    if not 1 <= real <= tokens:
+        raise NamiError(f"--prompt-tokens must be between 1 and --text-tokens ({tokens}), got {real}")
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.arange(tokens) < real).expand(batch, tokens)
+    return TextEmbeddings.from_host_mask(
+        torch.randn(batch, tokens, model.text_dim, generator=g), mask.clone(),
         torch.randn(batch, model.pooled_dim, generator=g),
     ).to(device)
 

@@ -18,7 +18,8 @@ import torch
 from ..codecs.spec import build_codec, codec_record
 from ..config import validate_resolutions
 from ..errors import NamiError
-from ..text.encoder import NamiTextEncoder, TextEmbeddings
+from ..text.embeddings import TextEmbeddings
+from ..text.encoder import NamiTextEncoder
 from .images import SkipImage, center_crop_resize, load_image, target_resolution, to_tensor
 from .sources import Source, SourceItem
 from ..files import write_json_atomic

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from ..errors import NamiError
 from ..files import write_atomic
-from ..text.encoder import TextEmbeddings
+from ..text.embeddings import TextEmbeddings
 
 FORMAT = "nami-latents"
 VERSION = 1
@@ -98,7 +98,7 @@ class LatentStore:
                 self._cache[res] = self._load_all(res)
         null = self.folder / self.manifest["null_text"]
         with safe_open(str(null), "pt") as f:
-            self.null_text = TextEmbeddings(
+            self.null_text = TextEmbeddings.from_host_mask(
                 f.get_tensor("text").float(), f.get_tensor("mask").bool(), f.get_tensor("pooled").float()
             )
 
@@ -140,5 +140,5 @@ class LatentStore:
             rows = {name: torch.cat(v) for name, v in rows_list.items()}
         return LatentBatch(
             rows["latents"].float(),
-            TextEmbeddings(rows["text"].float(), rows["mask"].bool(), rows["pooled"].float()),
+            TextEmbeddings.from_host_mask(rows["text"].float(), rows["mask"].bool(), rows["pooled"].float()),
         )

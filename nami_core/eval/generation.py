@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import torch
 
 from ..config import guidance_record
 
@@ -32,19 +31,21 @@ class Generator:
     """A loaded NamiPipeline with the steps and guidance every image of a run uses."""
 
     def __init__(self, model: str | None, device: str = "auto", steps: str | None = None,
-                 cfg: str | float | None = None) -> None:
+                 cfg: str | float | None = None, dtype: str = "auto") -> None:
         from ..modeldir import load_pipeline
-        from ..runtime import resolve_device
+        from ..runtime import dtype_name, resolve_device, resolve_dtype
 
         self.model_name = str(model or "default")
-        self.pipe = load_pipeline(model, resolve_device(device), torch.float32)
+        resolved = resolve_device(device)
+        self.dtype = dtype_name(dtype, resolved)
+        self.pipe = load_pipeline(model, resolved, resolve_dtype(self.dtype))
         run = self.pipe.settings(steps=steps, cfg=cfg)
         self.stage_steps, self.guidance = run.steps, run.guidance
 
     def info(self, prompt: str, seed: int, **extra) -> dict:
         """What a PNG's "nami" chunk records about its generation."""
         return {"prompt": prompt, "seed": seed, "steps": list(self.stage_steps), "cfg": guidance_record(self.guidance),
-                "model": self.model_name, **extra}
+                "model": self.model_name, "dtype": self.dtype, **extra}
 
     def images(self, prompts: Sequence[str], per_prompt: int, seed: int, batch_size: int) -> Iterator[Generated]:
         """Every image of every prompt, in order (prompt-major), `batch_size` images per model call."""

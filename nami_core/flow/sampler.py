@@ -8,6 +8,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..runtime import host_to_device
+from ..text.embeddings import TextEmbeddings
 from .plan import FlowPlan, StageWindow
 from .pyramid import noise_down, randn
 from .scheduler import NamiFlowScheduler
@@ -62,18 +64,36 @@ class ProgressiveSampler:
         self.plan = plan
         self.jump = jump
         self.scheduler = scheduler if scheduler is not None else NamiFlowScheduler.from_flow(plan.flow)
+        self._guidance_text: tuple | None = None  # (uncond, cond, [uncond; cond])
 
-    def guided_velocity(self, z, r: float, tau: float, window: StageWindow, cond, uncond, cfg: float):
-        """Classifier-free guidance `v_u + w (v_c - v_u)`; one batched forward for both branches."""
-        b = z.shape[0]
+    def window_text(self, cond, uncond, cfg: float):
+        """The text batch window steps run on: [uncond; cond] (2B rows) when guiding, else cond.
+        The same object for the same (cond, uncond), so prepared stage inputs are reused."""
         if uncond is None or cfg == 1.0:
-            rr = torch.full((b,), r, device=z.device)
-            return self.velocity(z, rr, torch.full((b,), tau, device=z.device), window, cond)
-        from ..text.encoder import TextEmbeddings
+            return cond
+        cached = self._guidance_text
+        if cached is None or cached[0] is not uncond or cached[1] is not cond:
+            cached = (uncond, cond, TextEmbeddings.cat([uncond, cond]))
+            self._guidance_text = cached
+        return cached[2]
 
-        rr = torch.full((2 * b,), r, device=z.device)
-        tt = torch.full((2 * b,), tau, device=z.device)
-        v = self.velocity(torch.cat([z, z]), rr, tt, window, TextEmbeddings.cat([uncond, cond]))
+    def prepare_window(self, k: int, side: tuple[int, int], text, device) -> None:
+        """Build what window k's steps share before they run (for a velocity with `prepare`, such as
+        a `Denoiser`), so the steps read nothing back from the device."""
+        prepare = getattr(self.velocity, "prepare", None)
+        if prepare is not None and text is not None:
+            prepare(self.plan.windows[k], text, side[0], side[1], device)
+
+    def guided_velocity(self, z, r: torch.Tensor, tau: torch.Tensor, window: StageWindow, text, cfg: float,
+                        guided: bool):
+        """Classifier-free guidance `v_u + w (v_c - v_u)`; with `guided`, `text` is the batch
+        [uncond; cond] of 2B rows and both branches run in one forward. r and tau: 0-dim tensors
+        on z's device."""
+        if not guided:
+            b = z.shape[0]
+            return self.velocity(z, r.expand(b), tau.expand(b), window, text)
+        b = 2 * z.shape[0]
+        v = self.velocity(torch.cat([z, z]), r.expand(b), tau.expand(b), window, text)
         v_uncond, v_cond = v.chunk(2)
         return v_uncond + cfg * (v_cond - v_uncond)
 
@@ -81,11 +101,19 @@ class ProgressiveSampler:
     def run_window(self, z: torch.Tensor, k: int, steps: int, cond, uncond, cfg: float = 1.0,
                    callback: StepCallback | None = None) -> torch.Tensor:
         """`steps` Euler steps through window k from its start state z (B, C, h_k, w_k) to its end
-        state, same shape. No jump: `self.jump(z, k, generators)` takes the result to window k + 1."""
+        state, same shape. No jump: `self.jump(z, k, generators)` takes the result to window k + 1.
+
+        The grid goes to the device without the host waiting; the stage inputs are prepared unless
+        `__call__` already did so for every window. The steps read nothing back from the device."""
         window = self.plan.windows[k]
         ratios, taus = self.scheduler.stage_grid(self.plan, k, steps)
+        r_all = host_to_device(torch.tensor(ratios, dtype=torch.float32), z.device)
+        tau_all = host_to_device(torch.tensor(taus, dtype=torch.float32), z.device)
+        guided = uncond is not None and cfg != 1.0
+        text = self.window_text(cond, uncond, cfg)
+        self.prepare_window(k, z.shape[-2:], text, z.device)
         for i in range(steps):
-            v = self.guided_velocity(z, float(ratios[i]), float(taus[i]), window, cond, uncond, cfg)
+            v = self.guided_velocity(z, r_all[i], tau_all[i], window, text, cfg, guided)
             z = self.scheduler.step(z, v, ratios[i], ratios[i + 1])
             if callback is not None:
                 callback(k, i, z)
@@ -112,6 +140,9 @@ class ProgressiveSampler:
             raise ValueError(f"{len(steps)} step counts for a plan of {len(self.plan)} windows")
         scales = self.plan.stage_guidance(cfg)
         z = noise.float()
+        sides = [(z.shape[-2] * 2**k, z.shape[-1] * 2**k) for k in range(len(self.plan))]
+        for k in range(len(self.plan)):  # every window's inputs first: the stages then run without a sync
+            self.prepare_window(k, sides[k], self.window_text(cond, uncond, scales[k]), z.device)
         seconds: list[float] = []
         for k in range(len(self.plan)):
             _synchronize(z.device)

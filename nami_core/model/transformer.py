@@ -8,6 +8,7 @@ blocks...], then the shared final norm and projection.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -16,6 +17,7 @@ from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous
 from diffusers.models.transformers.transformer_flux import (
+    FluxAttention,
     FluxPosEmbed,
     FluxSingleTransformerBlock,
     FluxTransformerBlock,
@@ -23,6 +25,22 @@ from diffusers.models.transformers.transformer_flux import (
 from torch import nn
 
 from ..config import ModelConfig
+from .ragged_attention import RaggedAttnProcessor, RaggedText
+
+
+@dataclass
+class StageInputs:
+    """What every step through one block prefix shares, built once per stage by
+    `NamiTransformer.prepare`: the projected text (B, T, D), cut to the longest real prompt for
+    `text_padding="mask"`; the pooled-text embedding (B, D); the rotary embedding (cos, sin) of
+    the text and image ids; the ragged text lengths (None when no row is padded); and the
+    number of blocks to run."""
+
+    text: torch.Tensor
+    pooled: torch.Tensor
+    rotary: tuple[torch.Tensor, torch.Tensor]
+    ragged: RaggedText | None
+    num_blocks: int
 
 
 class NamiTransformer(ModelMixin, ConfigMixin):
@@ -87,6 +105,9 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         self.norm_out = AdaLayerNormContinuous(self.inner_dim, self.inner_dim, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(self.inner_dim, self.out_channels, bias=True)
         self.gradient_checkpointing = False
+        for module in self.modules():
+            if isinstance(module, FluxAttention):
+                module.set_processor(RaggedAttnProcessor())
 
     @property
     def depth(self) -> int:
@@ -100,15 +121,17 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         """The ordered block list: double-stream blocks, then single-stream blocks."""
         return list(self.transformer_blocks) + list(self.single_transformer_blocks)
 
-    def compile_blocks(self, dynamic: bool | None = False) -> None:
+    def compile_blocks(self, dynamic: bool | None = False, mode: str | None = None) -> None:
         """Regional compilation: `torch.compile` each block in place (state-dict keys unchanged).
 
-        `dynamic=False` gives every token count its own kernels (sampling, benchmarks);
-        `None` lets torch switch to shape-generic kernels once a second shape is seen
-        (training, where the samples per stage change every step).
+        `dynamic=False` gives every token count its own kernels (sampling, benchmarks: a stage has
+        one static shape); `None` lets torch switch to shape-generic kernels once a second shape
+        is seen (training, where the samples per stage change every step). `mode`
+        "reduce-overhead" replays each block as a CUDA graph, which the launch-bound
+        low-resolution stages need on a GPU.
         """
         for block in self.blocks():
-            block.compile(dynamic=dynamic)
+            block.compile(dynamic=dynamic, mode=mode)
 
     def num_blocks_for(self, stage: int | None = None, num_blocks: int | None = None) -> int:
         if num_blocks is not None:
@@ -121,20 +144,86 @@ class NamiTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"stage must be in [0, {len(self.stage_ends) - 1}], got {stage}")
         return self.stage_ends[stage]
 
-    def forward(
+    def prepare(
         self,
-        hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         pooled_projections: torch.Tensor,
-        timestep: torch.Tensor,
         img_ids: torch.Tensor,
         txt_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        lengths: Sequence[int] | None = None,
+        stage: int | None = None,
+        num_blocks: int | None = None,
+    ) -> StageInputs:
+        """What every step through one block prefix shares, computed once (see `StageInputs`).
+
+        encoder_hidden_states (B, T, joint_attention_dim), pooled_projections (B, pooled_projection_dim),
+        img_ids (N, 3), txt_ids (T, 3); attention_mask (B, T) True on real tokens, and `lengths`
+        their count per row when known on the host (else read off the mask once). With
+        `text_padding="mask"` the text is cut to the longest real prompt and shorter rows are
+        handled by `RaggedText`; with "none" the padded sequence is attended to whole.
+        """
+        n_blocks = self.num_blocks_for(stage, num_blocks)
+        ragged = None
+        if self.config.text_padding == "mask" and attention_mask is not None:
+            lengths = tuple(int(n) for n in (lengths if lengths is not None else attention_mask.sum(1).tolist()))
+            longest = max(max(lengths), 1)
+            encoder_hidden_states, txt_ids = encoder_hidden_states[:, :longest], txt_ids[:longest]
+            if min(lengths) < longest:
+                ragged = RaggedText(lengths, longest)
+        return StageInputs(
+            text=self.context_embedder(encoder_hidden_states),
+            pooled=self.time_text_embed.text_embedder(pooled_projections),
+            rotary=self.pos_embed(torch.cat((txt_ids, img_ids), dim=0)),
+            ragged=ragged,
+            num_blocks=n_blocks,
+        )
+
+    def forward_prepared(self, hidden_states: torch.Tensor, timestep: torch.Tensor, inputs: StageInputs) -> torch.Tensor:
+        """One step: image tokens (B, N, in_channels) and model timesteps tau (B,) in [0, 1]
+        (x1000 inside) through the prepared block prefix and the final layer -> (B, N, out_channels)."""
+        hidden_states = self.x_embedder(hidden_states)
+        timestep = timestep.to(hidden_states.dtype) * 1000
+        embed = self.time_text_embed
+        temb = embed.timestep_embedder(embed.time_proj(timestep).to(dtype=inputs.pooled.dtype)) + inputs.pooled
+        encoder_hidden_states = inputs.text
+        joint_kwargs = {"ragged": inputs.ragged} if inputs.ragged is not None else None
+        for block in self.blocks()[: inputs.num_blocks]:
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                encoder_hidden_states, hidden_states = self._gradient_checkpointing_func(
+                    block, hidden_states, encoder_hidden_states, temb, inputs.rotary, joint_kwargs
+                )
+            else:
+                encoder_hidden_states, hidden_states = block(
+                    hidden_states=hidden_states,
+                    encoder_hidden_states=encoder_hidden_states,
+                    temb=temb,
+                    image_rotary_emb=inputs.rotary,
+                    joint_attention_kwargs=joint_kwargs,
+                )
+        hidden_states = self.norm_out(hidden_states, temb)
+        return self.proj_out(hidden_states)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        pooled_projections: torch.Tensor | None = None,
+        timestep: torch.Tensor | None = None,
+        img_ids: torch.Tensor | None = None,
+        txt_ids: torch.Tensor | None = None,
         stage: int | None = None,
         attention_mask: torch.Tensor | None = None,
         *,
         num_blocks: int | None = None,
-    ) -> torch.Tensor:
-        """Run the block prefix of `stage` (0-based; None = all blocks) and the final layer.
+        lengths: Sequence[int] | None = None,
+        stage_inputs: StageInputs | None = None,
+        prepare_only: bool = False,
+    ):
+        """Run the block prefix of `stage` (0-based; None = all blocks) and the final layer:
+        `forward_prepared(hidden_states, timestep, prepare(...))`. With `prepare_only` it returns
+        the `StageInputs` alone; given `stage_inputs` it needs only `hidden_states` and `timestep`.
+        Going through the module call keeps hooks (offload, compile, DDP) in the path.
 
         Args:
             hidden_states: image tokens (B, N, in_channels).
@@ -144,39 +233,17 @@ class NamiTransformer(ModelMixin, ConfigMixin):
             img_ids: (N, 3) rotary ids (0, row, col); txt_ids: (T, 3) rotary ids of the text tokens
                 (zeros, or (k, 0, 0) for token k with `text_positions="ordered"`).
             attention_mask: optional (B, T) text mask, True = real token; used only by models whose
-                `text_padding` is "mask".
+                `text_padding` is "mask". `lengths`: its per-row sums, when known on the host.
             num_blocks: run exactly this many blocks (overrides `stage`).
         Returns:
-            (B, N, out_channels).
+            (B, N, out_channels), or `StageInputs` with `prepare_only`.
         """
-        n_blocks = self.num_blocks_for(stage, num_blocks)
-        hidden_states = self.x_embedder(hidden_states)
-        timestep = timestep.to(hidden_states.dtype) * 1000
-        temb = self.time_text_embed(timestep, pooled_projections)
-        encoder_hidden_states = self.context_embedder(encoder_hidden_states)
-        image_rotary_emb = self.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
-
-        joint_kwargs = None
-        if self.config.text_padding == "mask" and attention_mask is not None and not bool(attention_mask.all()):
-            image_mask = attention_mask.new_ones(attention_mask.shape[0], hidden_states.shape[1])
-            joint_kwargs = {"attention_mask": torch.cat([attention_mask, image_mask], dim=1).bool()}
-
-        for block in self.blocks()[:n_blocks]:
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                encoder_hidden_states, hidden_states = self._gradient_checkpointing_func(
-                    block, hidden_states, encoder_hidden_states, temb, image_rotary_emb, joint_kwargs
-                )
-            else:
-                encoder_hidden_states, hidden_states = block(
-                    hidden_states=hidden_states,
-                    encoder_hidden_states=encoder_hidden_states,
-                    temb=temb,
-                    image_rotary_emb=image_rotary_emb,
-                    joint_attention_kwargs=joint_kwargs,
-                )
-
-        hidden_states = self.norm_out(hidden_states, temb)
-        return self.proj_out(hidden_states)
+        if stage_inputs is None:
+            stage_inputs = self.prepare(encoder_hidden_states, pooled_projections, img_ids, txt_ids, attention_mask,
+                                        lengths, stage, num_blocks)
+            if prepare_only:
+                return stage_inputs
+        return self.forward_prepared(hidden_states, timestep, stage_inputs)
 
     @classmethod
     def from_model_config(cls, config: ModelConfig) -> "NamiTransformer":

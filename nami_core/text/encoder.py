@@ -31,6 +31,7 @@ from torch import nn
 
 from ..components import ConfigOnlyComponent
 from ..errors import NamiError
+from .embeddings import TextEmbeddings
 from .folders import locate_part, load_tokenizer
 
 SEQUENCE_KINDS = ("minilm", "t5", "mt5", "auto")
@@ -40,45 +41,6 @@ POOLED_MAX_TOKENS = 77
 # a pooled part, the masked mean of the sequence.
 POOLED_SOURCES = {"clip": ("pooler", "first-token"), "mclip": ("first-token", "pooler"),
                   "bert": ("first-token", "pooler"), None: ("sequence-mean",)}
-
-
-@dataclass
-class TextEmbeddings:
-    """Encoded prompts: `sequence` (B, T, C), `mask` (B, T) bool, `pooled` (B, P)."""
-
-    sequence: torch.Tensor
-    mask: torch.Tensor
-    pooled: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.sequence.shape[0]
-
-    def to(self, device=None, dtype=None) -> "TextEmbeddings":
-        return TextEmbeddings(
-            self.sequence.to(device=device, dtype=dtype),
-            self.mask.to(device=device),
-            self.pooled.to(device=device, dtype=dtype),
-        )
-
-    def select(self, index) -> "TextEmbeddings":
-        return TextEmbeddings(self.sequence[index], self.mask[index], self.pooled[index])
-
-    @staticmethod
-    def cat(items: Sequence["TextEmbeddings"]) -> "TextEmbeddings":
-        return TextEmbeddings(
-            torch.cat([e.sequence for e in items]),
-            torch.cat([e.mask for e in items]),
-            torch.cat([e.pooled for e in items]),
-        )
-
-    def where(self, keep: torch.Tensor, other: "TextEmbeddings") -> "TextEmbeddings":
-        """Per item: self where keep (B,) is True, else other (for prompt dropout)."""
-        k3, k2 = keep[:, None, None], keep[:, None]
-        return TextEmbeddings(
-            torch.where(k3, self.sequence, other.sequence),
-            torch.where(k2, self.mask, other.mask),
-            torch.where(k2, self.pooled, other.pooled),
-        )
 
 
 @dataclass(frozen=True)
@@ -196,13 +158,14 @@ class _HFPart:
 
     @torch.no_grad()
     def sequence(self, prompts: list[str], max_tokens: int, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, max_tokens, C) last hidden state and the (B, max_tokens) padding mask. With
-        `with_mask` False the encoder runs over the padded ids alone, no attention mask."""
+        """(B, max_tokens, C) last hidden state and the (B, max_tokens) padding mask, on the CPU.
+        With `with_mask` False the encoder runs over the padded ids alone, no attention mask."""
         device = next(self.model.parameters()).device
+        cpu_mask = self.tokenize(prompts, max_tokens, "cpu")["attention_mask"].bool()
         batch = self.tokenize(prompts, max_tokens, device)
         inputs = batch if with_mask else {"input_ids": batch["input_ids"]}
         out = self.model(**inputs)
-        return out.last_hidden_state.float(), batch["attention_mask"].bool()
+        return out.last_hidden_state.float(), cpu_mask
 
     @torch.no_grad()
     def pooled(self, prompts: list[str], max_tokens: int, source: str) -> torch.Tensor:
@@ -281,10 +244,10 @@ class NamiTextEncoder(ConfigOnlyComponent):
         prompts = [str(p) for p in prompts]
         hidden, mask = seq.sequence(prompts, self.max_tokens, bool(cfg.sequence_attention_mask))
         if pooled_part is None:
-            pooled = _masked_mean(hidden, mask)
+            pooled = _masked_mean(hidden, mask.to(hidden.device))
         else:
             pooled = pooled_part.pooled(prompts, int(cfg.pooled_max_tokens), cfg.pooled_source)
-        return TextEmbeddings(hidden, mask, pooled)
+        return TextEmbeddings.from_host_mask(hidden, mask, pooled).to(hidden.device)
 
     def after_load(self, folder: Path) -> None:
         self.load_models(folder.parent)

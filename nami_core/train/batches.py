@@ -16,7 +16,7 @@ from ..data.store import LatentStore
 from ..flow.objective import sample_ratios
 from ..flow.pyramid import down_to
 from ..flow.plan import FlowPlan
-from ..text.encoder import TextEmbeddings
+from ..text.embeddings import TextEmbeddings
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -90,9 +90,7 @@ class BatchDrawer:
             keep = torch.rand(n, generator=g) >= self.cfg_dropout
             if not bool(keep.all()):
                 null = self.store.null_text
-                text = text.where(keep, TextEmbeddings(null.sequence.expand_as(text.sequence),
-                                                       null.mask.expand_as(text.mask),
-                                                       null.pooled.expand_as(text.pooled)))
+                text = text.where(keep, null.select([0] * n))
             noise = torch.randn(x.shape, generator=g)
             r = sample_ratios(n, window, self.ratio_sampling, g)
             groups.append(StageGroup(k, x, text, noise, r))
