@@ -10,6 +10,9 @@
    installed backend against native SDPA (max abs difference), for text_padding "mask" and "none".
 3. No host sync inside a stage: the tiny model samples under `torch.cuda.set_sync_debug_mode("error")`
    armed inside every stage.
+4. Training: `nami train`'s own step (`nami bench train`) on nami-2b at 256/512/1024, bf16, compiled,
+   batch 4: the 1024² stage alone and the 4:2:1 mix, with `--grad-checkpointing none` and `auto`,
+   20 timed steps each: step ms, images/s, TFLOP/s, MFU and peak memory.
 
 Configurations that would pass `--budget-s` are skipped and listed. The JSON of everything goes to
 `--out`. On the CPU, `--device cpu --preset tiny --resolutions 64 --steps 3` runs the same code as a
@@ -121,6 +124,53 @@ def latency(args, device, backends) -> tuple[list[dict], list[str]]:
     return runs, skipped
 
 
+def training(args, device, skipped: list[str], start: float) -> list[dict]:
+    from nami_core.bench.throughput import TrainBenchRequest, run_train_bench
+
+    reports = []
+    for granularity in args.train_checkpointing:
+        spent = time.monotonic() - start
+        if spent > args.budget_s:
+            skipped.append(f"training, checkpointing {granularity} (budget spent: {spent:.0f} s)")
+            continue
+        req = TrainBenchRequest(preset=args.preset, stages=args.train_stages, dtype=args.dtype, device=args.device,
+                                batch_size=args.train_batch, grad_checkpointing=granularity, compile=args.train_compile,
+                                steps=args.train_steps, warmup=3, only=(f"stage {len(args.train_stages)}", "mix 4:2:1"))
+        reports.append(run_train_bench(req))
+        print(f"[{time.monotonic() - start:6.0f} s] training, checkpointing {granularity} done", flush=True)
+    return reports
+
+
+def estimated_mib(args, report: dict, samples: list[int]) -> float:
+    """`nami info --train-memory`'s estimate (eager, DDP on one GPU) for one step of `report`."""
+    from nami_core.bench.workload import load_bench_model
+    from nami_core.config import FlowConfig
+    from nami_core.train.memory import estimate, plan_windows
+
+    bench = load_bench_model(args.preset, None)
+    _, shapes = plan_windows(bench.model, FlowConfig(resolutions=args.train_stages), bench.pixels_per_token,
+                             report["mode"])
+    memory = estimate(bench.model, shapes, samples, dtype=report["dtype"], text_tokens=report["text_tokens"],
+                      grad_checkpointing=report["grad_checkpointing"])
+    return memory.peak / 2**20
+
+
+def training_table(args, reports: list[dict]) -> str:
+    head = (f"{'checkpointing':>13} {'config':>11} {'samples':>8} {'step ms':>9} {'images/s':>9} {'TFLOP/s':>8} "
+            f"{'MFU':>6} {'peak MiB':>9} {'est. MiB':>9}")
+    lines = [head, "-" * len(head)]
+    for report in reports:
+        for r in report["results"]:
+            mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+            peak = f"{r['peak_mem_bytes'] / 2**20:,.0f}" if r["peak_mem_bytes"] else "-"
+            est = estimated_mib(args, report, list(r["samples_per_stage"]))
+            lines.append(f"{report['grad_checkpointing']:>13} {r['config']:>11} "
+                         f"{':'.join(map(str, r['samples_per_stage'])):>8} {r['step_ms_median']:>9,.1f} "
+                         f"{r['images_per_s']:>9,.2f} {r['tflops_per_s']:>8,.1f} {mfu:>6} {peak:>9} {est:>9,.0f}")
+    lines.append("est. MiB: the eager estimate of `nami info --train-memory` (compiled steps may need less).")
+    return "\n".join(lines)
+
+
 def table(runs: list[dict]) -> str:
     head = (f"{'res':>5} {'attention':>9} {'compiled':>8} {'mode':>9} {'ms':>10} {'reduction':>9} {'bound':>7} "
             f"{'of bound':>8} {'peak MiB':>9}  launches or ops per step, by stage")
@@ -150,10 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compile-backends", default="native", help="backends also timed compiled; 'none' for none")
-    parser.add_argument("--budget-s", type=float, default=330.0, help="latency runs that would start after this are skipped")
+    parser.add_argument("--budget-s", type=float, default=360.0, help="runs that would start after this are skipped")
+    parser.add_argument("--train-stages", default="256,512,1024")
+    parser.add_argument("--train-batch", type=int, default=4)
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--train-checkpointing", default="none,auto", help="granularities timed; 'skip' for none")
+    parser.add_argument("--train-compile", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args(argv)
     args.resolutions = tuple(int(r) for r in args.resolutions.split(","))
+    args.train_stages = tuple(int(r) for r in args.train_stages.split(","))
     args.compile_backends = [] if args.compile_backends == "none" else args.compile_backends.split(",")
+    args.train_checkpointing = [] if args.train_checkpointing == "skip" else args.train_checkpointing.split(",")
 
     from nami_core.bench.gpus import device_label
     from nami_core.runtime import resolve_device, resolve_dtype
@@ -161,9 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     backends = installed_backends(device)
     print(f"{device_label(device)}; torch {torch.__version__}; attention backends: {', '.join(backends)}", flush=True)
+    start = time.monotonic()
     agreement = backend_agreement(device, backends, resolve_dtype(args.dtype))
     runs, skipped = latency(args, device, backends)
+    train_reports = training(args, device, skipped, start)
     print(table(runs))
+    if train_reports:
+        print(training_table(args, train_reports))
     for row in agreement:
         print(f"tiny release, text_padding {row['text_padding']}: {row['attention']} vs native max abs diff "
               f"{row['max_abs_diff_vs_native']:.2e}; no host sync inside a stage")
@@ -172,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu-check.json").write_text(json.dumps(
         {"device": device_label(device), "torch": torch.__version__, "backends": backends, "latency": runs,
-         "agreement": agreement, "skipped": skipped}, indent=2))
+         "agreement": agreement, "training": train_reports, "skipped": skipped}, indent=2))
     return 0
 
 

@@ -166,24 +166,26 @@ def train(
     batch: Optional[int] = typer.Option(None, "--batch", hidden=True, help="Old name of --batch-size."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32 (autocast over fp32 weights)."),
     attention: str = typer.Option("auto", "--attention", help="auto | native | xformers | flash."),
-    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
+    grad_checkpointing: str = typer.Option("none", "--grad-checkpointing", help="none | full (also the bare flag) | last-stage | auto, as `nami train`."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile every transformer block."),
     steps: int = typer.Option(10, "--steps", help="Timed optimizer steps per configuration."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed steps before timing each configuration."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    text_tokens: int = typer.Option(256, "--text-tokens", help="Random text tokens per sample."),
+    text_tokens: int = typer.Option(256, "--text-tokens", help="Text slot of each synthetic caption."),
+    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="Real tokens of each caption in the slot (default 12, at most the slot)."),
+    realistic: bool = typer.Option(True, "--realistic/--no-realistic", help="Time `nami train`'s own step (data, EMA, DDP); --no-realistic: the network alone, an upper bound."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report to this file."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and data."),
 ) -> None:
-    """Training throughput of the NAMI objective on random data: each stage alone, then the ratio mix.
+    """Training throughput of `nami train`'s step on synthetic data: each stage alone, then the ratio mix.
 
-    A step is StagedObjective forward (one stage per sample), backward and AdamW, as in `nami train`; data loading and EMA are not timed.
+    A timed step is `nami train`'s: batches drawn ahead from a prepared-data folder of random latents, the staged loss, backward, AdamW and the EMA (under DDP when launched with several processes); each step splits the batch by the mix exactly. With --no-realistic only the network's forward, backward and AdamW are timed.
 
     Reports images/s, tokens/s, TFLOP/s (training FLOPs = 3x the forward FLOPs of the FLOP model) and MFU against the GPU's peak dense bf16/fp16 TFLOP/s (known GPUs, bf16/fp16 only; null on the CPU).
 
     Examples:
 
-      nami bench train --preset nami-2b --device cuda --batch-size 16 --grad-checkpointing --json train.json
+      nami bench train --preset nami-2b --device cuda --batch-size 4 --grad-checkpointing auto --compile --json train.json
 
       nami bench train --preset nami-2b --device cuda --stages 256,512,1024 --ratio 4:2:1 --compile
 
@@ -197,8 +199,9 @@ def train(
 
     req = TrainBenchRequest(
         preset=preset, stages=parse_int_list(stages, "--stages") if stages else None, mode=mode, ratio=ratio,
-        batch_size=renamed(batch_size, batch, "--batch-size", "--batch", 8), dtype=dtype, attention=attention, grad_checkpointing=grad_checkpointing, compile=compile_,
-        steps=steps, warmup=warmup, device=device, text_tokens=text_tokens, seed=seed,
+        batch_size=renamed(batch_size, batch, "--batch-size", "--batch", 8), dtype=dtype, attention=attention,
+        grad_checkpointing=grad_checkpointing, compile=compile_, steps=steps, warmup=warmup, device=device,
+        text_tokens=text_tokens, prompt_tokens=prompt_tokens, realistic=realistic, seed=seed,
     )
     req.validate()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

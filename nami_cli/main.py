@@ -31,6 +31,20 @@ app.add_typer(convert.app, name="convert")
 app.command("info")(info.info)
 
 
+# Options whose value may be left out: the bare flag means this value (`--grad-checkpointing` = full).
+OPTIONAL_VALUES = {"--grad-checkpointing": "full"}
+
+
+def with_optional_values(argv: list[str]) -> list[str]:
+    """Insert the implied value after a bare option of `OPTIONAL_VALUES` (last, or before another option)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one line to stderr and exit."""
     sys.stderr.write(f"error: {message}\n")
@@ -44,8 +58,9 @@ def run(argv: list[str] | None = None) -> None:
 
     if argv is None:  # the console command itself, not a call from Python
         teardown.enable()
+    args = with_optional_values(list(sys.argv[1:] if argv is None else argv))
     try:
-        result = app(args=argv, prog_name="nami", standalone_mode=False)
+        result = app(args=args, prog_name="nami", standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError:
         raise SystemExit(0) from None  # the help was already printed
     except click_exceptions.UsageError as exc:

@@ -27,7 +27,7 @@ def train(
     ema_decay: float = typer.Option(0.9999, "--ema-decay", help="EMA decay (0 = no EMA)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 (default) | bf16 | fp16 mixed precision."),
     precision: Optional[str] = typer.Option(None, "--precision", hidden=True, help="Old name of --dtype."),
-    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute activations in backward."),
+    grad_checkpointing: str = typer.Option("none", "--grad-checkpointing", help="Recompute activations in backward: none | full (also the bare flag) | last-stage (the last stage module's blocks) | auto (every block, full-resolution samples only)."),
     compile_: bool = typer.Option(False, "--compile", help="torch.compile every transformer block (the first steps compile; needs a C++ compiler on CPU)."),
     fsdp: bool = typer.Option(False, "--fsdp", help="Shard with FSDP, wrapping transformer blocks (default: DDP)."),
     save_every: int = typer.Option(1000, "--save-every", help="Checkpoint every N steps."),
@@ -54,7 +54,7 @@ def train(
 
       nami train --data data/shapes --out runs/shapes --config examples/nami-shapes/model.json --stages 16,32,64 --steps 20000 --lr 5e-4
 
-      accelerate launch --num_processes 8 $(which nami) train --data data/laion --out runs/2b --preset nami-2b --stages 256,512,1024 --dtype bf16 --grad-checkpointing
+      accelerate launch --num_processes 8 $(which nami) train --data data/laion --out runs/2b --preset nami-2b --stages 256,512,1024 --dtype bf16 --grad-checkpointing auto
 
       nami train --data data/shapes --out runs/shapes --stages 16,32,64 --config model.json --resume latest
     """

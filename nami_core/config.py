@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 from .errors import ConfigError
 
 MODES = ("nami", "flow-only", "flux-base")
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # --dtype choices (plus "auto" where the device decides)
 BASELINE_MODE = "flux-base"  # what `nami info` and `nami bench` measure reductions against
 PAPER_TOTAL_STEPS = 30  # Euler steps per image in the paper's comparisons, split evenly over the stages
 PREDICTIONS = ("velocity", "sample")

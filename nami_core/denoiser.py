@@ -27,10 +27,12 @@ class Denoiser:
         self.dtype = transformer.dtype
         self._prepared: dict[tuple, tuple[TextEmbeddings, object]] = {}  # window key -> (text, StageInputs)
 
-    def prepare(self, window: StageWindow, text: TextEmbeddings, height: int, width: int, device):
+    def prepare(self, window: StageWindow, text: TextEmbeddings, height: int, width: int, device,
+                recompute_from: int | None = None):
         """The transformer's `StageInputs` for `window` on a height x width latent grid, built on
-        the first call for this (text, window, grid) and returned as is afterwards."""
-        key = (window.index, window.blocks, height, width, str(device))
+        the first call for this (text, window, grid) and returned as is afterwards.
+        `recompute_from`: blocks from this index on recompute their activations in backward."""
+        key = (window.index, window.blocks, height, width, str(device), recompute_from)
         cached = self._prepared.get(key)
         if cached is not None and cached[0] is text:
             return cached[1]
@@ -43,6 +45,7 @@ class Denoiser:
             attention_mask=text.mask.to(device),
             lengths=text.lengths,
             num_blocks=window.blocks,
+            recompute_from=recompute_from,
             prepare_only=True,
         )
         self._prepared[key] = (text, inputs)
@@ -57,9 +60,14 @@ class Denoiser:
         text: TextEmbeddings,
     ) -> torch.Tensor:
         """z (B, C, h, w), r (B,), tau (B,), text of batch B -> velocity (B, C, h, w) in z's dtype."""
+        return to_velocity(self.predict(z, tau, window, text), z, r, window, self.prediction)
+
+    def predict(self, z: torch.Tensor, tau: torch.Tensor, window: StageWindow, text: TextEmbeddings,
+                recompute_from: int | None = None) -> torch.Tensor:
+        """The network's raw output for z (B, C, h, w) at timesteps tau (B,): (B, C, h, w) in z's
+        dtype (a velocity or a clean grid, as `prediction` says)."""
         _, _, h, w = z.shape
         p = self.patch_size
-        inputs = self.prepare(window, text, h, w, z.device)
+        inputs = self.prepare(window, text, h, w, z.device, recompute_from)
         out = self.transformer(hidden_states=pack(z, p).to(self.dtype), timestep=tau, stage_inputs=inputs)
-        out = unpack(out.to(z.dtype), h, w, p)
-        return to_velocity(out, z, r, window, self.prediction)
+        return unpack(out.to(z.dtype), h, w, p)

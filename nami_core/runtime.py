@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from .config import DTYPE_NAMES
 from .errors import NamiError
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -115,3 +115,20 @@ def flux_and_nami(flux_kwargs: dict, stage_ends, seed: int = 0):
     nami = NamiTransformer(**flux_kwargs, stage_ends=tuple(stage_ends)).eval()
     nami.load_state_dict(flux.state_dict(), strict=True)
     return flux, nami
+
+
+TRAIN_MODEL = {"width": 32, "heads": 2, "double_blocks": 1, "single_blocks": 2, "stage_ends": [1, 2, 3],
+               "rope_axes": [4, 6, 6]}
+
+
+def prepare_train_data(root: Path) -> Path:
+    """12 shapes scenes prepared at 16/32/64 px in `root/data` and the tiny `TRAIN_MODEL` in
+    `root/model.json`; returns `root`."""
+    import json
+
+    from nami_core.data.prepare import PrepareRequest, prepare
+    from nami_core.data.shapes import ShapesSource
+
+    prepare(ShapesSource(n=12, seed=0, size=64), PrepareRequest(out=root / "data", stages=(16, 32, 64), max_text_tokens=12))
+    (root / "model.json").write_text(json.dumps(TRAIN_MODEL))
+    return root

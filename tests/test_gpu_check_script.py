@@ -15,7 +15,8 @@ def test_gpu_check_runs_on_the_cpu_and_writes_its_table(tmp_path, capsys):
     spec.loader.exec_module(gpu_check)
     code = gpu_check.main(["--device", "cpu", "--preset", "tiny", "--resolutions", "64", "--steps", "3",
                            "--dtype", "fp32", "--warmup", "0", "--repeats", "1", "--compile-backends", "none",
-                           "--out", str(tmp_path)])
+                           "--train-stages", "32,64,128", "--train-batch", "3", "--train-steps", "1",
+                           "--train-checkpointing", "none,auto", "--no-train-compile", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "gpu-check.json").read_text())
@@ -25,3 +26,6 @@ def test_gpu_check_runs_on_the_cpu_and_writes_its_table(tmp_path, capsys):
         ("flux-base", "native"), ("flow-only", "native"), ("nami", "native")]
     assert {(a["text_padding"], a["max_abs_diff_vs_native"]) for a in report["agreement"]} == {("mask", 0.0), ("none", 0.0)}
     assert "of bound" in out and "nami" in out and "no host sync inside a stage" in out
+    assert [(t["grad_checkpointing"], [r["config"] for r in t["results"]]) for t in report["training"]] == [
+        ("none", ["stage 3", "mix 4:2:1"]), ("auto", ["stage 3", "mix 4:2:1"])]
+    assert "MFU" in out and "est. MiB" in out

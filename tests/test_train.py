@@ -14,24 +14,16 @@ import torch
 from safetensors.torch import load_file
 
 from nami_core.config import FlowConfig
-from nami_core.data.prepare import PrepareRequest, prepare
-from nami_core.data.shapes import ShapesSource
 from nami_core.data.store import LatentStore
 from nami_core.flow.plan import FlowPlan
 from nami_core.train.batches import BatchDrawer
 from nami_core.train.phases import parse_phases, value_at
-from tests.helpers import run_cli
-
-MODEL = {"width": 32, "heads": 2, "double_blocks": 1, "single_blocks": 2, "stage_ends": [1, 2, 3],
-         "rope_axes": [4, 6, 6]}
+from tests.helpers import prepare_train_data, run_cli
 
 
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    prepare(ShapesSource(n=12, seed=0, size=64), PrepareRequest(out=root / "data", stages=(16, 32, 64), max_text_tokens=12))
-    (root / "model.json").write_text(json.dumps(MODEL))
-    return root
+    return prepare_train_data(tmp_path_factory.mktemp("train"))
 
 
 def train_args(root, out, *extra):
@@ -114,7 +106,7 @@ def test_torchrun_two_ranks_on_cpu(shapes_data, tmp_path):
         pytest.skip("torchrun or the nami script is not installed")
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [str(torchrun), "--nproc-per-node", "2", "--no-python", str(nami),
+    args = [str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", str(nami),
             *train_args(shapes_data, out, "--steps", "4", "--save-every", "4")]
     result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -26,7 +26,7 @@ from nami_core.data.shapes import OPPOSITE, RELATIONS, SceneStyle, random_scene,
 from nami_core.errors import NamiError
 from nami_core.flow.pyramid import down_to
 from nami_core.train.batches import StageGroup
-from nami_core.train.staged_loss import StagedObjective
+from nami_core.train.staged_loss import StagedObjective, stage_losses
 
 _RELATION = re.compile(r"\b(" + "|".join(RELATIONS) + r")\b")
 
@@ -77,7 +77,7 @@ def side_gaps(pipe, images: torch.Tensor, captions: Sequence[str], ratios: Seque
                 rr = torch.full((len(x[part]),), float(r), device=x.device)
                 for name, text in (("true", true_text), ("mirror", mirror_text)):
                     group = StageGroup(window.index, x[part], text.select(part), noise[part], rr)
-                    losses[name].append(objective([group])[0])
+                    losses[name].append(stage_losses(objective, [group], plan, pipe.transformer.config.prediction)[0])
             true, mirror = torch.cat(losses["true"]), torch.cat(losses["mirror"])
             gap = mirror - true
             rows.append(SideGap(window.index, float(r), float(true.mean()), float(mirror.mean()), float(gap.mean()),

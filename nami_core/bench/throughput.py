@@ -1,23 +1,28 @@
-"""`nami bench train`: optimizer steps of the training objective on random data, per stage and for a
-stage-ratio mix, with achieved TFLOP/s and MFU.
+"""`nami bench train`: `nami train`'s own step on synthetic data, per stage and for a stage mix,
+with achieved TFLOP/s and MFU.
 
-A step is what `nami train` does per batch: `StagedObjective` (docs/method.md §4 targets from
-`nami_core.flow.objective`, one stage per sample) forward, the mean loss, backward, AdamW
-step. Data loading, EMA and logging are not timed. Mixed precision is autocast over fp32
-weights, as accelerate's. Training FLOPs are 3x the forward FLOPs of the FLOP model (forward
-+ backward for activations and weights); activation recomputation under
-`--grad-checkpointing` costs time but does not count, as usual for MFU.
+A timed step is `TrainingRun.step`, exactly what `nami train` runs: batches drawn ahead from a
+prepared-data folder (random latents at the final resolution, captions of `--prompt-tokens` real
+tokens padded to the slot), the staged loss, backward, AdamW, the EMA, under DDP when launched with
+several processes. Only the stage draw differs: each step splits the batch by the mix exactly
+(largest remainder) instead of drawing it, so every step costs the same. `--no-realistic` times
+the network alone instead (forward, backward and AdamW on fixed random groups: no data, no EMA),
+an upper bound. Training FLOPs are 3x the forward FLOPs of the FLOP model (forward + backward for
+activations and weights); recomputation under `--grad-checkpointing` costs time but does not
+count, as usual for MFU.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
 from ..errors import NamiError
+from ..train.batches import split_batch
 
 TRAIN_FLOPS_PER_FORWARD = 3.0
 DEFAULT_RATIO = "4:2:1"
@@ -38,13 +43,21 @@ class TrainBenchRequest:
     batch_size: int = 8
     dtype: str = "auto"
     attention: str = "auto"
-    grad_checkpointing: bool = False
+    grad_checkpointing: str = "none"
     compile: bool = False
     steps: int = 10
     warmup: int = 2
     device: str = "auto"
     text_tokens: int = 256
+    prompt_tokens: int | None = None
+    realistic: bool = True
+    only: tuple[str, ...] | None = None  # configuration names to run ("stage 3", "mix 4:2:1"); None: all
     seed: int = 0
+
+    @property
+    def real_tokens(self) -> int:
+        """Real tokens of each caption: `prompt_tokens`, or 12 (at most the slot)."""
+        return self.prompt_tokens if self.prompt_tokens is not None else min(12, self.text_tokens)
 
     def validate(self) -> None:
         from ..config import check_mode
@@ -56,20 +69,14 @@ class TrainBenchRequest:
             raise NamiError(f"--steps must be at least 1, got {self.steps}")
         if self.warmup < 0:
             raise NamiError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.text_tokens < 1 or not 1 <= self.real_tokens <= self.text_tokens:
+            raise NamiError(f"--prompt-tokens must be between 1 and --text-tokens ({self.text_tokens}), "
+                            f"got {self.real_tokens}")
+        from ..train.checkpointing import CHECKPOINTING
 
-
-def split_batch(batch: int, ratios: Sequence[float]) -> list[int]:
-    """Samples per stage for a batch mixed by `ratios`: proportional counts, rounded by largest
-    remainder so they sum to `batch`. split_batch(7, (4, 2, 1)) == [4, 2, 1]."""
-    total = float(sum(ratios))
-    if total <= 0 or any(w < 0 for w in ratios):
-        raise NamiError(f"--ratio must be non-negative with a positive sum, got {':'.join(map(str, ratios))}")
-    exact = [batch * w / total for w in ratios]
-    counts = [int(x) for x in exact]
-    order = sorted(range(len(ratios)), key=lambda k: (counts[k] - exact[k], k))
-    for k in order[: batch - sum(counts)]:
-        counts[k] += 1
-    return counts
+        if self.grad_checkpointing not in CHECKPOINTING:
+            raise NamiError(f"--grad-checkpointing must be one of {', '.join(CHECKPOINTING)}, "
+                            f"got {self.grad_checkpointing!r}")
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,10 @@ def step_configs(num_windows: int, batch: int, ratios: Sequence[float] | None) -
     return configs
 
 
-def random_groups(bench, plan, counts: Sequence[int], text_tokens: int, device: torch.device, seed: int):
+def random_groups(bench, plan, counts: Sequence[int], text_tokens: int, real_tokens: int, device: torch.device,
+                  seed: int):
     """Random `StageGroup`s: for window k with n = counts[k] > 0, latents and noise (n, C, h_k, w_k),
-    random text, and logit-normal ratios r (n,)."""
+    padded random text, and logit-normal ratios r (n,)."""
     from ..flow.objective import sample_ratios
     from ..train.batches import StageGroup
     from .workload import random_text
@@ -112,7 +120,7 @@ def random_groups(bench, plan, counts: Sequence[int], text_tokens: int, device: 
         groups.append(StageGroup(
             k,
             torch.randn(shape, generator=g).to(device),
-            random_text(bench.model, n, text_tokens, device),
+            random_text(bench.model, n, text_tokens, device, real_tokens),
             torch.randn(shape, generator=g).to(device),
             sample_ratios(n, window, "logit-normal", g, device),
         ))
@@ -153,17 +161,67 @@ def time_steps(clock, step: Callable[[], None], warmup: int, repeats: int,
     return Summary.of(clock.spans_ms(marks))
 
 
+def _training_run(req: TrainBenchRequest, dtype_name: str, flow, data: Path, out: Path):
+    """A `TrainingRun` on synthetic data, set up as `nami train` would be (no checkpoints or logs)."""
+    from ..train.config import TrainConfig
+    from ..train.loop import TrainingRun
+
+    settings = TrainConfig(
+        data=data, out=out, stages=flow.resolutions, preset=req.preset or "nami-2b", mode=req.mode, steps=10**9,
+        batch_size=req.batch_size, lr=1e-4, dtype=dtype_name, grad_checkpointing=req.grad_checkpointing,
+        compile=req.compile, save_every=10**9, log_every=10**9, keep=0, preload="yes", seed=req.seed,
+        stage_draw="split",
+    )
+    run = TrainingRun.setup(settings)
+    run.resume()
+    return run
+
+
+def _network_step(req: TrainBenchRequest, bench, plan, device, dtype):
+    """`--no-realistic`: a step function over fixed random groups: forward, backward, AdamW."""
+    from ..train.checkpointing import CheckpointPolicy
+    from ..train.staged_loss import StagedObjective, stage_losses
+    from .workload import random_transformer
+
+    transformer = random_transformer(bench.model, device, torch.float32, req.seed).train()
+    if req.compile:
+        transformer.compile_blocks(dynamic=False)
+    policy = CheckpointPolicy(req.grad_checkpointing, bench.model.stage_ends, len(plan) - 1)
+    objective = StagedObjective(transformer, plan, bench.patch, policy)
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
+
+    def autocast():
+        return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+    def make(groups):
+        def step() -> None:
+            with autocast():
+                losses = stage_losses(objective, groups, plan, bench.model.prediction)
+            loss = sum(per_sample.sum() for per_sample in losses) / req.batch_size
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    return transformer, make
+
+
 def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None) -> dict:
     """Run the benchmark; returns the JSON report (see `nami bench train --help`)."""
+    import tempfile
+
     from ..config import FlowConfig, parse_float_list
     from ..flow.plan import FlowPlan
     from ..model.attention import apply_backend, resolve_backend
     from ..runtime import dtype_name as resolved_dtype_name
     from ..runtime import resolve_device, resolve_dtype
-    from ..train.staged_loss import StagedObjective
+    from ..train.metrics import MetricsWindow
+    from ..train.phases import parse_phases
+    from ..train.prefetch import Prefetcher
     from .gpus import device_label, device_peak_tflops
+    from .synthetic_data import write_synthetic_data
     from .timing import Clock, peak_memory_bytes, reset_peak_memory
-    from .workload import load_bench_model, random_transformer
+    from .workload import load_bench_model
 
     req.validate()
     device = resolve_device(req.device)
@@ -171,61 +229,41 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
     dtype = resolve_dtype(dtype_name)
     backend = resolve_backend(req.attention, device.type)
     bench = load_bench_model(req.preset, None)
-    if req.text_tokens < 1:
-        raise NamiError(f"--text-tokens must be at least 1, got {req.text_tokens}")
     flow = FlowConfig(resolutions=tuple(req.stages)) if req.stages else bench.description.flow
     plan = FlowPlan(req.mode, flow, bench.model.stage_ends, bench.pixels_per_token)
     ratios = parse_float_list(req.ratio, "--ratio") if req.ratio else None
-    configs = step_configs(len(plan), req.batch_size, ratios)
-
-    transformer = random_transformer(bench.model, device, torch.float32, req.seed).train()
-    apply_backend(transformer, backend, device.type)
-    if req.grad_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    if req.compile:
-        transformer.compile_blocks(dynamic=False)
-    objective = StagedObjective(transformer, plan, bench.patch)
-    fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-4, **fused)
-
-    def autocast():
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
-
-    def train_step(groups) -> None:
-        with autocast():
-            losses = objective(groups)
-        loss = sum(per_sample.sum() for per_sample in losses) / req.batch_size
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    configs = [c for c in step_configs(len(plan), req.batch_size, ratios) if req.only is None or c.name in req.only]
     peak = device_peak_tflops(device, dtype)
     clock = Clock(device)
     results = []
-    for config in configs:
-        groups = random_groups(bench, plan, config.samples_per_stage, req.text_tokens, device, req.seed)
-        reset_peak_memory(device)
-        step_ms = time_steps(clock, lambda: train_step(groups), req.warmup, req.steps,
-                             lambda i, total: on_step(config.name, i, total) if on_step is not None else None)
-        seconds = step_ms.median / 1000.0
-        flops = step_flops(bench, plan, config.samples_per_stage, req.text_tokens)
-        tflops_per_s = flops / seconds / 1e12
-        results.append({
-            "config": config.name,
-            "samples_per_stage": list(config.samples_per_stage),
-            "resolutions": [plan[k].resolution for k, n in enumerate(config.samples_per_stage) if n],
-            "step_ms_median": step_ms.median,
-            "step_ms_min": step_ms.min,
-            "step_ms_max": step_ms.max,
-            "images_per_s": req.batch_size / seconds,
-            "tokens_per_s": step_tokens(bench, plan, config.samples_per_stage, req.text_tokens) / seconds,
-            "train_flops_per_step": flops,
-            "tflops_per_s": tflops_per_s,
-            "mfu": None if peak is None else tflops_per_s / peak,
-            "peak_mem_bytes": peak_memory_bytes(device),
-        })
+    with tempfile.TemporaryDirectory(prefix="nami-bench-train-") as tmp:
+        if req.realistic:
+            data = write_synthetic_data(Path(tmp) / "data", bench, flow.resolutions, max(64, 4 * req.batch_size),
+                                        req.text_tokens, req.real_tokens, req.seed)
+            run = _training_run(req, dtype_name, flow, data, Path(tmp) / "run")
+            apply_backend(run.transformer, backend, device.type)
+            run.objective.train()
+            window = MetricsWindow(len(run.plan), run.device)
+        else:
+            transformer, make_step = _network_step(req, bench, plan, device, dtype)
+            apply_backend(transformer, backend, device.type)
+        for config in configs:
+            if req.realistic:
+                if len(plan) > 1:  # this configuration's split, exactly, every step
+                    mix = ":".join(f"{n:g}" for n in config.samples_per_stage)
+                    run.schedules.stage_mix = parse_phases(f"0:{mix}", "--ratio", flow.num_stages)
+                run.batches.close()
+                run.batches = Prefetcher(run._draw, run.step_count, 10**9, pin=device.type == "cuda")
+                step = lambda: run.step(window)  # noqa: E731
+            else:
+                step = make_step(random_groups(bench, plan, config.samples_per_stage, req.text_tokens,
+                                               req.real_tokens, device, req.seed))
+            reset_peak_memory(device)
+            step_ms = time_steps(clock, step, req.warmup, req.steps,
+                                 lambda i, total: on_step(config.name, i, total) if on_step is not None else None)
+            results.append(config_result(req, bench, plan, config, step_ms, peak, peak_memory_bytes(device)))
+        if req.realistic:
+            run.batches.close()
     return {
         "device": device_label(device),
         "dtype": dtype_name,
@@ -233,9 +271,32 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
         "model": bench.name,
         "mode": req.mode,
         "batch": req.batch_size,
-        "text_tokens": req.text_tokens,
+        "text_tokens": req.real_tokens,
+        "text_slot": req.text_tokens,
+        "realistic": req.realistic,
         "grad_checkpointing": req.grad_checkpointing,
         "compile": req.compile,
         "peak_tflops": peak,
         "results": results,
+    }
+
+
+def config_result(req: TrainBenchRequest, bench, plan, config: "StepConfig", step_ms, peak, peak_bytes) -> dict:
+    """One row of the report: step time (median, min, max) and what follows from it."""
+    seconds = step_ms.median / 1000.0
+    flops = step_flops(bench, plan, config.samples_per_stage, req.real_tokens)
+    tflops_per_s = flops / seconds / 1e12
+    return {
+        "config": config.name,
+        "samples_per_stage": list(config.samples_per_stage),
+        "resolutions": [plan[k].resolution for k, n in enumerate(config.samples_per_stage) if n],
+        "step_ms_median": step_ms.median,
+        "step_ms_min": step_ms.min,
+        "step_ms_max": step_ms.max,
+        "images_per_s": req.batch_size / seconds,
+        "tokens_per_s": step_tokens(bench, plan, config.samples_per_stage, req.real_tokens) / seconds,
+        "train_flops_per_step": flops,
+        "tflops_per_s": tflops_per_s,
+        "mfu": None if peak is None else tflops_per_s / peak,
+        "peak_mem_bytes": peak_bytes,
     }

@@ -23,6 +23,7 @@ from diffusers.models.transformers.transformer_flux import (
     FluxTransformerBlock,
 )
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .ragged_attention import RaggedAttnProcessor, RaggedText
@@ -34,13 +35,15 @@ class StageInputs:
     `NamiTransformer.prepare`: the projected text (B, T, D), cut to the longest real prompt for
     `text_padding="mask"`; the pooled-text embedding (B, D); the rotary embedding (cos, sin) of
     the text and image ids; the ragged text lengths (None when no row is padded); and the
-    number of blocks to run."""
+    number of blocks to run; in training, the first block whose activations are recomputed in
+    backward (None: none; every block when `gradient_checkpointing` is on)."""
 
     text: torch.Tensor
     pooled: torch.Tensor
     rotary: tuple[torch.Tensor, torch.Tensor]
     ragged: RaggedText | None
     num_blocks: int
+    recompute_from: int | None = None
 
 
 class NamiTransformer(ModelMixin, ConfigMixin):
@@ -121,6 +124,16 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         """The ordered block list: double-stream blocks, then single-stream blocks."""
         return list(self.transformer_blocks) + list(self.single_transformer_blocks)
 
+    def unused_parameters(self, num_blocks: int) -> list[nn.Parameter]:
+        """The parameters a forward through the first `num_blocks` blocks gives no gradient: those of
+        the later blocks and, when the prefix ends on a double-stream block, that block's text-output
+        path (`attn.to_add_out`, `ff_context`), whose result only the next block would read."""
+        unused = [p for block in self.blocks()[num_blocks:] for p in block.parameters()]
+        if 0 < num_blocks <= len(self.transformer_blocks):
+            last = self.transformer_blocks[num_blocks - 1]
+            unused += list(last.attn.to_add_out.parameters()) + list(last.ff_context.parameters())
+        return unused
+
     def compile_blocks(self, dynamic: bool | None = False, mode: str | None = None) -> None:
         """Regional compilation: `torch.compile` each block in place (state-dict keys unchanged).
 
@@ -154,6 +167,7 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         lengths: Sequence[int] | None = None,
         stage: int | None = None,
         num_blocks: int | None = None,
+        recompute_from: int | None = None,
     ) -> StageInputs:
         """What every step through one block prefix shares, computed once (see `StageInputs`).
 
@@ -177,6 +191,7 @@ class NamiTransformer(ModelMixin, ConfigMixin):
             rotary=self.pos_embed(torch.cat((txt_ids, img_ids), dim=0)),
             ragged=ragged,
             num_blocks=n_blocks,
+            recompute_from=0 if self.gradient_checkpointing else recompute_from,
         )
 
     def forward_prepared(self, hidden_states: torch.Tensor, timestep: torch.Tensor, inputs: StageInputs) -> torch.Tensor:
@@ -188,10 +203,11 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         temb = embed.timestep_embedder(embed.time_proj(timestep).to(dtype=inputs.pooled.dtype)) + inputs.pooled
         encoder_hidden_states = inputs.text
         joint_kwargs = {"ragged": inputs.ragged} if inputs.ragged is not None else None
-        for block in self.blocks()[: inputs.num_blocks]:
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                encoder_hidden_states, hidden_states = self._gradient_checkpointing_func(
-                    block, hidden_states, encoder_hidden_states, temb, inputs.rotary, joint_kwargs
+        recompute = inputs.recompute_from if torch.is_grad_enabled() else None
+        for index, block in enumerate(self.blocks()[: inputs.num_blocks]):
+            if recompute is not None and index >= recompute:
+                encoder_hidden_states, hidden_states = checkpoint(
+                    block, hidden_states, encoder_hidden_states, temb, inputs.rotary, joint_kwargs, use_reentrant=False
                 )
             else:
                 encoder_hidden_states, hidden_states = block(
@@ -217,6 +233,7 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         *,
         num_blocks: int | None = None,
         lengths: Sequence[int] | None = None,
+        recompute_from: int | None = None,
         stage_inputs: StageInputs | None = None,
         prepare_only: bool = False,
     ):
@@ -240,7 +257,7 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         """
         if stage_inputs is None:
             stage_inputs = self.prepare(encoder_hidden_states, pooled_projections, img_ids, txt_ids, attention_mask,
-                                        lengths, stage, num_blocks)
+                                        lengths, stage, num_blocks, recompute_from)
             if prepare_only:
                 return stage_inputs
         return self.forward_prepared(hidden_states, timestep, stage_inputs)

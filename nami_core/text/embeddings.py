@@ -73,10 +73,3 @@ class TextEmbeddings:
             torch.where(k2, self.pooled, other.pooled),
             lengths,
         )
-
-    def trimmed(self) -> "TextEmbeddings":
-        """The batch cut to its longest real prompt: (B, T', C) with T' = max(lengths) (at least 1)."""
-        longest = max(max(self.host_lengths()), 1)
-        if longest == self.sequence.shape[1]:
-            return self
-        return TextEmbeddings(self.sequence[:, :longest], self.mask[:, :longest], self.pooled, self.lengths)

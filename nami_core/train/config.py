@@ -7,11 +7,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import TEXT_POSITIONS, FlowConfig, ModelConfig, check_mode, get_preset, parse_float_list
+from ..config import DTYPE_NAMES, TEXT_POSITIONS, FlowConfig, ModelConfig, check_mode, get_preset, parse_float_list
 from ..errors import ConfigError, NamiError
 from ..flow.objective import RATIO_SAMPLINGS
+from .checkpointing import CHECKPOINTING
 
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = DTYPE_NAMES
 
 
 @dataclass
@@ -33,7 +34,7 @@ class TrainConfig:
     cfg_dropout: float = 0.1
     ema_decay: float = 0.9999
     dtype: str = "fp32"
-    grad_checkpointing: bool = False
+    grad_checkpointing: str = "none"
     compile: bool = False
     fsdp: bool = False
     save_every: int = 1000
@@ -52,6 +53,7 @@ class TrainConfig:
     sample_cfg: str | float = 3.0
     preload: str = "auto"
     time_budget: float | None = None
+    stage_draw: str = "random"  # "split": every step takes the mix's exact share (nami bench train)
 
     def validate(self) -> None:
         check_mode(self.mode)
@@ -72,6 +74,9 @@ class TrainConfig:
             raise ConfigError("--lr must be positive")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError("--time-budget must be a positive number of minutes")
+        if self.grad_checkpointing not in CHECKPOINTING:
+            raise ConfigError(f"--grad-checkpointing must be one of {', '.join(CHECKPOINTING)}, "
+                              f"got {self.grad_checkpointing!r}")
         if self.preload not in ("auto", "yes", "no"):
             raise ConfigError("--preload must be auto, yes or no")
         if self.text_positions is not None and self.text_positions not in TEXT_POSITIONS:

@@ -15,8 +15,10 @@ import torch
 from ..errors import NamiError
 from ..files import fresh_temp_dir, publish_dir
 from ..flow.plan import FlowPlan
+from .sharded_ema import EMA_FOLDER, has_sharded_ema, is_sharded, read_sharded
 
 TRANSFORMER_PREFIX = "transformer."
+FSDP_MODEL_FOLDER = "pytorch_model_fsdp_0"  # accelerate's sharded model checkpoint
 
 
 def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | None, plan: FlowPlan,
@@ -60,9 +62,14 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     run = checkpoint.parent.parent
     config_path = run / "train_config.json"
     weights = checkpoint / "model.safetensors"
-    for path in (config_path, weights, checkpoint / "trainer_state.json"):
+    sharded = checkpoint / FSDP_MODEL_FOLDER
+    if not weights.is_file() and is_sharded(sharded):
+        weights = sharded
+    for path in (config_path, checkpoint / "trainer_state.json"):
         if not path.is_file():
             raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing {path.name})")
+    if not weights.exists():
+        raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing model.safetensors)")
     run_config = json.loads(config_path.read_text())
     train, model, flow = run_config["train"], ModelConfig.from_dict(run_config["model"]), run_config["flow"]
     manifest = load_manifest(Path(train["data"]))
@@ -70,13 +77,16 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     plan = FlowPlan(train["mode"], FlowConfig(**{**flow, "resolutions": tuple(flow["resolutions"]),
                                                   "window_ratios": tuple(flow["window_ratios"])}),
                     model.stage_ends, int(manifest["codec"]["downsample"]) * patch)
-    state = load_file(weights)
+    state = read_sharded(weights)["model"] if weights == sharded else load_file(weights)
     raw = {k[len(TRANSFORMER_PREFIX):]: v for k, v in state.items() if k.startswith(TRANSFORMER_PREFIX)}
     if not raw:
         raise NamiError(f"{weights} holds no transformer weights")
     ema = None
     ema_file = checkpoint / "ema_rank0.pt"
-    if ema_file.is_file():
+    if has_sharded_ema(checkpoint):
+        shadow = read_sharded(checkpoint / EMA_FOLDER)["ema"]
+        ema = {k[len(TRANSFORMER_PREFIX):]: v for k, v in shadow.items() if k.startswith(TRANSFORMER_PREFIX)}
+    elif ema_file.is_file():
         from ..model.transformer import NamiTransformer
 
         shadow = load_checkpoint_file(ema_file)["shadow_params"]

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,18 @@ from ..data.store import LatentStore
 from ..errors import NamiError
 from ..files import write_text_atomic
 from ..flow.plan import FlowPlan
-from .batches import BatchDrawer, StageGroup
+from .batches import BatchDrawer
 from .checkpoint import load_checkpoint_file, read_trainer_state, resolve_resume, save_checkpoint
 from .config import TrainConfig, build_flow, build_model_config
 from .export import write_model_dir
 from .metrics import MetricsLog, MetricsWindow
+from .ema import EMA
+from .optimizer_step import GuardedStep
 from .phases import PAPER_LR, Phase, default_ratios, parse_phases, value_at
-from .staged_loss import StagedObjective, StageLossWeights, stage_sums, weighted_loss
+from .prefetch import Prefetcher
+from .sharded_ema import has_sharded_ema, load_sharded_ema, save_sharded_ema
+from .checkpointing import CheckpointPolicy
+from .staged_loss import StagedObjective, StageLossWeights, stage_losses, stage_sums, weighted_loss
 
 PRELOAD_BYTES = 4 << 30
 
@@ -54,17 +58,21 @@ def _accelerator(settings: TrainConfig):
             transformer_cls_names_to_wrap=["FluxTransformerBlock", "FluxSingleTransformerBlock"],
             use_orig_params=True,
             sync_module_states=True,
+            # checkpoints are per-rank shards (torch.distributed.checkpoint), never gathered on one rank
+            state_dict_type="SHARDED_STATE_DICT",
         )
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[settings.dtype]
-    # Stage groups leave later blocks unused in some steps.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    # A step whose stages all stop short of the last blocks touches them with a zero loss term
+    # (`TrainingRun._touch_unused`), so DDP need not search for unused parameters; its buckets are
+    # views of the gradients (no second copy).
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=False, gradient_as_bucket_view=True)
+    # accelerate keeps its settings in a process-wide state: a second run in one process (Python
+    # callers, tests, `nami bench train`) starts from a clean one, keeping the process group.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     # Without a GPU, cpu=True lets torchrun / accelerate launch start gloo process groups.
     return Accelerator(mixed_precision=mixed, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available(), **kwargs)
-
-
-def _move(groups: list[StageGroup], device) -> list[StageGroup]:
-    return [StageGroup(g.window, g.latents.to(device), g.text.to(device), g.noise.to(device), g.r.to(device))
-            for g in groups]
 
 
 def _ema_path(ckpt: Path, rank: int) -> Path:
@@ -120,7 +128,7 @@ class TrainingRun:
         self.patch = patch
         self.schedules = schedules
         self.run_dir = Path(settings.out)
-        self.step_count, self.nan_skipped, self.nan_streak = 0, 0, 0
+        self.step_count = 0
         self.last_record: dict | None = None
 
     # -- setup ---------------------------------------------------------------------------------
@@ -142,35 +150,32 @@ class TrainingRun:
         return run
 
     def _start(self, downsample: int) -> None:
-        from diffusers.training_utils import EMAModel
-
         settings = self.settings
         self.downsample = downsample
         self.accelerator = accelerator = _accelerator(settings)
+        self.device = accelerator.device
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
         store = LatentStore(settings.data, preload=_want_preload(settings, self.manifest))
         self.drawer = BatchDrawer(store, self.plan, downsample, settings.batch_size, settings.seed, self.rank,
-                                  settings.timestep_sampling, settings.cfg_dropout)
+                                  settings.timestep_sampling, settings.cfg_dropout, settings.stage_draw == "split")
         self._check_data_covers_the_mix()
-        transformer = _load_transformer(settings, self.model_cfg)
-        if settings.grad_checkpointing:
-            transformer.enable_gradient_checkpointing()
+        self.transformer = transformer = _load_transformer(settings, self.model_cfg)
         if settings.compile:
             transformer.compile_blocks(dynamic=None)
-        fused = {"fused": True} if accelerator.device.type == "cuda" else {}
         optimizer = torch.optim.AdamW(transformer.parameters(), lr=value_at(self.schedules.lr, 0)[0],
-                                      betas=(0.9, 0.999), weight_decay=settings.weight_decay, **fused)
-        self.objective, self.optimizer = accelerator.prepare(StagedObjective(transformer, self.plan, self.patch),
-                                                             optimizer)
-        params = [p.detach() for p in self.objective.parameters()]
-        self.ema = EMAModel(params, decay=settings.ema_decay) if settings.ema_decay > 0 else None
-        if self.ema is not None:
-            self.ema.to(accelerator.device)
-        self.loss_weights = StageLossWeights(settings.stage_loss_weights, len(self.plan))
-        self.text_tokens = int(self.manifest["text_encoder"]["max_tokens"])
+                                      betas=(0.9, 0.999), weight_decay=settings.weight_decay,
+                                      fused=accelerator.device.type in ("cuda", "cpu"))
+        policy = CheckpointPolicy(settings.grad_checkpointing, self.model_cfg.stage_ends, len(self.plan) - 1)
+        self.objective, self.optimizer = accelerator.prepare(
+            StagedObjective(transformer, self.plan, self.patch, policy), optimizer)
+        self.guard = GuardedStep(accelerator, self.optimizer, settings.dtype)
+        self.ema = EMA(self.objective.parameters(), settings.ema_decay).to(self.device) if settings.ema_decay > 0 else None
+        self.loss_weights = StageLossWeights(settings.stage_loss_weights, len(self.plan), device=self.device)
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.nan_skipped, self.nan_streak = zero.clone(), zero.clone()
 
     def _check_data_covers_the_mix(self) -> None:
         for k, n in enumerate(self.drawer.usable()):
@@ -183,7 +188,7 @@ class TrainingRun:
 
     # -- resume and checkpoints ------------------------------------------------------------------
     def resume(self) -> None:
-        """Restore model, optimizer, RNG, EMA, loss weights and counters from `--resume`, if given."""
+        """Restore model, optimizer, RNG, EMA, loss weights, loss scale and counters from `--resume`, if given."""
         settings, accelerator = self.settings, self.accelerator
         source = resolve_resume(self.run_dir, settings.resume)
         if source is not None:
@@ -193,96 +198,123 @@ class TrainingRun:
             except (EOFError, RuntimeError, OSError, ValueError, KeyError) as exc:
                 why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise NamiError(f"cannot resume from {source}: {why}") from None
-            self.step_count, self.nan_skipped, self.nan_streak = state["step"], state["nan_skipped"], state["nan_streak"]
+            self.step_count = state["step"]
+            self.nan_skipped.fill_(state["nan_skipped"])
+            self.nan_streak.fill_(state["nan_streak"])
             self.loss_weights.load_state_dict(state["weights"])
+            self.guard.load_state_dict(state.get("precision", {}))
             if self.ema is not None:
-                ema_file = _ema_path(source, self.rank if settings.fsdp else 0)
-                if not ema_file.is_file():
-                    raise NamiError(f"checkpoint {source} has no EMA state ({ema_file.name})")
-                self.ema.load_state_dict(load_checkpoint_file(ema_file))
-                self.ema.to(accelerator.device)
+                self._load_ema(source, state)
         self.log = MetricsLog(self.run_dir, accelerator.is_main_process)
         if accelerator.is_main_process:
             record = {"train": settings.to_json(), "model": self.model_cfg.to_dict(), "flow": self.flow.to_dict(),
                       "patch_size": self.patch, "world_size": self.world}
             write_text_atomic(self.run_dir / "train_config.json", json.dumps(record, indent=2))
             self.log.truncate_after(self.step_count)
+        self.batches = Prefetcher(self._draw, self.step_count, settings.steps, pin=self.device.type == "cuda")
+
+    def _draw(self, step: int):
+        return self.drawer.draw_host(step, value_at(self.schedules.stage_mix, step))
 
     def trainer_state(self) -> dict:
-        return {"step": self.step_count, "nan_skipped": self.nan_skipped, "nan_streak": self.nan_streak,
-                "weights": self.loss_weights.state_dict(), "seed": self.settings.seed}
+        """JSON-ready state beside accelerate's (reads the device once)."""
+        return {"step": self.step_count, "nan_skipped": int(self.nan_skipped.item()),
+                "nan_streak": int(self.nan_streak.item()), "weights": self.loss_weights.state_dict(),
+                "precision": self.guard.state_dict(), "seed": self.settings.seed,
+                "ema_updates": self.ema.optimization_step if self.ema is not None else 0}
 
     def _save_ema(self, folder: Path) -> None:
-        if self.ema is not None and (self.settings.fsdp or self.accelerator.is_main_process):
-            torch.save(self.ema.state_dict(), _ema_path(folder, self.rank if self.settings.fsdp else 0))
+        if self.ema is None:
+            return
+        if self.settings.fsdp:
+            save_sharded_ema(self.objective, self.ema, folder)  # every rank: its shard
+        elif self.accelerator.is_main_process:
+            torch.save(self.ema.state_dict(), _ema_path(folder, 0))
+
+    def _load_ema(self, source: Path, state: dict) -> None:
+        if self.settings.fsdp and has_sharded_ema(source):
+            load_sharded_ema(self.objective, self.ema, source)
+            self.ema.optimization_step = int(state.get("ema_updates", 0))
+            return
+        ema_file = _ema_path(source, self.rank if self.settings.fsdp else 0)
+        if not ema_file.is_file():
+            raise NamiError(f"checkpoint {source} has no EMA state ({ema_file.name})")
+        self.ema.load_state_dict(load_checkpoint_file(ema_file))
 
     def checkpoint(self) -> Path:
         return save_checkpoint(self.accelerator, self.run_dir, self.step_count, self.trainer_state(),
                                self.settings.keep, self._save_ema)
 
     # -- one step --------------------------------------------------------------------------------
-    def step(self, window: MetricsWindow) -> bool:
-        """One optimizer step on the step's batch (or a skipped non-finite one). Returns whether
-        the step was taken; stops the run with a checkpoint after too many non-finite steps."""
-        settings, accelerator = self.settings, self.accelerator
+    def step(self, window: MetricsWindow) -> None:
+        """One optimizer step on the step's batch, skipped on the device when its gradients are not
+        finite. Nothing is read back from the device except on log steps (`log`)."""
+        settings = self.settings
         mix = value_at(self.schedules.stage_mix, self.step_count)
         lr = value_at(self.schedules.lr, self.step_count)[0]
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        groups = _move(self.drawer.draw(self.step_count, mix), accelerator.device)
+        groups = [g.to_device(self.device) for g in self.batches.get(self.step_count)]
         stage_weights = self.loss_weights.weights(self.plan.stage_mix(mix))
-        losses = self.objective(groups)
-        loss = weighted_loss(groups, losses, stage_weights, settings.batch_size)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(self.objective.parameters(), settings.grad_clip)
-        if not math.isfinite(float(grad_norm)):
-            self._skip_non_finite()
-            return False
-        self.nan_streak = 0
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        losses = stage_losses(self.objective, groups, self.plan, self.model_cfg.prediction)
+        loss = weighted_loss(groups, losses, stage_weights, settings.batch_size) + self._touch_unused(groups)
+        self.guard.backward(loss)
+        grad_norm = self.guard.clip(self.objective.parameters(), settings.grad_clip)
+        taken = self.guard.step(grad_norm)
         if self.ema is not None:
-            self.ema.step(self.objective.parameters())  # the live parameters: EMAModel copies any that do not require grad
-        self._record(window, groups, losses, loss)
+            self.ema.update(self.objective.parameters(), taken)
+        sums = stage_sums(groups, losses, len(self.plan), self.device)
+        sums = self.accelerator.reduce(sums, reduction="sum") if self.world > 1 else sums
+        self.loss_weights.update(sums, taken)
+        self.nan_skipped += 1 - taken
+        self.nan_streak = (self.nan_streak + 1) * (1 - taken)
+        self._record(window, groups, losses, loss, sums, taken)
         self.step_count += 1
         if self.step_count % settings.log_every == 0 or self.step_count == settings.steps:
-            self.last_record = window.summary(self.step_count, lr, stage_weights, self.plan.stage_mix(mix),
-                                              self.nan_skipped, self.world)
-            self.log.write(self.last_record)
-            window.reset()
-        return True
+            self.log_step(window, lr, stage_weights, mix)
 
-    def _skip_non_finite(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        self.nan_skipped += 1
-        self.nan_streak += 1
-        self.step_count += 1
-        if self.nan_streak > self.settings.max_nan_steps:
+    def _touch_unused(self, groups) -> torch.Tensor | float:
+        """Under DDP, a zero loss term over the blocks no group of this step runs, so every parameter
+        gets a (zero) gradient and DDP need not look for unused ones; 0 otherwise."""
+        if self.world == 1:
+            return 0.0
+        deepest = max(self.plan[g.window].blocks for g in groups)
+        unused = self.transformer.unused_parameters(deepest)
+        return 0.0 * sum(p.reshape(-1)[0] for p in unused) if unused else 0.0
+
+    def _record(self, window: MetricsWindow, groups, losses, loss, sums, taken) -> None:
+        plan = self.plan
+        taus = torch.cat([plan[g.window].tau(g.r) for g in groups])
+        tokens_per_image = lambda g: (plan[g.window].resolution // plan.pixels_per_token) ** 2 + g.text.sequence.shape[1]  # noqa: E731
+        tokens = sum(len(g.r) * tokens_per_image(g) for g in groups)
+        window.add(loss, sums, taus, torch.cat([l.detach() for l in losses]), taken, self.settings.batch_size, tokens)
+
+    def log_step(self, window: MetricsWindow, lr: float, stage_weights, mix) -> None:
+        """Write the metrics line (the one read of the device between checkpoints) and stop the run,
+        with a checkpoint, after too many non-finite steps in a row."""
+        self.last_record = window.summary(self.step_count, lr, stage_weights, self.plan.stage_mix(mix),
+                                          self.nan_skipped, self.world)
+        self.log.write(self.last_record)
+        window.reset()
+        streak = int(self.nan_streak.item())
+        if streak > self.settings.max_nan_steps:
             path = self.checkpoint()
             raise NamiError(
-                f"training stopped at step {self.step_count}: {self.nan_streak} non-finite losses in a row; "
+                f"training stopped at step {self.step_count}: {streak} non-finite losses in a row; "
                 f"checkpoint {path}; try a lower --lr or --dtype fp32"
             )
 
-    def _record(self, window: MetricsWindow, groups, losses, loss) -> None:
-        """Per-stage statistics, summed over ranks so every rank updates its loss weights identically."""
-        plan = self.plan
-        stats = stage_sums(groups, losses, len(plan), self.accelerator.device)
-        stats = self.accelerator.reduce(stats, reduction="sum") if self.world > 1 else stats
-        per_stage = {k: (float(stats[2 * k]), int(stats[2 * k + 1])) for k in range(len(plan)) if stats[2 * k + 1] > 0}
-        self.loss_weights.update({k: s / n for k, (s, n) in per_stage.items()})
-        taus = torch.cat([plan[g.window].tau(g.r) for g in groups]).tolist()
-        sample_losses = torch.cat([l.detach() for l in losses]).tolist()
-        tokens_per_image = lambda g: (plan[g.window].resolution // plan.pixels_per_token) ** 2 + self.text_tokens  # noqa: E731
-        tokens = sum(l.numel() * tokens_per_image(g) for g, l in zip(groups, losses))
-        window.add(float(loss.detach()), per_stage, taus, sample_losses, self.settings.batch_size, tokens)
-
-    def out_of_time(self, deadline: float | None) -> bool:
-        """Whether the time budget is spent, agreed by all ranks."""
+    def out_of_time(self, deadline: float | None, log_step: bool) -> bool:
+        """Whether the time budget is spent. One process decides alone; several agree on log steps
+        only (an all-reduce the host waits for)."""
         if deadline is None or self.step_count >= self.settings.steps:
             return False
-        flag = torch.tensor(float(time.monotonic() >= deadline), device=self.accelerator.device)
-        return bool((self.accelerator.reduce(flag, reduction="max") if self.world > 1 else flag) > 0)
+        if self.world == 1:
+            return time.monotonic() >= deadline
+        if not log_step:
+            return False
+        flag = torch.tensor(float(time.monotonic() >= deadline), device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="max") > 0)
 
     # -- export ----------------------------------------------------------------------------------
     def _full_state_dict(self) -> dict:
@@ -315,25 +347,27 @@ def train(settings: TrainConfig, on_log: Callable[[dict], None] | None = None,
     """Train, resuming if asked; write checkpoints, metrics.jsonl and RUN/final (a model directory)."""
     run = TrainingRun.setup(settings)
     run.resume()
-    window = MetricsWindow(len(run.plan))
+    window = MetricsWindow(len(run.plan), run.device)
     deadline = time.monotonic() + 60.0 * settings.time_budget if settings.time_budget else None
     out_of_time = False
     run.objective.train()
-    while run.step_count < settings.steps:
-        if not run.step(window):
-            continue
-        if on_step is not None:
-            on_step(run.step_count, settings.steps)
-        if on_log is not None and run.accelerator.is_main_process and run.last_record is not None \
-                and run.last_record["step"] == run.step_count:
-            on_log(run.last_record)
-        out_of_time = run.out_of_time(deadline)
-        if run.step_count % settings.save_every == 0 or run.step_count == settings.steps or out_of_time:
-            run.checkpoint()
-        if out_of_time:
-            break
-    done = run.step_count >= settings.steps or out_of_time
-    final = run.export() if done else None
+    try:
+        while run.step_count < settings.steps:
+            run.step(window)
+            logged = run.last_record is not None and run.last_record["step"] == run.step_count
+            if on_step is not None:
+                on_step(run.step_count, settings.steps)
+            if on_log is not None and run.accelerator.is_main_process and logged:
+                on_log(run.last_record)
+            out_of_time = run.out_of_time(deadline, logged)
+            if run.step_count % settings.save_every == 0 or run.step_count == settings.steps or out_of_time:
+                run.checkpoint()
+            if out_of_time:
+                break
+        done = run.step_count >= settings.steps or out_of_time
+        final = run.export() if done else None
+    finally:
+        run.batches.close()
     run.log.close()
     run.accelerator.end_training()
-    return TrainResult(run.step_count, final, run.last_record, run.nan_skipped)
+    return TrainResult(run.step_count, final, run.last_record, int(run.nan_skipped.item()))

@@ -6,58 +6,76 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from ..files import write_text_atomic
 
 TAU_BINS = 10
 
 
 class MetricsWindow:
-    """Accumulates the steps between two log lines."""
+    """Accumulates the steps between two log lines on the device; `summary` reads them back, the one
+    host sync of a log step. Losses of a skipped (non-finite) step are not counted."""
 
-    def __init__(self, num_stages: int) -> None:
+    def __init__(self, num_stages: int, device=None) -> None:
         self.num_stages = num_stages
+        self.device = torch.device(device or "cpu")
         self.reset()
 
     def reset(self) -> None:
         self.t0 = time.perf_counter()
         self.steps = 0
-        self.loss_sum = 0.0
-        self.stage_sum = [0.0] * self.num_stages
-        self.stage_n = [0] * self.num_stages
-        self.tau_sum = [0.0] * TAU_BINS
-        self.tau_n = [0] * TAU_BINS
         self.images = 0
         self.tokens = 0
+        zeros = lambda n: torch.zeros(n, dtype=torch.float64, device=self.device)  # noqa: E731
+        self.taken = zeros(())
+        self.loss_sum = zeros(())
+        self.stage_sum, self.stage_n = zeros(self.num_stages), zeros(self.num_stages)
+        self.tau_sum, self.tau_n = zeros(TAU_BINS), zeros(TAU_BINS)
 
-    def add(self, loss: float, per_stage: dict[int, tuple[float, int]], taus, losses, images: int, tokens: int) -> None:
+    def add(self, loss: torch.Tensor, sums: torch.Tensor, taus: torch.Tensor, losses: torch.Tensor,
+            taken: torch.Tensor, images: int, tokens: int) -> None:
+        """One step: its loss (0-dim), per-window [loss sum, count] pairs (2K,) summed over ranks, every
+        sample's tau and loss (n,), and whether it was taken (0-dim, 0 or 1); all on the device."""
+        ok = taken > 0
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
         self.steps += 1
-        self.loss_sum += loss
-        for k, (total, n) in per_stage.items():
-            self.stage_sum[k] += total
-            self.stage_n[k] += n
-        for tau, value in zip(taus, losses):
-            b = min(int(tau * TAU_BINS), TAU_BINS - 1)
-            self.tau_sum[b] += value
-            self.tau_n[b] += 1
         self.images += images
         self.tokens += tokens
+        self.taken += taken.double()
+        self.loss_sum += torch.where(ok, loss.detach().double(), zero)
+        self.stage_sum += torch.where(ok, sums[0::2], zero)
+        self.stage_n += torch.where(ok, sums[1::2], zero)
+        bins = (taus.detach().double() * TAU_BINS).long().clamp(0, TAU_BINS - 1)
+        self.tau_sum.index_add_(0, bins, torch.where(ok, losses.detach().double(), zero))
+        self.tau_n.index_add_(0, bins, torch.where(ok, torch.ones_like(bins, dtype=torch.float64), zero))
 
-    def summary(self, step: int, lr: float, weights, ratios, nan_skipped: int, world: int) -> dict:
+    def summary(self, step: int, lr: float, weights, mix, nan_skipped, world: int) -> dict:
+        """The metrics record of the window (one read of the device)."""
+        packed = torch.cat([self.taken[None], self.loss_sum[None], self.stage_sum, self.stage_n, self.tau_sum,
+                            self.tau_n, torch.as_tensor(weights, dtype=torch.float64, device=self.device).reshape(-1),
+                            torch.as_tensor(nan_skipped, dtype=torch.float64, device=self.device).reshape(1)])
+        values = packed.tolist()
+        K, B = self.num_stages, TAU_BINS
+        taken, loss_sum = values[0], values[1]
+        stage_sum, stage_n = values[2:2 + K], values[2 + K:2 + 2 * K]
+        tau_sum, tau_n = values[2 + 2 * K:2 + 2 * K + B], values[2 + 2 * K + B:2 + 2 * K + 2 * B]
+        weight_values, skipped = values[2 + 2 * K + 2 * B:-1], values[-1]
         dt = max(time.perf_counter() - self.t0, 1e-9)
         mean = lambda s, n: (s / n) if n else None  # noqa: E731
         return {
             "step": step,
             "lr": lr,
-            "loss": self.loss_sum / max(self.steps, 1),
-            "loss_stage": [mean(s, n) for s, n in zip(self.stage_sum, self.stage_n)],
-            "samples_stage": list(self.stage_n),
-            "loss_tau_bins": [mean(s, n) for s, n in zip(self.tau_sum, self.tau_n)],
-            "stage_weights": list(weights),
-            "stage_ratios": list(ratios),
+            "loss": loss_sum / max(taken, 1),
+            "loss_stage": [mean(s, n) for s, n in zip(stage_sum, stage_n)],
+            "samples_stage": [int(n) for n in stage_n],
+            "loss_tau_bins": [mean(s, n) for s, n in zip(tau_sum, tau_n)],
+            "stage_weights": weight_values,
+            "stage_ratios": [float(m) for m in mix],
             "images_per_s": self.images * world / dt,
             "tokens_per_s": self.tokens * world / dt,
             "seconds_per_step": dt / max(self.steps, 1),
-            "nan_skipped": nan_skipped,
+            "nan_skipped": int(skipped),
         }
 
 

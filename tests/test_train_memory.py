@@ -1,0 +1,354 @@
+"""`nami info --train-memory`: the estimate of nami_core/train/memory.py against a real training step.
+
+How the step is measured (`StoragePeak`): a `TorchDispatchMode` sees every op the step runs (the
+forward, autograd's backward, clipping, AdamW, the EMA update). Each storage an op returns is
+counted once, with its full size, from then until it is freed: a `weakref.finalize` on the
+storage's Python object, which torch keeps alive exactly as long as the storage itself. The
+storages alive when the step starts (parameters, gradients, AdamW state, the EMA copy) are
+registered by hand, and so are the batch's tensors. The peak is the largest sum, also per phase
+(forward, backward, optimizer). Not seen: scratch memory a kernel allocates and frees inside one op
+(inside the attention kernel, say) and the allocator's caching and fragmentation.
+
+The step is the one `TrainingRun.step` takes, without accelerate and on one process: a
+`StagedObjective` (with the loop's `CheckpointPolicy`) under autocast, `stage_losses`,
+`weighted_loss`, backward, `clip_grad_norm_`, fused AdamW, `EMA.update`. Gradients are zeroed, not
+freed (`set_to_none=False`), because under DDP they are views of DDP's persistent buckets, which is
+what the estimate assumes. A first, unmeasured step creates the AdamW state.
+
+The estimate models CUDA. On the CPU torch runs two things differently: autocast leaves LayerNorm
+and RMSNorm in the low precision (CUDA runs them in fp32: `AT_FORALL_FP32` in
+aten/src/ATen/autocast_mode.h lists layer_norm, native_layer_norm and rms_norm), and RMSNorm has no
+fused kernel (CUDA's `_fused_rms_norm` keeps its input and rstd, derivatives.yaml; the CPU
+composite also keeps the normalised product). `cuda_like` makes the CPU model's norms do what
+CUDA's do, so that a CPU step keeps what a GPU step keeps; the plain CPU step is checked against
+the estimate's `backend="cpu"`.
+
+nami-2b at 256/512/1024, batch 4 per GPU, bf16, DDP, `--grad-checkpointing auto` (EMA on, 256 text
+tokens; stage mix 2:4:1, the costliest phase of the default schedule once the last window is
+recomputed, so 2 / 3 / 1 samples): peak 52.20 GiB per GPU, at the end of the forward = fixed 39.44
+(parameters 7.89, gradients 7.89, AdamW 15.78, EMA 7.89) + autocast weight copies 3.94 +
+activations 8.32 (1.09 + 6.77 + 0.45 by window) + forward transient 0.50.
+Fixed memory: nami-2b has 2,117,643,840 parameters (count_parameters; "2.118B"). Parameters,
+gradients and AdamW state are 4 + 4 + 8 = 16 bytes each: 16 x 2,117,643,840 = 33,882,301,440 bytes
+= 31.56 GiB. With the EMA, on by default, 20 bytes each: 42,352,876,800 bytes = 39.44 GiB.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from nami_core.config import FlowConfig, ModelConfig, get_preset
+from nami_core.flow.plan import FlowPlan
+from nami_core.info import describe_preset
+from nami_core.model.params import count_parameters
+from nami_core.model.transformer import NamiTransformer
+from nami_core.text.embeddings import TextEmbeddings
+from nami_core.train import memory
+from nami_core.train.batches import StageGroup
+from nami_core.train.ema import EMA
+from nami_core.train.staged_loss import (
+    CheckpointPolicy,
+    StagedObjective,
+    stage_losses,
+    weighted_loss,
+)
+from tests.helpers import run_cli, tiny_model_config
+
+MIB = 2**20
+GIB = 2**30
+TOLERANCE = 0.20  # |estimate / measurement - 1| for the peak of a step
+
+
+class StoragePeak(TorchDispatchMode):
+    """Bytes of live tensor storages: registered ones plus every op output, until freed (module doc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.current = 0
+        self.peak = 0
+        self.phase: str | None = None
+        self.phases: dict[str, int] = {}
+
+    def track(self, tensor) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            return
+        storage = tensor.untyped_storage()
+        key = id(storage)  # the storage's Python object lives exactly as long as the storage
+        if key in self.live:
+            return
+        self.live[key] = storage.nbytes()
+        self.current += storage.nbytes()
+        weakref.finalize(storage, self._free, key)
+        self._note()
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key)
+
+    def _note(self) -> None:
+        self.peak = max(self.peak, self.current)
+        if self.phase is not None:
+            self.phases[self.phase] = max(self.phases.get(self.phase, 0), self.current)
+
+    def enter(self, phase: str) -> None:
+        self.phase = phase
+        self._note()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            self.track(tensor)
+        return out
+
+
+class FusedRMSNorm(torch.autograd.Function):
+    """What CUDA's `_fused_rms_norm` keeps for backward: its (fp32) input and rstd."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        x = x.float()
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, rstd, weight)
+        return x * rstd * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, rstd, weight = ctx.saved_tensors
+        normed = x * rstd
+        grad_weight = (grad * normed).sum(tuple(range(grad.dim() - 1)))
+        g = grad * weight
+        return rstd * (g - normed * (g * normed).mean(-1, keepdim=True)), grad_weight, None
+
+
+def cuda_like(net: torch.nn.Module) -> None:
+    """Make the norms of `net` keep what they keep on CUDA (module doc): RMSNorm one fused op on
+    fp32 input, LayerNorm in fp32 under autocast."""
+    for module in net.modules():
+        if isinstance(module, torch.nn.RMSNorm):
+            eps = module.eps if module.eps is not None else torch.finfo(torch.float32).eps
+            module.forward = lambda x, m=module, eps=eps: FusedRMSNorm.apply(x, m.weight, eps)
+        elif isinstance(module, torch.nn.LayerNorm):
+            def forward(x, m=module):
+                if torch.is_autocast_enabled("cpu") and x.dtype in (torch.bfloat16, torch.float16):
+                    x = x.float()
+                return F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+            module.forward = forward
+
+
+def measure_step(model: ModelConfig, resolutions, samples, dtype: str, granularity: str, text_tokens: int = 16,
+                 patch: int = 2, cuda: bool = True, seed: int = 0):
+    """(StoragePeak of one measured training step, the estimate for it). Grids are latent grids of
+    `model.in_channels / patch**2` channels whose side is the window's resolution."""
+    torch.manual_seed(seed)
+    net = NamiTransformer.from_model_config(model)
+    if cuda:
+        cuda_like(net)
+    plan = FlowPlan("nami", FlowConfig(resolutions=tuple(resolutions)), model.stage_ends, patch)
+    policy = CheckpointPolicy(granularity, model.stage_ends, len(plan) - 1)
+    objective = StagedObjective(net, plan, patch, policy)
+    params = list(net.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    ema = EMA(params, 0.9999)
+    channels = model.in_channels // patch**2
+    half = dtype != "fp32"
+
+    def forward(inputs):  # accelerate wraps the prepared module's forward in autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16 if dtype == "bf16" else torch.float16, enabled=half):
+            return objective(inputs)
+
+    def groups():
+        out = []
+        for k, b in enumerate(samples):
+            if b:
+                side = plan[k].resolution
+                text = TextEmbeddings(torch.randn(b, text_tokens, model.text_dim),
+                                      torch.ones(b, text_tokens, dtype=torch.bool),
+                                      torch.randn(b, model.pooled_dim), (text_tokens,) * b)
+                out.append(StageGroup(k, torch.randn(b, channels, side, side), text,
+                                      torch.randn(b, channels, side, side), torch.rand(b)))
+        return out
+
+    def step(tracker: StoragePeak | None = None) -> None:
+        batch = groups()
+        if tracker is not None:
+            state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+            for t in (*params, *(p.grad for p in params), *state, *ema.shadow_params):
+                tracker.track(t)
+            for g in batch:
+                for t in (g.latents, g.noise, g.r, g.text.sequence, g.text.mask, g.text.pooled):
+                    tracker.track(t)
+            tracker.enter("forward")
+        losses = stage_losses(forward, batch, plan, model.prediction)
+        loss = weighted_loss(batch, losses, [1.0] * len(plan), sum(samples))
+        if tracker is not None:
+            tracker.enter("backward")
+        loss.backward()
+        if tracker is not None:
+            tracker.enter("optimizer")
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        ema.update(params)
+        optimizer.zero_grad(set_to_none=False)
+
+    step()  # creates the AdamW state and the gradients
+    with StoragePeak() as tracker:
+        step(tracker)
+    windows = [memory.WindowShape(w.resolution, (w.resolution // patch) ** 2, w.blocks) for w in plan]
+    estimate = memory.estimate(model, windows, list(samples), dtype=dtype, text_tokens=text_tokens,
+                               grad_checkpointing=granularity, backend="cuda" if cuda else "cpu")
+    return tracker, estimate
+
+
+def check(tracker: StoragePeak, estimate: memory.TrainMemory, label: str) -> None:
+    ratio = estimate.peak / tracker.peak
+    print(f"{label}: measured {tracker.peak / MIB:.2f} MiB, estimated {estimate.peak / MIB:.2f} MiB "
+          f"({ratio - 1:+.1%}); measured phases "
+          + ", ".join(f"{k} {v / MIB:.2f}" for k, v in tracker.phases.items())
+          + "; estimated " + ", ".join(f"{k} {v / MIB:.2f}" for k, v in estimate.phases.items()))
+    assert abs(ratio - 1) < TOLERANCE, label
+
+
+TINY = get_preset("tiny").model  # width 64, 2 double + 4 single blocks, stages 2/4/6
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("granularity", ["none", "full", "last-stage", "auto"])
+def test_estimate_matches_a_measured_step(dtype, granularity):
+    """The tiny preset at 64 / 256 / 1024 image tokens, 2 samples per window, CUDA's norms."""
+    tracker, estimate = measure_step(TINY, (16, 32, 64), (2, 2, 2), dtype, granularity)
+    check(tracker, estimate, f"tiny {dtype} {granularity}")
+    # checkpointing does what it says: less kept, most of all when every window recomputes
+    assert estimate.activations > 0 and tracker.phases["optimizer"] < tracker.phases["forward"]
+
+
+@pytest.mark.parametrize("dtype,granularity", [("bf16", "none"), ("bf16", "auto"), ("fp32", "last-stage")])
+def test_estimate_holds_for_another_shape(dtype, granularity):
+    """A narrower model (width 32, 1 double + 2 single blocks, 384-d text) with other sample counts
+    and text length than the transients were measured on."""
+    model = tiny_model_config(text_dim=384, pooled_dim=384, in_channels=48)
+    tracker, estimate = measure_step(model, (16, 32, 64), (1, 3, 2), dtype, granularity, text_tokens=24)
+    check(tracker, estimate, f"width-32 {dtype} {granularity}")
+
+
+@pytest.mark.parametrize("granularity", ["none", "auto"])
+def test_estimate_of_a_plain_cpu_step(granularity):
+    """Without CUDA's norms the CPU keeps the composite RMSNorm's output too (`backend="cpu"`)."""
+    tracker, estimate = measure_step(TINY, (16, 32, 64), (2, 2, 2), "fp32", granularity, cuda=False)
+    check(tracker, estimate, f"plain cpu fp32 {granularity}")
+
+
+def test_policy_and_names_follow_the_training_loop():
+    """The estimate plans with the loop's own `CheckpointPolicy` and names: `last-stage` recomputes the
+    model's last stage module (blocks 16..21 of nami-2b) in every window, flow-only's too."""
+    from nami_core.train.config import CHECKPOINTING, DTYPES
+
+    assert memory.CHECKPOINTING == CHECKPOINTING and memory.DTYPES == DTYPES
+    policy = CheckpointPolicy("last-stage", (9, 16, 22), 2)
+    assert [policy.recompute_from(k) for k in range(3)] == [16, 16, 16]
+    assert [CheckpointPolicy("auto", (9, 16, 22), 2).recompute_from(k) for k in range(3)] == [None, None, 0]
+
+
+def nami_2b(granularity: str = "auto", **options):
+    desc = describe_preset("nami-2b")
+    return memory.train_memory_report(desc.name, desc.model, desc.flow, desc.pixels_per_token, desc.default_mode,
+                                      batch_size=4, dtype="bf16", grad_checkpointing=granularity, **options)
+
+
+def test_nami_2b_breakdown():
+    """The numbers of the module docstring."""
+    params = count_parameters(get_preset("nami-2b").model)[0]
+    assert params == 2_117_643_840
+    report = nami_2b("auto")
+    parts = report["bytes"]
+    assert (parts["parameters"], parts["gradients"], parts["adamw"], parts["ema"]) == (4 * params, 4 * params,
+                                                                                     8 * params, 4 * params)
+    assert parts["fixed"] == 20 * params and parts["fixed"] / GIB == pytest.approx(39.44, abs=0.01)
+    no_ema = nami_2b("auto", ema=False)["bytes"]
+    assert no_ema["fixed"] == 16 * params and no_ema["fixed"] / GIB == pytest.approx(31.56, abs=0.01)
+    assert parts["communication"] == 0 and parts["autocast_weights"] == 2 * params
+    assert report["stage_mix"] == [2.0, 4.0, 1.0]  # with the last window recomputed, 2:4:1 costs most
+    assert [w["samples"] for w in report["windows"]] == [2, 3, 1]
+    assert [w["recomputed_blocks"] for w in report["windows"]] == [0, 0, 22]
+    assert report["peak_gib"] == pytest.approx(52.20, abs=0.01)
+    assert report["peak_phase"] == "forward"
+    peaks = {g: nami_2b(g)["peak_bytes"] for g in memory.CHECKPOINTING}
+    assert peaks["full"] < peaks["auto"] < peaks["last-stage"] < peaks["none"]
+    fsdp = nami_2b("auto", fsdp=True, gpus=8)
+    assert fsdp["bytes"]["fixed"] == pytest.approx(20 * params / 8, abs=8)
+    assert fsdp["bytes"]["communication"] > 0 and fsdp["bytes"]["autocast_weights"] == 0
+    assert fsdp["peak_bytes"] < report["peak_bytes"]
+    # a random draw of all 4 samples into the 512 window (not recomputed) costs about as much as the
+    # rounded-up 2:4:1 mix; without checkpointing, all 4 at 1024 cost more than 1 / 2 / 3 samples
+    assert report["worst_draw"]["window"] == 1
+    none = nami_2b("none")
+    assert none["worst_draw"]["window"] == 2 and none["worst_draw"]["peak_bytes"] > none["peak_bytes"]
+
+
+def test_cli_train_memory_json(capsys):
+    code, out, err = run_cli(["info", "--preset", "nami-2b", "--train-memory", "--batch-size", "4", "--dtype", "bf16",
+                              "--grad-checkpointing", "auto", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert {"model", "params", "batch_size", "dtype", "parallel", "gpus", "grad_checkpointing", "stage_mix",
+            "windows", "bytes", "phases", "peak_bytes", "peak_gib", "worst_draw"} <= set(report)
+    assert (report["model"], report["batch_size"], report["dtype"], report["parallel"], report["gpus"],
+            report["grad_checkpointing"]) == ("nami-2b", 4, "bf16", "ddp", 1, "auto")
+    assert set(report["bytes"]) == {"parameters", "gradients", "adamw", "ema", "communication", "autocast_weights",
+                                    "activations", "fixed"}
+    assert [w["resolution"] for w in report["windows"]] == [256, 512, 1024]
+    assert [w["tokens"] for w in report["windows"]] == [256, 1024, 4096]
+    assert report["bytes"]["activations"] == sum(w["activation_bytes"] for w in report["windows"])
+    assert report["peak_bytes"] == max(report["phases"].values()) == nami_2b("auto")["peak_bytes"]
+    # --precision is the hidden old name of --dtype; --stage-mix and FSDP
+    code, out, _ = run_cli(["info", "--preset", "nami-2b", "--train-memory", "--batch-size", "4", "--precision", "bf16",
+                            "--grad-checkpointing", "auto", "--json"], capsys)
+    assert code == 0 and json.loads(out)["peak_bytes"] == report["peak_bytes"]
+    code, out, _ = run_cli(["info", "--preset", "nami-2b", "--train-memory", "--batch-size", "4", "--dtype", "bf16",
+                            "--stage-mix", "4:2:1", "--fsdp", "--gpus", "8", "--json"], capsys)
+    fsdp = json.loads(out)
+    assert code == 0 and fsdp["stage_mix"] == [4.0, 2.0, 1.0] and fsdp["parallel"] == "fsdp" and fsdp["gpus"] == 8
+    assert [w["samples"] for w in fsdp["windows"]] == [3, 2, 1]
+
+
+def test_cli_train_memory_of_a_model_dir(tmp_path, capsys):
+    """--model reads the configs of a saved model directory, as `nami info` does."""
+    model = tiny_model_config(text_dim=384, pooled_dim=384, in_channels=48)
+    root = tmp_path / "tiny"
+    for folder, name, config in [("transformer", "config.json", model.transformer_kwargs()),
+                                 ("scheduler", "scheduler_config.json", {"resolutions": [16, 32, 64]}),
+                                 ("codec", "config.json", {"_class_name": "PixelCodec", "patch_size": 4})]:
+        (root / folder).mkdir(parents=True)
+        (root / folder / name).write_text(json.dumps(config))
+    code, out, err = run_cli(["info", "--model", str(root), "--train-memory", "--batch-size", "6", "--text-tokens", "12",
+                              "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["model"] == "tiny" and report["params"] == count_parameters(model)[0]
+    assert [w["tokens"] for w in report["windows"]] == [16, 64, 256] and report["text_tokens"] == 12
+    assert [w["samples"] for w in report["windows"]] == [1, 2, 4]  # 1:2:4 (ceil of 6/7, 12/7, 24/7) costs most
+
+
+def test_cli_train_memory_table_and_errors(capsys):
+    code, out, err = run_cli(["info", "--preset", "tiny", "--stages", "64,128,256", "--train-memory"], capsys)
+    assert code == 0, err
+    assert "peak" in out and "AdamW" in out and "activations" in out
+    for args, message in [
+        (["--train-memory", "--grad-checkpointing", "sometimes"], "--grad-checkpointing must be one of none, full, last-stage, auto"),
+        (["--train-memory", "--dtype", "int8"], "--dtype must be one of fp32, bf16, fp16"),
+        (["--train-memory", "--dtype", "bf16", "--precision", "fp16"], "--precision is the old name of --dtype"),
+        (["--train-memory", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--train-memory", "--stage-mix", "1:1"], "--stage-mix has 2 weights for 3 stages"),
+        (["--train-memory", "--fsdp"], "--fsdp needs --gpus"),
+        (["--batch-size", "4"], "--batch-size needs --train-memory"),
+    ]:
+        code, _, err = run_cli(["info", "--preset", "nami-2b", *args], capsys)
+        assert code == 2
+        err = err.strip()
+        assert err.startswith("error:") and message in err and "\n" not in err, err
