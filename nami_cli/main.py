@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import sys
+from functools import lru_cache
 
 import typer
 
@@ -45,6 +47,45 @@ def with_optional_values(argv: list[str]) -> list[str]:
     return out
 
 
+INT_RANGE = (-(2**63), 2**63 - 1)  # every integer option fits a 64-bit signed integer
+SEED_RANGE = (0, 2**63 - 1)
+
+
+def checked_number(param, value):
+    """Refuse a NaN or infinite float and an integer outside 64 bits (seeds: 0 and up) as a usage
+    error naming the option, before any command runs."""
+    if value is None or isinstance(value, bool):
+        return value
+    flag = max(param.opts, key=len)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise click_exceptions.BadParameter(f"{value} is not a finite number", param_hint=flag)
+    if isinstance(value, int):
+        low, high = SEED_RANGE if param.name == "seed" else INT_RANGE
+        if not low <= value <= high:
+            raise click_exceptions.BadParameter(f"{value} is out of range ({low} to {high})", param_hint=flag)
+    return value
+
+
+def guard_numbers(command) -> None:
+    """Chain `checked_number` onto every int and float option of `command` and its subcommands."""
+    for sub in getattr(command, "commands", {}).values():
+        guard_numbers(sub)
+    for param in getattr(command, "params", []):
+        annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+        if annotation not in (int, float):
+            continue
+        inner = param.callback
+        param.callback = (lambda ctx, p, v, inner=inner: checked_number(p, inner(ctx, p, v) if inner else v))
+
+
+@lru_cache(maxsize=1)
+def command():
+    """The click command tree of `app`, built once, with its numeric options guarded."""
+    built = typer.main.get_command(app)
+    guard_numbers(built)
+    return built
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one line to stderr and exit."""
     sys.stderr.write(f"error: {message}\n")
@@ -60,7 +101,7 @@ def run(argv: list[str] | None = None) -> None:
         teardown.enable()
     args = with_optional_values(list(sys.argv[1:] if argv is None else argv))
     try:
-        result = app(args=args, prog_name="nami", standalone_mode=False)
+        result = command().main(args=args, prog_name="nami", standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError:
         raise SystemExit(0) from None  # the help was already printed
     except click_exceptions.UsageError as exc:
@@ -79,6 +120,12 @@ def run(argv: list[str] | None = None) -> None:
         fail(f"permission denied: {exc.filename or exc}")
     except MemoryError:
         fail("out of memory")
+    except OSError as exc:
+        from nami_core.files import disk_full, is_disk_full
+
+        if is_disk_full(exc):
+            fail(str(disk_full(exc.filename or "a file")))
+        fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except RuntimeError as exc:
         if "out of memory" in str(exc).lower():
             fail("out of memory: " + str(exc).splitlines()[0])

@@ -269,9 +269,12 @@ def parse_float_list(text: str, name: str) -> tuple[float, ...]:
     if not parts:
         raise ConfigError(f"{name} is empty")
     try:
-        return tuple(float(p) for p in parts)
+        values = tuple(float(p) for p in parts)
     except ValueError:
         raise ConfigError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{name} must hold finite numbers, got {text!r}")
+    return values
 
 
 def split_steps(steps: str | int | Sequence[int], num_stages: int) -> tuple[int, ...]:

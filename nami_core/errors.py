@@ -7,3 +7,7 @@ class NamiError(Exception):
 
 class ConfigError(NamiError, ValueError):
     """A configuration value is invalid. The message names the field."""
+
+
+class DiskFullError(NamiError):
+    """The disk filled up while writing; the message names the file. What was written before stays."""

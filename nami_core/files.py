@@ -7,13 +7,42 @@ writes), and renamed into place. Readers ignore names starting with `.tmp-`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .errors import DiskFullError
+
 TEMP_PREFIX = ".tmp-"
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free space on the file system of `path` (its nearest existing parent), None if unknown."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def disk_full(path: str | Path, needed: int | None = None) -> DiskFullError:
+    """The one-line error for a write to `path` that ran out of space (`needed`: bytes, if known)."""
+    free = free_bytes(path)
+    parts = [f"no space left on device writing {path}"]
+    if needed is not None:
+        parts.append(f"it needs {needed / 2**20:,.1f} MiB")
+    if free is not None:
+        parts.append(f"{free / 2**20:,.1f} MiB free")
+    return DiskFullError("; ".join(parts) + " (files written before are intact)")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def temp_sibling(path: str | Path, shared: bool = False) -> Path:
@@ -30,6 +59,10 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -9,6 +9,8 @@ Written as `"STEP:VALUES,STEP:VALUES"`, each phase starting at its step:
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,6 +40,8 @@ def parse_phases(text: str, name: str, width: int | None = None) -> list[Phase]:
             raise ConfigError(f"{name}: cannot read phase {part!r} (expected STEP:VALUE[:VALUE...])") from None
         if start < 0:
             raise ConfigError(f"{name}: phase {part!r} starts at a negative step")
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"{name}: phase {part!r} holds a value that is not a finite number")
         if not values or (width is not None and len(values) != width):
             raise ConfigError(f"{name}: phase {part!r} has {len(values)} values, expected {width}")
         if any(v < 0 for v in values) or sum(values) <= 0:
