@@ -38,9 +38,11 @@ def nami_t2i(
 
     from nami_core.interop.public_layout import convert_public_layout
     from nami_core.modeldir import quiet_loading
+    from nami_core.output_targets import check_folder_target
 
     from .progress import console
 
+    check_folder_target(out, "--out")
     quiet_loading()
     layout = convert_public_layout(src, out, link_text=link_text)
     summary = {
@@ -87,6 +89,7 @@ def flux(
     from nami_core.interop.block_selection import BlockSelection, compact
     from nami_core.interop.flux_convert import convert_flux
     from nami_core.modeldir import quiet_loading
+    from nami_core.output_targets import check_folder_target
 
     from .progress import console
 
@@ -99,6 +102,7 @@ def flux(
         selection = BlockSelection.parse(keep_blocks)
     elif double is not None:
         selection = BlockSelection.first(double, single)  # type: ignore[arg-type]
+    check_folder_target(out, "--out")
     quiet_loading()
     report = convert_flux(src, out, parse_int_list(stage_ends, "--stage-ends"), selection)
     if as_json:
@@ -134,10 +138,42 @@ def checkpoint(
       nami sample "a photo of a red circle" --model models/shapes-4k
     """
     from nami_core.modeldir import quiet_loading
+    from nami_core.output_targets import check_folder_target
     from nami_core.train.export import export_checkpoint
 
     from .progress import console
 
+    check_folder_target(out, "--out")
     quiet_loading()
     path = export_checkpoint(src, out)
     console.print(f"wrote {path}")
+
+
+@app.command("lora")
+def lora(
+    adapter: Path = typer.Argument(..., help="A LoRA adapter folder (pytorch_lora_weights.safetensors), e.g. RUN/final of `nami train --lora`."),
+    model: Path = typer.Option(..., "--model", help="The model directory the adapter was trained on."),
+    out: Path = typer.Option(..., "--out", help="New model directory: the model with the adapter folded into its weights."),
+    scale: float = typer.Option(1.0, "--scale", help="Strength of the adapter (as ADAPTER:SCALE in `nami sample --lora`)."),
+    merge: bool = typer.Option(False, "--merge", help="Fold the adapter into the weights (the one conversion offered; required)."),
+) -> None:
+    """Fold a LoRA adapter into a model: a model directory that samples as `--lora ADAPTER:SCALE` does, with no adapter to load.
+
+    Examples:
+
+      nami convert lora runs/lora/final --model models/shapes --out models/shapes-teal --merge
+
+      nami convert lora runs/lora/final --model models/shapes --out models/shapes-half --merge --scale 0.5
+    """
+    from nami_core.errors import NamiError
+    from nami_core.modeldir import merge_lora
+    from nami_core.output_targets import check_folder_target
+
+    from .progress import console
+
+    if not merge:
+        raise NamiError("give --merge to fold the adapter into the model's weights "
+                        "(`nami sample --model MODEL --lora ADAPTER` applies it without merging)")
+    check_folder_target(out, "--out")
+    path = merge_lora(model, adapter, out, scale)
+    console.print(f"wrote {path}: {model} with {adapter} folded in at scale {scale:g}")

@@ -113,14 +113,14 @@ def geneval(
     skip_generation: bool = typer.Option(False, "--skip-generation", help="Score the images already in --out."),
     seed: int = typer.Option(0, "--seed", help="Image j of prompt i uses seed S + i * images-per-prompt + j."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage, e.g. 10,10,10. Default: the model's."),
-    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale, or one per stage such as 8,3,3. Default: the model's."),
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (at most 100), or one per stage such as 8,3,3. Default: the model's."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
 ) -> None:
     """Generate images for GenEval prompts, detect their objects and score them by GenEval's rules.
 
-    Prints a table of per-tag scores; the last line is `overall <score>`, the mean of the tag scores (GenEval's overall score). With --skip-generation the images already in --out are only scored, so images from any model written in GenEval's layout can be scored too. The mask2former detector reproduces GenEval's mmdet pre- and post-processing on transformers weights; with --clip it names colours like GenEval's CLIP classifier.
+    Prints a table of per-tag scores; the last line is `overall <score>`, the mean of the tag scores (GenEval's overall score). With --skip-generation the images already in --out are only scored, so images from any model written in GenEval's layout can be scored too. Metadata lines are checked first: a tag or colour outside GenEval's (single_object, two_object, counting, colors, position, color_attr; red, orange, yellow, green, blue, purple, pink, brown, black, white) or a class the detector cannot find is refused with its file and line. The mask2former detector reproduces GenEval's mmdet pre- and post-processing on transformers weights; with --clip it names colours like GenEval's CLIP classifier.
 
     Examples:
 
@@ -135,27 +135,31 @@ def geneval(
     from nami_core.errors import NamiError
     from nami_core.eval import geneval as ge
     from nami_core.eval.detectors import DetectorOptions, get_detector
+    from nami_core.config import guidance_scales
+    from nami_core.output_targets import check_folder_target
 
     check_positive(images_per_prompt, "--images-per-prompt")
     check_positive(batch_size, "--batch-size")
     found = get_detector(detector, DetectorOptions(clip=clip, device=device_name(device) if ":" in detector else "cpu"))
-    suite = None
+    suite_lines = None
     if metadata is not None or not skip_generation:
-        metadata_path = metadata if metadata is not None else default_suite()
-        suite = ge.read_metadata(metadata_path)
-        check_classes(found, suite, str(metadata_path))
+        suite_lines = ge.read_metadata_lines(metadata if metadata is not None else default_suite())
     if skip_generation:
         prompts = ge.read_layout(out)
-        if suite is not None:
-            check_same_prompts(prompts, suite, str(metadata))
-        check_classes(found, [p.metadata for p in prompts], str(out))
+        if suite_lines is not None:
+            check_same_prompts(prompts, [line for _, line in suite_lines], str(metadata))
+        scored_lines = [(f"{p.path / ge.METADATA_NAME}:1", p.metadata) for p in prompts]
     else:
-        if out.exists() and not out.is_dir():
-            raise NamiError(f"--out {out} is a file, expected a folder")
+        check_folder_target(out, "--out")
         if out.is_dir() and any(p.name.isdigit() for p in out.iterdir()):
             raise NamiError(f"{out} already holds GenEval samples; score them with --skip-generation "
                             f"or choose an empty --out")
-        generate(suite, out, model, images_per_prompt, seed, steps, cfg, device, dtype, batch_size)
+        if cfg is not None:  # before the model loads; the generator checks it too
+            guidance_scales(cfg, "--cfg")
+    ge.check_detector(suite_lines if suite_lines is not None else scored_lines, found)
+    if not skip_generation:
+        generate([line for _, line in suite_lines], out, model, images_per_prompt, seed, steps, cfg, device, dtype,
+                 batch_size)
 
     with progress_bar("scoring") as update:
         results = ge.evaluate_folder(out, found, update)
@@ -166,22 +170,6 @@ def geneval(
         rows.append([tag, str(len(tagged)), str(sum(r["correct"] for r in tagged)), f"{value:.3f}"])
     print_table(f"GenEval ({found.name} detector)", ["tag", "images", "correct", "score"], rows)
     typer.echo(f"overall {summary['overall']:.3f}")
-
-
-def check_classes(detector, lines: list[dict], source: str) -> None:
-    """NamiError when the metadata asks for classes the detector cannot report, or colours it cannot name."""
-    from nami_core.errors import NamiError
-
-    for line in lines:
-        for entry in line["include"] + line.get("exclude", []):
-            if detector.classes is not None and entry["class"] not in detector.classes:
-                raise NamiError(
-                    f"{source} asks for {entry['class']!r} ({line['prompt']!r}), which the {detector.name} detector "
-                    f"cannot find; it knows {', '.join(detector.classes)}"
-                )
-            if "color" in entry and getattr(detector, "colors", True) is None:
-                raise NamiError(f"{source} asks for colours ({line['prompt']!r}); the {detector.name} detector "
-                                f"needs --clip PATH (a CLIP model) to name them")
 
 
 def check_same_prompts(prompts, suite: list[dict], source: str) -> None:
@@ -226,16 +214,17 @@ def dpg(
     skip_generation: bool = typer.Option(False, "--skip-generation", help="Score the grids already in --out."),
     seed: int = typer.Option(0, "--seed", help="Cell k (0..3) of prompt i (prompts in name order) uses seed S + 4 i + k."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage. Default: the model's."),
-    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale, or one per stage such as 8,3,3. Default: the model's."),
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (at most 100), or one per stage such as 8,3,3. Default: the model's."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
     vqa_prompt: str = typer.Option("{question}", "--vqa-prompt", help="How a question is put to a generative VQA model, e.g. 'Question: {question} Answer:' for BLIP-2."),
     keep_first_row: bool = typer.Option(False, "--keep-first-row", help="Also use the csv's first question (ELLA's script skips it; off = ELLA's numbers)."),
+    answer_match: str = typer.Option("exact", "--answer-match", help="exact: only the answer 'yes' scores (ELLA's rule, the default) | lenient: the answer is stripped and lower-cased first, so ' Yes' scores too (not comparable to ELLA's numbers)."),
 ) -> None:
     """Generate a 2x2 grid per DPG-Bench prompt and score it with a VQA model, as ELLA's DPG-Bench script does.
 
-    Each question is asked of each of the four cells ("yes" scores 1); a question whose parent question failed scores 0; a cell's score is the mean over its questions, a prompt's the mean over its cells, and the DPG-Bench score (last line, `overall <score>`) 100 x the mean over prompts. Level-1 / level-2 category scores follow ELLA's script. DPG-Bench's reference VQA model is mPLUG-large, which transformers does not provide: scores from any other model are marked "not comparable to mPLUG-large" here and in dpg_summary.json.
+    Each question is asked of each of the four cells (the answer "yes", exactly as ELLA compares it, scores 1; --answer-match lenient also takes " Yes"); a question whose parent question failed scores 0; a cell's score is the mean over its questions, a prompt's the mean over its cells, and the DPG-Bench score (last line, `overall <score>`) 100 x the mean over prompts. Level-1 / level-2 category scores follow ELLA's script. DPG-Bench's reference VQA model is mPLUG-large, which transformers does not provide: scores from any other model are marked "not comparable to mPLUG-large" here and in dpg_summary.json.
 
     Examples:
 
@@ -248,8 +237,10 @@ def dpg(
     from nami_core.eval import dpg_run
     from nami_core.eval.generation import Generator
     from nami_core.eval.vqa import TransformersVQA
+    from nami_core.config import guidance_scales
 
     check_positive(batch_size, "--batch-size")
+    dpg_core.answer_rule(answer_match)
     items = dpg_core.read_dpg_csv(csv, drop_first_row=not keep_first_row)
     if skip_generation:
         dpg_run.grid_files(out, items)
@@ -257,13 +248,16 @@ def dpg(
         if prompts is None:
             raise NamiError("--prompts DIR is required to generate (or pass --skip-generation to score --out)")
         prompt_texts = dpg_run.read_prompt_dir(prompts)
+        dpg_run.check_new_grid_folder(out)
+        if cfg is not None:  # before the VQA model loads; the generator checks it too
+            guidance_scales(cfg, "--cfg")
     answerer = TransformersVQA(vqa, device_name(device), vqa_prompt)
     if not skip_generation:
         generator = Generator(model, device, steps, cfg, dtype)
         with progress_bar("generating") as update:
             dpg_run.generate_grids(generator, prompt_texts, out, seed, batch_size, update)
     with progress_bar("asking") as update:
-        summary = dpg_run.evaluate_grids(out, items, answerer, update)
+        summary = dpg_run.evaluate_grids(out, items, answerer, update, answer_match)
     if summary["note"]:
         typer.echo(f"note: {summary['note']}")
     for skipped in summary["skipped"]:
@@ -314,12 +308,15 @@ def nami1k_build(
     from nami_core.eval.nami1k.build import build_prompt_set
     from nami_core.eval.nami1k.plots import topic_counts, write_histograms
     from nami_core.eval.nami1k.prompts import SOURCES, write_prompt_set
+    from nami_core.output_targets import check_file_target
 
     if out.is_dir():
         raise NamiError(f"--out {out} is a folder; give the .jsonl file to write")
+    check_file_target(out, "--out")
+    plot = plot if plot is not None else out.with_suffix(".png")
+    check_file_target(plot, "--plot")
     sources = {"open": open_files, "human": human_files, "generated": generated_files}
     records = build_prompt_set({k: v for k, v in sources.items() if v}, parse_counts(counts), seed, max_words)
-    plot = plot if plot is not None else out.with_suffix(".png")
     write_histograms(records, plot)
     write_prompt_set(out, records)
     rows = [[s, str(sum(r.source == s for r in records)),
@@ -337,7 +334,7 @@ def nami1k_generate(
     images_per_prompt: int = typer.Option(1, "--images-per-prompt", help="Images per prompt."),
     seed: int = typer.Option(0, "--seed", help="Image j of prompt i uses seed S + i * images-per-prompt + j."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage. Default: the model's."),
-    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale, or one per stage such as 8,3,3. Default: the model's."),
+    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (at most 100), or one per stage such as 8,3,3. Default: the model's."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
@@ -353,9 +350,11 @@ def nami1k_generate(
     from nami_core.eval.generation import Generator
     from nami_core.eval.nami1k.generate import generate_set
     from nami_core.eval.nami1k.prompts import read_prompt_set
+    from nami_core.output_targets import check_folder_target
 
     check_positive(images_per_prompt, "--images-per-prompt")
     check_positive(batch_size, "--batch-size")
+    check_folder_target(out, "--out")
     records = read_prompt_set(prompts)
     generator = Generator(model, device, steps, cfg, dtype)
     with progress_bar("generating") as update:
@@ -409,7 +408,10 @@ def nami1k_score(
     from nami_core.eval.nami1k.annotate import DIMENSIONS
     from nami_core.eval.nami1k.prompts import SOURCES
     from nami_core.eval.nami1k.score import read_annotations, score_annotations
+    from nami_core.output_targets import check_file_target
 
+    if json_out is not None:
+        check_file_target(json_out, "--json")
     chosen = [m.strip() for m in models.split(",") if m.strip()] if models else None
     result = score_annotations(read_annotations(annotations), chosen)
     print_table(f"NAMI-1K ({len(result['annotators'])} annotators)", ["model", *DIMENSIONS, "overall", "images"],
@@ -447,8 +449,11 @@ def clipscore(
     from nami_core.eval.clip_model import ClipEncoder
     from nami_core.eval.clipscore import prompted_images, score_images
     from nami_core.files import write_json_atomic
+    from nami_core.output_targets import check_file_target
 
     check_positive(batch_size, "--batch-size")
+    if json_out is not None:
+        check_file_target(json_out, "--json")
     pairs = prompted_images(images)
     encoder = ClipEncoder(clip, device_name(device))
     with warnings_as_lines(), progress_bar("scoring") as update:
@@ -482,8 +487,11 @@ def fid(
     """
     from nami_core.eval.fid import InceptionFeatures, folder_fid
     from nami_core.files import write_json_atomic
+    from nami_core.output_targets import check_file_target
 
     check_positive(batch_size, "--batch-size")
+    if json_out is not None:
+        check_file_target(json_out, "--json")
     extractor = InceptionFeatures(inception, device_name(device))
     result = folder_fid(real, fake, extractor, batch_size)
     if json_out is not None:

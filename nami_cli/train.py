@@ -45,6 +45,9 @@ def train(
     grad_clip: float = typer.Option(1.0, "--grad-clip", help="Gradient norm clip."),
     preload: str = typer.Option("auto", "--preload", help="auto | yes | no: hold the data in memory."),
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop after this many minutes of training (checkpoint + final model); resumable."),
+    lora: Optional[int] = typer.Option(None, "--lora", help="Train a LoRA adapter of this rank on the frozen --init model (RUN/final is the adapter, for `nami sample --lora`)."),
+    lora_targets: str = typer.Option("attn", "--lora-targets", help="LoRA on attn (attention projections) or attn+mlp (also the feed-forward layers)."),
+    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (scale alpha/rank; default: the rank)."),
 ) -> None:
     """Train a NAMI model: each sample trains one stage, drawn by the stage ratio in force.
 
@@ -57,6 +60,8 @@ def train(
       accelerate launch --num_processes 8 $(which nami) train --data data/laion --out runs/2b --preset nami-2b --stages 256,512,1024 --dtype bf16 --grad-checkpointing auto
 
       nami train --data data/shapes --out runs/shapes --stages 16,32,64 --config model.json --resume latest
+
+      nami train --data data/new-word --out runs/lora --stages 16,32,64 --init models/shapes --lora 8 --lr 1e-3 --steps 300
     """
     from nami_core.config import parse_int_list
     from nami_core.modeldir import quiet_loading
@@ -66,7 +71,12 @@ def train(
     from .aliases import renamed
     from .progress import console
 
+    from nami_core.output_targets import check_folder_target
+
     quiet_loading()
+    check_folder_target(out, "--out")
+    if preset is None and config is None and init is None:
+        typer.echo("note: no --preset, --config or --init given: training the `tiny` preset (a test-sized model)", err=True)
     settings = TrainConfig(
         data=data, out=out, stages=parse_int_list(stages, "--stages"), preset=preset, config_file=config, init=init,
         mode=mode, steps=steps, batch_size=batch_size, lr=lr, ratio_schedule=ratio_schedule, lr_schedule=lr_schedule,
@@ -75,6 +85,7 @@ def train(
         save_every=save_every, keep=keep, resume=resume, seed=seed, log_every=log_every, patch_size=patch_size,
         prediction=prediction, text_positions=text_positions, window_ratios=window_ratios, sample_steps=sample_steps, sample_cfg=sample_cfg,
         max_nan_steps=max_nan_steps, grad_clip=grad_clip, preload=preload, time_budget=time_budget,
+        lora=lora, lora_targets=lora_targets, lora_alpha=lora_alpha,
     )
 
     def on_log(r: dict) -> None:
@@ -85,6 +96,8 @@ def train(
             + (f"  nan-skipped {r['nan_skipped']}" if r["nan_skipped"] else "")
         )
 
-    result = run_training(settings, on_log=on_log)
+    result = run_training(settings, on_log=on_log, on_note=lambda text: typer.echo(f"note: {text}", err=True))
     if result.final_dir is not None:
-        console.print(f"done at step {result.step}; model: {result.final_dir}")
+        skipped = f" ({result.nan_skipped} non-finite steps skipped)" if result.nan_skipped else ""
+        what = "adapter" if lora else "model"
+        console.print(f"done at step {result.step}{skipped}; {what}: {result.final_dir}")

@@ -187,6 +187,9 @@ class FlowConfig:
     `grid` "exact" computes the windows from the ratios; "public" reads them off the public
     NAMI-T2I scheduler's integer grid (`nami_core.flow.plan.PublicWindows`), whose Euler grid
     `NamiFlowScheduler` then lays inside them.
+
+    Stages are square (`resolutions`: their sides) unless `widths` is given: then `resolutions`
+    are the stages' heights and `widths` their widths, both doubling (`ending_at_size`).
     """
 
     resolutions: tuple[int, ...]
@@ -194,10 +197,16 @@ class FlowConfig:
     gamma: float = 1.0 / 3.0
     grid: str = "exact"
     jump: str = "renoise"
+    widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resolutions", tuple(int(r) for r in self.resolutions))
         validate_resolutions(self.resolutions)
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if self.widths:
+            validate_resolutions(self.widths)
+            if len(self.widths) != len(self.resolutions):
+                raise ConfigError(f"widths has {len(self.widths)} entries but there are {len(self.resolutions)} stages")
         ratios = tuple(float(w) for w in self.window_ratios) or (1.0,) * len(self.resolutions)
         object.__setattr__(self, "window_ratios", ratios)
         if len(ratios) != len(self.resolutions):
@@ -217,23 +226,41 @@ class FlowConfig:
     def num_stages(self) -> int:
         return len(self.resolutions)
 
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """(height, width) of every stage in pixels, low to high resolution."""
+        return tuple(zip(self.resolutions, self.widths or self.resolutions))
+
     def ending_at(self, final: int) -> "FlowConfig":
-        """This flow with stage resolutions ending at `final`, each half the next."""
-        if final == self.resolutions[-1]:
+        """This flow with square stages ending at side `final`, each half the next."""
+        if final == self.resolutions[-1] and not self.widths:
             return self
+        return replace(self, resolutions=self._halvings(final, "resolution"), widths=())
+
+    def ending_at_size(self, height: int, width: int) -> "FlowConfig":
+        """This flow with stages of the final size `height` x `width` (pixels), each half the next;
+        square sizes give a square flow."""
+        if height == width:
+            return self.ending_at(height)
+        return replace(self, resolutions=self._halvings(height, "height"), widths=self._halvings(width, "width"))
+
+    def _halvings(self, final: int, what: str) -> tuple[int, ...]:
         K = self.num_stages
         if final <= 0 or final % 2 ** (K - 1):
-            raise ConfigError(f"resolution {final} cannot be halved {K - 1} times into integer stage sides")
-        return replace(self, resolutions=tuple(final // 2 ** (K - 1 - k) for k in range(K)))
+            raise ConfigError(f"{what} {final} cannot be halved {K - 1} times into integer stage sides")
+        return tuple(final // 2 ** (K - 1 - k) for k in range(K))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "resolutions": list(self.resolutions),
             "window_ratios": list(self.window_ratios),
             "gamma": self.gamma,
             "grid": self.grid,
             "jump": self.jump,
         }
+        if self.widths:
+            out["widths"] = list(self.widths)
+        return out
 
 
 def validate_resolutions(resolutions: Sequence[int]) -> None:
@@ -302,22 +329,36 @@ def split_steps(steps: str | int | Sequence[int], num_stages: int) -> tuple[int,
     return counts
 
 
-def split_guidance(cfg: float | str | Sequence[float], num_stages: int, name: str = "cfg") -> tuple[float, ...]:
-    """Per-stage classifier-free guidance scales (1 = off in that stage); errors name the option.
+MAX_GUIDANCE = 100.0  # usual scales are 1 to 20; far larger ones overflow (1e300 draws a black picture)
 
-    One scale ("3" or 3.0) applies to every stage; "8,3,3" gives one per stage, for example
-    strong guidance only in the first, low-resolution window, where the layout is decided.
-    """
+
+def guidance_scales(cfg: float | str | Sequence[float], name: str = "cfg") -> tuple[float, ...]:
+    """The scales of `cfg` (3.0, "3" or "8,3,3", or a sequence), each finite, above 0 and at most
+    `MAX_GUIDANCE`; errors name the option. Callers check the guidance with it before loading a
+    model, when the number of stages is not known yet."""
     if isinstance(cfg, str):
         scales = parse_float_list(cfg, name)
     elif isinstance(cfg, (int, float)):
         scales = (float(cfg),)
     else:
         scales = tuple(float(v) for v in cfg)
+    shown = ",".join(f"{v:g}" for v in scales)
     if not scales:
         raise ConfigError(f"{name} is empty")
     if not all(math.isfinite(v) and v > 0 for v in scales):
-        raise ConfigError(f"{name} must be positive (1 = no guidance), got {','.join(f'{v:g}' for v in scales)}")
+        raise ConfigError(f"{name} must be positive (1 = no guidance), got {shown}")
+    if any(v > MAX_GUIDANCE for v in scales):
+        raise ConfigError(f"{name} must be at most {MAX_GUIDANCE:g} (usual scales are 1 to 20), got {shown}")
+    return scales
+
+
+def split_guidance(cfg: float | str | Sequence[float], num_stages: int, name: str = "cfg") -> tuple[float, ...]:
+    """Per-stage classifier-free guidance scales (1 = off in that stage); errors name the option.
+
+    One scale ("3" or 3.0) applies to every stage; "8,3,3" gives one per stage, for example
+    strong guidance only in the first, low-resolution window, where the layout is decided.
+    """
+    scales = guidance_scales(cfg, name)
     if len(scales) == 1:
         return scales * num_stages
     if len(scales) != num_stages:

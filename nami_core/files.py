@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import DiskFullError
+from .errors import DiskFullError, NamiError
 
 TEMP_PREFIX = ".tmp-"
 
@@ -30,14 +30,22 @@ def free_bytes(path: str | Path) -> int | None:
         return None
 
 
+def human_size(nbytes: int) -> str:
+    """1536 -> "1.5 KiB"; MiB from 1 MiB up, GiB from 1 GiB up."""
+    for unit, power in (("GiB", 30), ("MiB", 20)):
+        if nbytes >= 2**power:
+            return f"{nbytes / 2**power:,.1f} {unit}"
+    return f"{nbytes / 2**10:,.1f} KiB"
+
+
 def disk_full(path: str | Path, needed: int | None = None) -> DiskFullError:
     """The one-line error for a write to `path` that ran out of space (`needed`: bytes, if known)."""
     free = free_bytes(path)
     parts = [f"no space left on device writing {path}"]
     if needed is not None:
-        parts.append(f"it needs {needed / 2**20:,.1f} MiB")
+        parts.append(f"it needs {human_size(needed)}")
     if free is not None:
-        parts.append(f"{free / 2**20:,.1f} MiB free")
+        parts.append(f"{human_size(free)} free")
     return DiskFullError("; ".join(parts) + " (files written before are intact)")
 
 
@@ -90,6 +98,10 @@ def publish_dir(tmp: str | Path, final: str | Path) -> Path:
     """Move the finished folder `tmp` to `final`, replacing a previous `final` with no moment in
     which neither exists complete (the old one is set aside as `.tmp-old-NAME` first)."""
     tmp, final = Path(tmp), Path(final)
+    _apply_umask(tmp)
+    if final.exists() and not final.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise NamiError(f"{final} is a file; a folder was to be written there (choose another path)")
     if final.exists():
         old = final.with_name(f"{TEMP_PREFIX}old-{final.name}")
         shutil.rmtree(old, ignore_errors=True)
@@ -99,6 +111,16 @@ def publish_dir(tmp: str | Path, final: str | Path) -> Path:
     else:
         os.replace(tmp, final)
     return final
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give every file under `folder` the usual mode (0666 less the umask): some writers
+    (safetensors' `save_file`) create owner-only files, which would keep a shared model private."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~mask)
 
 
 def fresh_temp_dir(final: str | Path, shared: bool = False) -> Path:

@@ -9,16 +9,25 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import NamiError
-from .png import save_png
+from .output_names import sample_name
+from .sample_writer import write_sample
+
+
+MAX_SIDE = 65536  # pixels; a larger --width or --height is a typo, not an image
 
 
 @dataclass
 class SampleRequest:
-    """Everything `nami sample` was asked for. `out` is a directory, or a `.png` path for one image."""
+    """Everything `nami sample` was asked for. `out` is a directory, or a `.png` path for one image.
+
+    In a directory every image gets a name of its own (`output_names.sample_name`). Nothing is
+    replaced unless `overwrite`: a name already taken (by the PNG or its sidecar `.json`), in a
+    directory or given as `out`, is numbered `-1`, `-2`, ...
+    """
 
     prompt: str
     model: str | None = None
-    out: Path = Path("nami-samples")
+    out: Path | str = Path("nami-samples")
     n: int = 1
     seed: int = 0
     steps: str | None = None
@@ -32,10 +41,15 @@ class SampleRequest:
     prompt_style: str = "plain"
     timestep_rounding: str | None = None
     compile: bool = False
+    overwrite: bool = False
+    loras: tuple[str, ...] = ()  # LoRA adapters, ADAPTER[:SCALE] each
+    height: int | None = None  # pixels; None: the model's side
+    width: int | None = None
 
     def validate(self) -> None:
         """Check what can be checked before a model is loaded; one error line names the option."""
-        from .config import TIMESTEP_ROUNDINGS, check_mode
+        from .config import TIMESTEP_ROUNDINGS, check_mode, guidance_scales
+        from .model.lora import parse_lora_spec
 
         if self.n < 1:
             raise NamiError(f"--n must be at least 1, got {self.n}")
@@ -48,6 +62,37 @@ class SampleRequest:
         if self.timestep_rounding is not None and self.timestep_rounding not in TIMESTEP_ROUNDINGS:
             raise NamiError(f"--timestep-rounding must be one of {', '.join(TIMESTEP_ROUNDINGS)}, "
                             f"got {self.timestep_rounding!r}")
+        if self.cfg is not None:
+            guidance_scales(self.cfg, "--cfg")
+        for spec in self.loras:
+            parse_lora_spec(spec)
+        for name, side in (("--height", self.height), ("--width", self.width)):
+            if side is not None and not 1 <= side <= MAX_SIDE:
+                raise NamiError(f"{name} must be 1 to {MAX_SIDE} pixels, got {side}")
+        self.check_out()
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.n)]
+
+    def check_out(self) -> None:
+        """`--out` is a folder or can be made one, or names PNGs that can be written."""
+        from .output_targets import check_folder_target, file_in_the_way
+
+        if not str(self.out).strip():
+            raise NamiError("--out is empty; give a folder, or a .png file name for one image")
+        out = Path(self.out)
+        named = named_paths(out, self.seeds())
+        if named is None:
+            if out.exists() and not out.is_dir():
+                raise NamiError(f"--out {out} is a file; give a folder, or a .png file name for one image")
+            check_folder_target(out, "--out")
+            return
+        blocker = file_in_the_way(out)
+        if blocker is not None:
+            raise NamiError(f"--out {out}: {blocker} is a file, not a folder")
+        for path in named:
+            if path.is_dir():
+                raise NamiError(f"--out {path} is a folder; give a .png file name, or a folder for the images")
 
 
 @dataclass
@@ -59,23 +104,43 @@ class SampleReport:
     metadata: list[dict] = field(default_factory=list)
 
 
-def slug(text: str, limit: int = 48) -> str:
-    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return (s[:limit].rstrip("-")) or "image"
+def named_paths(out: Path, seeds: list[int]) -> list[Path] | None:
+    """The paths the user named: `out` itself for one image to a `.png` (`<stem>-<seed>.png` for
+    several); None when `out` is a folder (also a folder whose name ends in .png)."""
+    if out.suffix.lower() != ".png" or out.is_dir():
+        return None
+    if len(seeds) == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{s}.png") for s in seeds]
 
 
-def output_paths(out: Path, prompt: str, seeds: list[int]) -> list[Path]:
-    """One path per image: `out` itself for a single `.png`, else numbered files."""
-    if out.suffix.lower() == ".png":
-        if len(seeds) == 1:
-            return [out]
-        return [out.with_name(f"{out.stem}-{s}.png") for s in seeds]
-    return [out / f"{slug(prompt)}-{s}.png" for s in seeds]
+def image_path(out: Path, named: list[Path] | None, index: int, metadata: dict) -> Path:
+    """Where image `index` goes: its named path, or its own name in the folder `out`."""
+    return named[index] if named is not None else out / sample_name(metadata)
+
+
+def vocabulary_warning(req: SampleRequest) -> str | None:
+    """One line when the prompt uses words outside the model's saved vocabulary (plus the words of
+    its `--lora` adapters' fine-tuning captions), else None. No claim, and no line, when the model
+    or an adapter carries no vocabulary."""
+    from .model.lora import parse_lora_spec
+    from .modeldir import resolve_model_dir
+    from .vocabulary import read_vocabulary
+
+    vocabulary = read_vocabulary(resolve_model_dir(req.model))
+    for spec in req.loras:
+        path, _ = parse_lora_spec(spec)
+        taught = read_vocabulary(path if path.is_dir() else path.parent)
+        if vocabulary is None or taught is None:
+            return None
+        vocabulary = vocabulary.with_words_of(taught)
+    return None if vocabulary is None else vocabulary.warning(req.prompt)
 
 
 def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = None,
                on_plan: Callable[[list[int]], None] | None = None) -> SampleReport:
     """Generate `req.n` images of `req.prompt`; image i has seed `req.seed + i`."""
+    from .model.lora import apply_loras, parse_lora_spec
     from .modeldir import load_pipeline, resolve_model_dir
     from .runtime import dtype_name, resolve_device, resolve_dtype
     from .text.prompt_styles import get_prompt_style
@@ -88,41 +153,71 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
 
     t0 = time.perf_counter()
     pipe = load_pipeline(model_dir, device, dtype, req.attention)
+    loras = apply_loras(pipe, list(req.loras))
     if req.compile:
         pipe.compile()
     load_seconds = time.perf_counter() - t0
 
-    run = pipe.settings(req.mode, req.steps, req.cfg, timestep_rounding=req.timestep_rounding)
+    run = pipe.settings(req.mode, req.steps, req.cfg, timestep_rounding=req.timestep_rounding,
+                        height=req.height, width=req.width)
     if on_plan is not None:
         on_plan(list(run.steps))
     described = {"prompt": req.prompt, "prompt_style": req.prompt_style, "model_prompt": model_prompt,
                  "negative": negative, "model": str(model_dir), "dtype": dtype_name(req.dtype, device), **settings_record(run)}
+    if loras:
+        described["lora"] = [[str(path), scale] for path, scale in map(parse_lora_spec, req.loras)]
 
-    seeds = [req.seed + i for i in range(req.n)]
-    paths = output_paths(req.out, req.prompt, seeds)
+    seeds = req.seeds()
+    out_dir = Path(req.out)
+    named = named_paths(out_dir, seeds)
+    paths: list[Path] = []
     stage_seconds = [0.0] * len(run.steps)
     metadata_all = []
     t1 = time.perf_counter()
     for start in range(0, req.n, req.batch_size):
         chunk = seeds[start : start + req.batch_size]
-        out = pipe(model_prompt, negative_prompt=negative, num_images_per_prompt=len(chunk), steps=run.steps,
-                   cfg=run.guidance, mode=run.plan.mode, timestep_rounding=req.timestep_rounding, seed=chunk[0],
-                   callback=(lambda k, i, z: on_step(k, i)) if on_step is not None else None)
+        try:
+            out = pipe(model_prompt, negative_prompt=negative, num_images_per_prompt=len(chunk), steps=run.steps,
+                       cfg=run.guidance, mode=run.plan.mode, timestep_rounding=req.timestep_rounding, seed=chunk[0],
+                       height=req.height, width=req.width,
+                       callback=(lambda k, i, z: on_step(k, i)) if on_step is not None else None)
+        except RuntimeError as exc:
+            error = memory_error(exc, run, len(chunk))
+            if error is None:
+                raise
+            raise error from None
         stage_seconds = [a + b for a, b in zip(stage_seconds, out.stage_seconds)]
-        for image, s, path in zip(out.images, out.seeds, paths[start : start + len(chunk)]):
+        for image, s in zip(out.images, out.seeds):
             meta = {**described, "seed": s}
-            save_png(image, path, meta, sidecar=True)
+            target = image_path(out_dir, named, len(paths), meta)
+            paths.append(write_sample(image, target, meta, overwrite=req.overwrite))
             metadata_all.append(meta)
     return SampleReport(paths, stage_seconds, load_seconds, time.perf_counter() - t1, metadata_all)
+
+
+def memory_error(exc: RuntimeError, run, batch: int) -> NamiError | None:
+    """A failed allocation while sampling as one `NamiError` line naming the image size; None for
+    any other error."""
+    text = str(exc)
+    if "can't allocate memory" not in text and "out of memory" not in text.lower():
+        return None
+    height, width = run.plan.flow.sizes[-1]
+    wanted = re.search(r"allocate ([0-9]+) bytes", text)
+    needed = f" (one tensor needed {int(wanted[1]) / 2**30:.1f} GiB)" if wanted else ""
+    return NamiError(f"out of memory sampling {batch} image(s) of {width}x{height}{needed}; "
+                     "use a smaller size or --batch-size")
 
 
 def settings_record(run) -> dict:
     """What a PNG records of a call's resolved `SamplingSettings`."""
     from .config import guidance_record
 
-    return {"steps": list(run.steps), "cfg": guidance_record(run.guidance), "mode": run.plan.mode,
-            "resolution": run.plan.flow.resolutions[-1], "timestep_rounding": run.scheduler.config.timestep_rounding}
-
+    height, width = run.plan.flow.sizes[-1]
+    record = {"steps": list(run.steps), "cfg": guidance_record(run.guidance), "mode": run.plan.mode,
+              "resolution": height, "timestep_rounding": run.scheduler.config.timestep_rounding}
+    if width != height:
+        record["width"] = width  # "resolution" is then the height
+    return record
 
 
 def report_dict(report: SampleReport) -> dict:

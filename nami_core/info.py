@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from .flow.flops import plan_flops
 from .config import BASELINE_MODE, PAPER_TOTAL_STEPS, FlowConfig, ModelConfig, get_preset, split_steps
 from .errors import NamiError
-from .flow.plan import FlowPlan, runnable_modes
+from .flow.plan import FlowPlan, fit_size, runnable_modes
 from .model.params import count_parameters
 
 FLUX_VAE_PIXELS_PER_TOKEN = 16  # f8 VAE, 2x2 packing
@@ -28,11 +28,24 @@ class ModelDescription:
     default_mode: str = "nami"
 
 
-def describe_preset(name: str, resolutions: Sequence[int] | None = None) -> ModelDescription:
+def describe_preset(name: str, resolutions: Sequence[int] | None = None,
+                    size: tuple[int, int] | None = None) -> ModelDescription:
+    """A preset at its stage resolutions, or `resolutions`, or the final image `size` (width,
+    height) in pixels (every stage at its aspect ratio)."""
     preset = get_preset(name)
     flow = FlowConfig(resolutions=tuple(resolutions or preset.resolutions))
     steps = split_steps(PAPER_TOTAL_STEPS, flow.num_stages)
-    return ModelDescription(name, preset.model, flow, FLUX_VAE_PIXELS_PER_TOKEN, steps, preset.default_mode)
+    desc = ModelDescription(name, preset.model, flow, FLUX_VAE_PIXELS_PER_TOKEN, steps, preset.default_mode)
+    return at_size(desc, size)
+
+
+def at_size(desc: ModelDescription, size: tuple[int, int] | None) -> ModelDescription:
+    """`desc` with its last stage at `size` (width, height) pixels, each stage half the next; as it
+    is for None. Raises `ConfigError` when a side does not halve into whole tokens in every stage."""
+    if size is None:
+        return desc
+    width, height = size
+    return replace(desc, flow=fit_size(desc.flow, height, width, desc.pixels_per_token))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -44,8 +57,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise NamiError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def describe_model_dir(path: str | Path, resolutions: Sequence[int] | None = None) -> ModelDescription:
-    """Read a saved model directory's configs (no weights)."""
+def describe_model_dir(path: str | Path, resolutions: Sequence[int] | None = None,
+                       size: tuple[int, int] | None = None) -> ModelDescription:
+    """Read a saved model directory's configs (no weights); `resolutions` or the final image
+    `size` (width, height) replace its stage resolutions."""
     root = Path(path)
     if not root.is_dir():
         raise NamiError(f"model directory {root} does not exist")
@@ -64,7 +79,7 @@ def describe_model_dir(path: str | Path, resolutions: Sequence[int] | None = Non
         ppt = int(codec.get("patch_size", 1))
     else:
         ppt = FLUX_VAE_PIXELS_PER_TOKEN
-    return ModelDescription(
+    desc = ModelDescription(
         root.name,
         model,
         flow,
@@ -72,6 +87,7 @@ def describe_model_dir(path: str | Path, resolutions: Sequence[int] | None = Non
         tuple(scheduler.get("default_steps", (10,) * flow.num_stages)),
         scheduler.get("default_mode", "nami"),
     )
+    return at_size(desc, size)
 
 
 def plan_report(desc: ModelDescription, steps: Sequence[int] | str | None = None, text_tokens: int = 256) -> dict[str, Any]:
@@ -89,10 +105,12 @@ def plan_report(desc: ModelDescription, steps: Sequence[int] | str | None = None
     for k, window in enumerate(plan):
         last = k == len(plan) - 1
         alpha, beta = (None, None) if last else plan.jumps[k]
+        height, width = window.size
         stages.append(
             {
-                "resolution": window.resolution,
-                "tokens": (window.resolution // desc.pixels_per_token) ** 2,
+                "resolution": height,
+                "width": width,
+                "tokens": window.tokens(desc.pixels_per_token),
                 "blocks": window.blocks,
                 "params_active": shared + sum(per_block[: window.blocks]),
                 "sigma_start": window.sigma_start,
@@ -109,9 +127,12 @@ def plan_report(desc: ModelDescription, steps: Sequence[int] | str | None = None
         p = FlowPlan(m, flow, model.stage_ends, desc.pixels_per_token)
         flops[m] = plan_flops(model, p, p.stage_steps(stage_steps), text_tokens)
     reduction = {m: 1.0 - flops[m] / flops[BASELINE_MODE] for m in modes if m != BASELINE_MODE}
+    height, width = flow.sizes[-1]
     return {
         "model": desc.name,
         "params": int(total),
+        "width": width,
+        "height": height,
         "text_tokens": text_tokens,
         "stages": stages,
         "flops": flops,

@@ -121,3 +121,56 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     apply_backend(pipe.transformer, attention, device.type)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0) -> Path:
+    """Fold `adapter` (at `scale`) into the weights of the model directory `model` and write the
+    result as a new model directory `out` (atomically): the merged transformer is its only weights.
+    The adapter applies to the weights `nami sample` uses by default (EMA when the model has it)."""
+    import math
+
+    from .files import fresh_temp_dir, publish_dir
+    from .model.lora import apply_loras, parse_lora_spec
+
+    if not math.isfinite(scale):
+        raise NamiError(f"--scale must be a finite number, got {scale}")
+    path, _ = parse_lora_spec(str(adapter))
+    source = resolve_model_dir(model)
+    pipe = load_pipeline(source, torch.device("cpu"), torch.float32)
+    stored = stored_dtype(source)
+    apply_loras(pipe, [str(path)])
+    pipe.fuse_lora(components=["transformer"], lora_scale=scale)
+    pipe.unload_lora_weights()
+    pipe.transformer.to(stored)  # saved as the model's weights were (fp16 stays fp16)
+    pipe.transformer.register_to_config(_name_or_path="")
+    out = Path(out)
+    tmp = fresh_temp_dir(out)
+    pipe.save_pretrained(tmp)
+    _merge_vocabularies(source, path, tmp)
+    publish_dir(tmp, out)
+    return out
+
+
+def stored_dtype(model_dir: Path) -> torch.dtype:
+    """The floating dtype the transformer's weights are stored in (float32 if it cannot be read)."""
+    from safetensors import safe_open
+
+    for name in ("diffusion_pytorch_model.ema.safetensors", "diffusion_pytorch_model.safetensors"):
+        path = Path(model_dir) / "transformer" / name
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    tensor = f.get_tensor(key)
+                    if tensor.is_floating_point():
+                        return tensor.dtype
+    return torch.float32
+
+
+def _merge_vocabularies(model_dir: Path, adapter: Path, out: Path) -> None:
+    """`out`/vocabulary.json: the model's words plus the adapter's, when both carry one."""
+    from .vocabulary import read_vocabulary
+
+    base = read_vocabulary(model_dir)
+    taught = read_vocabulary(adapter if adapter.is_dir() else adapter.parent)
+    if base is not None and taught is not None:
+        base.with_words_of(taught).save(out)

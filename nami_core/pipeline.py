@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.loaders import FluxLoraLoaderMixin
 from diffusers.utils import BaseOutput
 
 # Every component class must be importable from sys.modules when diffusers loads a saved pipeline.
@@ -16,7 +17,7 @@ from .codecs import flux_vae, pixel  # noqa: F401
 from .denoiser import Denoiser
 from .errors import ConfigError
 from .flow.jump import RenoiseJump
-from .flow.plan import FlowPlan
+from .flow.plan import FlowPlan, fit_size
 from .flow.sampler import ProgressiveSampler, initial_noise
 from .flow.scheduler import NamiFlowScheduler
 from .model.transformer import NamiTransformer  # noqa: F401
@@ -46,13 +47,21 @@ class NamiPipelineOutput(BaseOutput):
     seeds: list[int]
 
 
-class NamiPipeline(DiffusionPipeline):
+class NamiPipeline(DiffusionPipeline, FluxLoraLoaderMixin):
     """Text-to-image with a NAMI model.
 
     Components: `transformer` (NamiTransformer), `scheduler` (NamiFlowScheduler: stage
     resolutions, windows, jump, defaults), `codec` (PixelCodec or FluxVAECodec),
     `text_encoder` (NamiTextEncoder) and, for bridged weights, `bridge` (BridgeJump).
     """
+
+    _lora_loadable_modules = ["transformer"]  # LoRA (diffusers/peft format) applies to the transformer only
+
+    @classmethod
+    def load_lora_into_text_encoder(cls, state_dict, *args, **kwargs) -> None:
+        """The text encoder takes no LoRA: refuse an adapter that has text-encoder weights."""
+        if any(key.startswith("text_encoder.") for key in state_dict):
+            raise ConfigError("this LoRA adapter has text-encoder weights; nami applies LoRA to the transformer only")
 
     model_cpu_offload_seq = "text_encoder->transformer->codec"
     _optional_components = ["bridge"]
@@ -64,19 +73,29 @@ class NamiPipeline(DiffusionPipeline):
         )
 
     # -- planning -------------------------------------------------------------------------
-    def plan(self, mode: str | None = None, resolution: int | None = None) -> FlowPlan:
-        """The `FlowPlan` of `mode` with the last stage at `resolution` (defaults: the model's)."""
+    def plan(self, mode: str | None = None, resolution: int | None = None, height: int | None = None,
+             width: int | None = None) -> FlowPlan:
+        """The `FlowPlan` of `mode` with the last stage at `resolution` (square) or `height` x
+        `width` pixels (either defaults to the model's side); defaults: the model's."""
         flow = self.scheduler.flow
-        if resolution is not None:
-            flow = flow.ending_at(resolution)
+        if height is not None or width is not None:
+            if resolution is not None:
+                raise ConfigError("give a resolution or a height and width, not both")
+            final = flow.resolutions[-1]
+            height, width = (final if side is None else side for side in (height, width))
+            flow = fit_size(flow, height, width, self.codec.pixels_per_token)
+        elif resolution is not None:
+            flow = fit_size(flow, resolution, resolution, self.codec.pixels_per_token)
         mode = mode or self.scheduler.config.default_mode
         return FlowPlan(mode, flow, self.transformer.stage_ends, self.codec.pixels_per_token)
 
     def settings(self, mode: str | None = None, steps=None, cfg=None, resolution: int | None = None,
-                 timestep_rounding: str | None = None) -> "SamplingSettings":
+                 timestep_rounding: str | None = None, height: int | None = None,
+                 width: int | None = None) -> "SamplingSettings":
         """What a call with these arguments runs: the plan, steps and guidance per window, and the
         scheduler (the model's, with `timestep_rounding` overridden when given)."""
-        plan = self.plan(mode, resolution)
+        plan = self.plan(mode, resolution, height, width)
+        self.jump_for(plan)  # a size the jump cannot take is refused before any work
         config = self.scheduler.config
         scheduler = self.scheduler
         if timestep_rounding is not None and timestep_rounding != config.timestep_rounding:
@@ -95,9 +114,18 @@ class NamiPipeline(DiffusionPipeline):
         self.transformer.compile_blocks(dynamic=False, mode="reduce-overhead" if cuda else None)
 
     def jump_for(self, plan: FlowPlan):
-        if plan.flow.jump == "bridge":
+        """The jump between windows: the learned bridge of a bridged model (which takes only the
+        grids it was trained at), else the renoise jump of the plan."""
+        if plan.flow.jump == "bridge" and len(plan) > 1:
             if self.bridge is None:
                 raise ConfigError("this model uses the bridge jump but has no bridge weights")
+            trained = [tuple(shift.shape[-2:]) for shift in self.bridge.shift]
+            wanted = [(h // self.codec.downsample, w // self.codec.downsample) for h, w in plan.flow.sizes[1:]]
+            if wanted != trained:
+                side = trained[-1][0] * self.codec.downsample
+                asked = "x".join(map(str, plan.flow.sizes[-1][::-1]))
+                raise ConfigError(f"this model's learned bridge jump adds a fixed offset per latent grid, trained "
+                                  f"at {side}x{side} only, so it cannot sample {asked}; sample at {side}x{side}")
             return self.bridge
         return RenoiseJump(plan.jumps, plan.gamma)
 
@@ -139,6 +167,8 @@ class NamiPipeline(DiffusionPipeline):
         resolution: int | None = None,
         timestep_rounding: str | None = None,
         seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         output_type: str = "pil",
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
@@ -150,7 +180,9 @@ class NamiPipeline(DiffusionPipeline):
         image is reproducible from its seed whatever the batch. `steps` is per stage
         ("10,10,10") or a total split evenly; `cfg` is one guidance scale or one per stage
         ("8,3,3"). `timestep_rounding` "fp16" rounds model timesteps as the public release's
-        float16 pipeline does (default: the scheduler's). `output_type`: "pil", "np" or "latent".
+        float16 pipeline does (default: the scheduler's). `height` and `width` (pixels; either
+        defaults to the model's side) give any aspect ratio whose sides halve into whole tokens in
+        every stage; `resolution` a square side. `output_type`: "pil", "np" or "latent".
         `callback(stage, step, latents)` runs after every Euler step.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -162,7 +194,7 @@ class NamiPipeline(DiffusionPipeline):
             raise ConfigError(f"output_type must be pil, np or latent, got {output_type!r}")
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         batch = len(prompts)
-        run = self.settings(mode, steps, cfg, resolution, timestep_rounding)
+        run = self.settings(mode, steps, cfg, resolution, timestep_rounding, height, width)
         plan = run.plan
 
         generators, seeds = _generators(batch, seed, generator)
@@ -172,8 +204,8 @@ class NamiPipeline(DiffusionPipeline):
         if any(w != 1.0 for w in run.guidance):
             uncond = self.encode_prompts([negative_prompt or ""] * batch)
 
-        full_side = plan.flow.resolutions[-1] // self.codec.downsample
-        noise = initial_noise(batch, self.codec.channels, (full_side, full_side), plan, generators, device)
+        height, width = (side // self.codec.downsample for side in plan.flow.sizes[-1])
+        noise = initial_noise(batch, self.codec.channels, (height, width), plan, generators, device)
         sampler = ProgressiveSampler(Denoiser(self.transformer, self.codec.patch_size), plan, self.jump_for(plan),
                                      run.scheduler)
 

@@ -121,6 +121,13 @@ TRAIN_MODEL = {"width": 32, "heads": 2, "double_blocks": 1, "single_blocks": 2, 
                "rope_axes": [4, 6, 6]}
 
 
+def train_cli_args(root: Path, out, *extra, batch_size: int = 8, log_every: int = 5) -> list[str]:
+    """`nami train` arguments for the data and model of `prepare_train_data(root)`, then `extra`."""
+    return ["train", "--data", str(root / "data"), "--out", str(out), "--config", str(root / "model.json"),
+            "--stages", "16,32,64", "--batch-size", str(batch_size), "--lr", "1e-3", "--log-every", str(log_every),
+            *extra]
+
+
 def prepare_train_data(root: Path) -> Path:
     """12 shapes scenes prepared at 16/32/64 px in `root/data` and the tiny `TRAIN_MODEL` in
     `root/model.json`; returns `root`."""

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nami_core.output_names import sample_name, settings_key
 from tests.helpers import run_cli
 
 
@@ -33,8 +34,10 @@ def test_sample_writes_pngs_with_metadata(tiny_model_dir, tmp_path, capsys):
                               "--n", "2", "--seed", "5", "--steps", "2,2,2", "--cfg", "2"], capsys)
     assert code == 0, err
     pngs = sorted(out_dir.glob("*.png"))
-    assert [p.name for p in pngs] == ["a-red-circle-5.png", "a-red-circle-6.png"]
     meta = json.loads(pngs[1].with_suffix(".json").read_text())
+    # <prompt slug>-<hash of the settings the metadata records>-s<seed>.png
+    key = settings_key(meta)
+    assert [p.name for p in pngs] == [f"a-red-circle-{key}-s5.png", f"a-red-circle-{key}-s6.png"]
     assert meta["prompt"] == "a red circle" and meta["seed"] == 6 and meta["steps"] == [2, 2, 2]
     assert meta["cfg"] == 2.0 and meta["mode"] == "nami" and meta["model"] == str(tiny_model_dir)
     with Image.open(pngs[1]) as img:
@@ -54,7 +57,7 @@ def test_sample_writes_pngs_with_metadata(tiny_model_dir, tmp_path, capsys):
     assert code == 0, err
     assert json.loads(per_stage.with_suffix(".json").read_text())["cfg"] == [6.0, 2.0, 2.0]
     code, _, err = run_cli(["sample", "a red circle", "--model", str(tiny_model_dir), "--out", str(per_stage),
-                            "--steps", "2,2,2", "--cfg", "6,2"], capsys)
+                            "--steps", "2,2,2", "--cfg", "6,2", "--overwrite"], capsys)
     assert code != 0 and "cfg lists 2 scales but the plan has 3 stages" in err
     assert "Traceback" not in err
 
@@ -74,7 +77,8 @@ def test_console_sample_skips_teardown_but_writes_everything(tiny_model_dir, tmp
     assert out.returncode == 0, out.stderr
     assert "teardown ran" not in out.stdout  # os-level exit: no atexit handlers, no module teardown
     report = json.loads(out.stdout)  # the flushed report is complete
-    assert [Path(p).name for p in report["paths"]] == ["a-red-circle-0.png", "a-red-circle-1.png"]
+    assert [Path(p).name for p in report["paths"]] == [sample_name(m) for m in report["metadata"]]
+    assert [Path(p).name[-7:] for p in report["paths"]] == ["-s0.png", "-s1.png"]
     for p in report["paths"]:
         with Image.open(p) as img:
             assert img.size == (64, 64)

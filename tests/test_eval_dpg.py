@@ -10,7 +10,6 @@ from PIL import Image
 
 from nami_core.errors import NamiError
 from nami_core.eval import dpg
-from nami_core.eval.vqa import is_yes
 from tests.test_eval_tiny_models import build_tiny_vilt
 from tests.helpers import run_cli
 
@@ -53,7 +52,7 @@ def test_ellas_reader_skips_the_first_row(tmp_path):
     items = dpg.read_dpg_csv(write_csv(tmp_path / "dpg.csv"))
     assert [q.qid for q in items["a"].questions] == [2, 3, 4]
     with pytest.raises(dpg.MissingParent, match="question 2 depends on question 1"):
-        dpg.score_item(items["a"], [{2: "yes", 3: "yes", 4: "yes"}], is_yes)
+        dpg.score_item(items["a"], [{2: "yes", 3: "yes", 4: "yes"}], dpg.lenient_yes)
 
 
 @pytest.mark.parametrize("row, problem", [
@@ -90,8 +89,8 @@ def test_dependency_rule_cascades_in_csv_order(tmp_path):
 
 def test_scores_and_categories_as_ellas_script(tmp_path):
     items = dpg.read_dpg_csv(write_csv(tmp_path / "dpg.csv"), drop_first_row=False)
-    a = dpg.score_item(items["a"], answers("yyyy", "nyyy", "ynyn", "yyny"), is_yes)
-    b = dpg.score_item(items["b"], answers("yy", "yn", "ny", "nn"), is_yes)
+    a = dpg.score_item(items["a"], answers("yyyy", "nyyy", "ynyn", "yyny"), dpg.lenient_yes)
+    b = dpg.score_item(items["b"], answers("yy", "yn", "ny", "nn"), dpg.lenient_yes)
     # a: cells 4/4, 1/4 (q2, q3 zeroed), 1/4 (q3 zeroed), 3/4 -> 0.5625; b: 1, .5, 0 (q2 zeroed), 0 -> .375
     assert a.cell_scores == [1.0, 0.25, 0.25, 0.75] and a.score == 0.5625
     assert b.cell_scores == [1.0, 0.5, 0.0, 0.0] and b.score == 0.375
@@ -148,6 +147,7 @@ def test_cli_generates_grids_and_scores_them(tmp_path, capsys, tiny_model_dir, v
     assert lines[-1] == "overall 100.00"  # every answer is "yes"
     summary = json.loads((out / "dpg_summary.json").read_text())
     assert summary["comparable"] is False and summary["prompts"] == 1 and summary["overall"] == 100.0
+    assert summary["answer_match"] == "exact"  # ELLA's rule by default
     assert summary["level1"] == {"entity": 100.0, "relation": 100.0}
     records = [json.loads(l) for l in (out / "dpg_results.jsonl").read_text().splitlines()]
     assert [r["item_id"] for r in records] == ["b"] and records[0]["cell_scores"] == [100.0] * 4
@@ -167,10 +167,12 @@ def test_cli_keep_first_row_and_skip_generation(tmp_path, capsys, vilt_yes):
     for name in ("a", "b"):
         dpg.make_grid([Image.new("RGB", (16, 16), (9, 9, 9))] * 4).save(out / f"{name}.png")
     code, stdout, err = run_cli(["eval", "dpg", "--csv", str(write_csv(tmp_path / "dpg.csv")), "--vqa", str(vilt_yes),
-                                 "--out", str(out), "--skip-generation", "--keep-first-row", "--device", "cpu"], capsys)
+                                 "--out", str(out), "--skip-generation", "--keep-first-row", "--device", "cpu",
+                                 "--answer-match", "lenient"], capsys)
     assert code == 0, err
     assert "skipped" not in stdout and stdout.rstrip().splitlines()[-1] == "overall 100.00"
-    assert json.loads((out / "dpg_summary.json").read_text())["prompts"] == 2
+    summary = json.loads((out / "dpg_summary.json").read_text())
+    assert summary["prompts"] == 2 and summary["answer_match"] == "lenient"
 
 
 def test_cli_wrong_layout_and_bad_csv_leave_no_result(tmp_path, capsys, vilt_yes):

@@ -166,7 +166,8 @@ def test_corrupt_weights_are_one_line(tmp_path):
 def test_vqa_classifier_and_generator(tmp_path):
     from PIL import Image
 
-    from nami_core.eval.vqa import TransformersVQA, is_yes
+    from nami_core.eval.dpg import lenient_yes
+    from nami_core.eval.vqa import TransformersVQA
 
     image = Image.new("RGB", (48, 48), (10, 200, 10))
     yes = TransformersVQA(build_tiny_vilt(tmp_path / "yes"))
@@ -177,6 +178,6 @@ def test_vqa_classifier_and_generator(tmp_path):
     blip = TransformersVQA(build_tiny_blip(tmp_path / "blip"))
     answers = blip.answer(image, ["is there a circle?", "is it red?"])
     assert blip.generative and len(answers) == 2 and all(isinstance(a, str) for a in answers)
-    assert [is_yes(a) for a in (" Yes", "yes\n", "no", "yes.", "")] == [True, True, False, False, False]
+    assert [lenient_yes(a) for a in (" Yes", "yes\n", "no", "yes.", "")] == [True, True, False, False, False]
     with pytest.raises(NamiError, match="must contain \\{question\\}"):
         TransformersVQA(tmp_path / "yes", prompt="Question:")

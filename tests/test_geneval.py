@@ -390,17 +390,25 @@ GOOD = '{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "
     ('{"tag": "x", "include": [', "not valid JSON"),
     ('[1, 2]', "must be a JSON object"),
     ('{"include": [{"class": "circle", "count": 1}], "prompt": "p"}', "tag must be"),
-    ('{"tag": "t", "include": [{"class": "circle", "count": 1}]}', "prompt must be"),
-    ('{"tag": "t", "include": [], "prompt": "p"}', "include must be a non-empty list"),
-    ('{"tag": "t", "include": [{"count": 1}], "prompt": "p"}', "include[0].class"),
-    ('{"tag": "t", "include": [{"class": "circle"}], "prompt": "p"}', "include[0] has no count"),
-    ('{"tag": "t", "include": [{"class": "circle", "count": "2"}], "prompt": "p"}', "include[0].count must be a positive integer"),
-    ('{"tag": "t", "include": [{"class": "circle", "count": true}], "prompt": "p"}', "include[0].count"),
-    ('{"tag": "t", "include": [{"class": "circle", "count": 1, "colour": "red"}], "prompt": "p"}', "unknown key 'colour'"),
-    ('{"tag": "t", "include": [{"class": "a", "count": 1}, {"class": "b", "count": 1, "position": ["near", 0]}], "prompt": "p"}', "relation must be one of"),
-    ('{"tag": "t", "include": [{"class": "a", "count": 1, "position": ["above", 0]}], "prompt": "p"}', "earlier include entry"),
-    ('{"tag": "t", "include": [{"class": "a", "count": 1}], "exclude": {"class": "a"}, "prompt": "p"}', "exclude must be a list"),
-    ('{"tag": "t", "include": [{"class": "a", "count": 1}], "exclude": [{"class": "a", "count": 0}], "prompt": "p"}', "exclude[0].count"),
+    ('{"tag": "single_object", "include": [{"class": "circle", "count": 1}]}', "prompt must be"),
+    ('{"tag": "single_object", "include": [], "prompt": "p"}', "include must be a non-empty list"),
+    ('{"tag": "single_object", "include": [{"count": 1}], "prompt": "p"}', "include[0].class"),
+    ('{"tag": "single_object", "include": [{"class": "circle"}], "prompt": "p"}', "include[0] has no count"),
+    ('{"tag": "single_object", "include": [{"class": "circle", "count": "2"}], "prompt": "p"}', "include[0].count must be a positive integer"),
+    ('{"tag": "single_object", "include": [{"class": "circle", "count": true}], "prompt": "p"}', "include[0].count"),
+    ('{"tag": "single_object", "include": [{"class": "circle", "count": 1, "colour": "red"}], "prompt": "p"}', "unknown key 'colour'"),
+    ('{"tag": "single_object", "include": [{"class": "a", "count": 1}, {"class": "b", "count": 1, "position": ["near", 0]}], "prompt": "p"}', "relation must be one of"),
+    ('{"tag": "single_object", "include": [{"class": "a", "count": 1, "position": ["above", 0]}], "prompt": "p"}', "earlier include entry"),
+    ('{"tag": "single_object", "include": [{"class": "a", "count": 1}], "exclude": {"class": "a"}, "prompt": "p"}', "exclude must be a list"),
+    ('{"tag": "single_object", "include": [{"class": "a", "count": 1}], "exclude": [{"class": "a", "count": 0}], "prompt": "p"}', "exclude[0].count"),
+    # outside GenEval's vocabulary: such a line would score 0 without a word
+    ('{"tag": "single_objekt", "include": [{"class": "circle", "count": 1}], "prompt": "p"}',
+     'tag must be one of GenEval\'s tags (single_object, two_object, counting, colors, position, color_attr), '
+     'got "single_objekt"'),
+    ('{"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "magenta"}], "prompt": "p"}',
+     "include[0].color must be one of GenEval's colours (red, orange, yellow, green, blue, purple, pink, brown, "
+     'black, white), got "magenta"'),
+    ('{"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "Red"}], "prompt": "p"}', 'got "Red"'),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, bad, problem):
     path = tmp_path / "meta.jsonl"
@@ -487,7 +495,8 @@ def test_failed_evaluation_leaves_no_result_file(tmp_path):
     (lambda root: (root / "00001" / "metadata.jsonl").unlink(), "has no metadata.jsonl"),
     (lambda root: [p.unlink() for p in (root / "00002" / "samples").iterdir()], "has no images"),
     (lambda root: (root / "00000" / "samples").rename(root / "00000" / "images"), "has no samples/ folder"),
-    (lambda root: (root / "00001" / "metadata.jsonl").write_text('{"tag": "x"}'), "metadata.jsonl:1: prompt must be"),
+    (lambda root: (root / "00001" / "metadata.jsonl").write_text('{"tag": "colors"}'), "metadata.jsonl:1: prompt must be"),
+    (lambda root: (root / "00001" / "metadata.jsonl").write_bytes(b"\xff\xfe"), "metadata.jsonl is not UTF-8 text"),
     (lambda root: [(root / n).rename(root / ("p" + n)) for n in ("00000", "00001", "00002")], "has no prompt folders"),
 ])
 def test_wrong_layout_raises(tmp_path, breakage, problem):

@@ -23,10 +23,12 @@ def test_info_nami_2b_matches_the_spec(capsys):
     assert set(report) >= {"params", "stages", "flops", "reduction"}
     assert isinstance(report["params"], int) and abs(report["params"] - 2.118e9) < 1e6
     stages = report["stages"]
-    keys = {"resolution", "tokens", "blocks", "params_active", "sigma_start", "sigma_end", "tau_start", "tau_end",
-            "steps", "jump_alpha", "jump_beta"}
+    keys = {"resolution", "width", "tokens", "blocks", "params_active", "sigma_start", "sigma_end", "tau_start",
+            "tau_end", "steps", "jump_alpha", "jump_beta"}
     assert all(set(s) == keys for s in stages)
     assert [s["resolution"] for s in stages] == [256, 512, 1024]
+    assert [s["width"] for s in stages] == [256, 512, 1024]  # square: the width is the side
+    assert (report["width"], report["height"]) == (1024, 1024)
     assert [s["tokens"] for s in stages] == [256, 1024, 4096]
     assert [s["blocks"] for s in stages] == [9, 16, 22]
     assert [s["sigma_start"] for s in stages] == pytest.approx([1.0, 0.8, 0.5], abs=0.002)

@@ -18,7 +18,7 @@ from nami_core.data.store import LatentStore
 from nami_core.flow.plan import FlowPlan
 from nami_core.train.batches import BatchDrawer
 from nami_core.train.phases import parse_phases, value_at
-from tests.helpers import prepare_train_data, run_cli
+from tests.helpers import prepare_train_data, run_cli, train_cli_args
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,7 @@ def shapes_data(tmp_path_factory):
 
 
 def train_args(root, out, *extra):
-    return ["train", "--data", str(root / "data"), "--out", str(out), "--config", str(root / "model.json"),
-            "--stages", "16,32,64", "--batch-size", "8", "--lr", "1e-3", "--log-every", "5", *extra]
+    return train_cli_args(root, out, *extra, batch_size=8, log_every=5)
 
 
 def cli(args):

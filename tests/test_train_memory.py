@@ -143,7 +143,7 @@ def cuda_like(net: torch.nn.Module) -> None:
 
 
 def measure_step(model: ModelConfig, resolutions, samples, dtype: str, granularity: str, text_tokens: int = 16,
-                 patch: int = 2, cuda: bool = True, seed: int = 0):
+                 patch: int = 2, cuda: bool = True, seed: int = 0, lora: int | None = None):
     """(StoragePeak of one measured training step, the estimate for it). Grids are latent grids of
     `model.in_channels / patch**2` channels whose side is the window's resolution."""
     torch.manual_seed(seed)
@@ -153,7 +153,16 @@ def measure_step(model: ModelConfig, resolutions, samples, dtype: str, granulari
     plan = FlowPlan("nami", FlowConfig(resolutions=tuple(resolutions)), model.stage_ends, patch)
     policy = CheckpointPolicy(granularity, model.stage_ends, len(plan) - 1)
     objective = StagedObjective(net, plan, patch, policy)
-    params = list(net.parameters())
+    trainable = None
+    if lora:  # as `nami train --lora`: the adapter trains, the rest is frozen in the run's dtype
+        from types import SimpleNamespace
+
+        from nami_core.train.adapters import attach_lora
+
+        attach_lora(net, SimpleNamespace(lora=lora, lora_alpha=None, lora_targets="attn", dtype=dtype, seed=seed))
+        trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    params = [p for p in net.parameters() if p.requires_grad]
+    frozen = [p for p in net.parameters() if not p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
     ema = EMA(params, 0.9999)
     channels = model.in_channels // patch**2
@@ -179,7 +188,7 @@ def measure_step(model: ModelConfig, resolutions, samples, dtype: str, granulari
         batch = groups()
         if tracker is not None:
             state = [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
-            for t in (*params, *(p.grad for p in params), *state, *ema.shadow_params):
+            for t in (*params, *frozen, *(p.grad for p in params), *state, *ema.shadow_params):
                 tracker.track(t)
             for g in batch:
                 for t in (g.latents, g.noise, g.r, g.text.sequence, g.text.mask, g.text.pooled):
@@ -202,7 +211,7 @@ def measure_step(model: ModelConfig, resolutions, samples, dtype: str, granulari
         step(tracker)
     windows = [memory.WindowShape(w.resolution, (w.resolution // patch) ** 2, w.blocks) for w in plan]
     estimate = memory.estimate(model, windows, list(samples), dtype=dtype, text_tokens=text_tokens,
-                               grad_checkpointing=granularity, backend="cuda" if cuda else "cpu")
+                               grad_checkpointing=granularity, backend="cuda" if cuda else "cpu", trainable=trainable)
     return tracker, estimate
 
 
@@ -235,6 +244,22 @@ def test_estimate_holds_for_another_shape(dtype, granularity):
     model = tiny_model_config(text_dim=384, pooled_dim=384, in_channels=48)
     tracker, estimate = measure_step(model, (16, 32, 64), (1, 3, 2), dtype, granularity, text_tokens=24)
     check(tracker, estimate, f"width-32 {dtype} {granularity}")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_estimate_of_a_lora_step_bounds_the_measured_one(dtype):
+    """`--lora 4`: adapter weights, gradients, AdamW and EMA only, the frozen model in the run's dtype.
+    Activations are counted as for full training, an upper bound (frozen layers keep less)."""
+    tracker, estimate = measure_step(TINY, (16, 32, 64), (2, 2, 2), dtype, "none", lora=4)
+    full_tracker, full = measure_step(TINY, (16, 32, 64), (2, 2, 2), dtype, "none")
+    print(f"lora {dtype}: measured {tracker.peak / MIB:.2f} MiB, estimated {estimate.peak / MIB:.2f} MiB; "
+          f"full training measured {full_tracker.peak / MIB:.2f} MiB")
+    assert tracker.peak <= estimate.peak < full.peak
+    assert estimate.gradients == 4 * sum(4 * (64 + 64) for _ in range(2 * 8 + 4 * 3))  # rank 4, 28 D x D layers
+    # the frozen model: 2 bytes a weight under bf16, 4 under fp32 (plus the adapter's fp32 weights)
+    frozen = full.parameters // 4 - estimate.gradients // 4
+    assert estimate.parameters == frozen * (2 if dtype == "bf16" else 4) + estimate.gradients
+    assert tracker.peak < full_tracker.peak
 
 
 @pytest.mark.parametrize("granularity", ["none", "auto"])
@@ -289,6 +314,30 @@ def test_nami_2b_breakdown():
     assert report["worst_draw"]["window"] == 1
     none = nami_2b("none")
     assert none["worst_draw"]["window"] == 2 and none["worst_draw"]["peak_bytes"] > none["peak_bytes"]
+
+
+def test_cli_train_memory_of_a_lora_run(capsys):
+    """nami-2b, rank 16 on the attention projections, bf16, batch 4 at 1024², `auto` checkpointing."""
+    from nami_core.train.adapters import lora_parameter_count
+
+    code, out, err = run_cli(["info", "--preset", "nami-2b", "--train-memory", "--batch-size", "4", "--dtype", "bf16",
+                              "--grad-checkpointing", "auto", "--lora", "16", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    adapter = lora_parameter_count(get_preset("nami-2b").model, 16, "attn")
+    # per layer r x (in + out): 8 D x D projections in each of 8 double blocks, 3 in each of 14 single
+    assert adapter == 16 * 2 * 2048 * (8 * 8 + 3 * 14) and report["trainable_params"] == adapter
+    parts = report["bytes"]
+    frozen = report["params"] - adapter
+    assert (parts["parameters"], parts["gradients"], parts["adamw"], parts["ema"]) == (
+        2 * frozen + 4 * adapter, 4 * adapter, 8 * adapter, 4 * adapter)
+    assert parts["autocast_weights"] == 0 and report["lora"] == {"rank": 16, "targets": "attn",
+                                                                  "trainable_params": adapter}
+    assert report["peak_gib"] == pytest.approx(13.08, abs=0.01)  # full training, same step: 52.20
+    code, _, err = run_cli(["info", "--preset", "tiny", "--train-memory", "--lora-targets", "attn+mlp"], capsys)
+    assert code == 2 and "--lora-targets needs --lora" in err
+    code, _, err = run_cli(["info", "--preset", "tiny", "--lora", "4"], capsys)
+    assert code == 2 and "--lora needs --train-memory" in err
 
 
 def test_cli_train_memory_json(capsys):

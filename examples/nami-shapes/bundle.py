@@ -5,7 +5,8 @@
 The EMA weights become the model's only weights, stored as float16 safetensors (the
 package keeps them under 25 MB); every config is copied unchanged
 but for the transformer's `_name_or_path` and, with `--cfg`, the default guidance
-(one scale, or one per stage).
+(one scale, or one per stage). The run's `vocabulary.json` comes along; a run without one gets
+the shapes world's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nami_core.config import guidance_record, split_guidance
+from nami_core.data.shapes import shapes_vocabulary
 from nami_core.errors import ConfigError
+from nami_core.vocabulary import VOCABULARY_FILE
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 EMA_WEIGHTS = "diffusion_pytorch_model.ema.safetensors"
@@ -46,6 +49,10 @@ def bundle(final: Path, target: Path, cfg: str | None = None) -> None:
     state = {k: v.to(torch.float16).contiguous() for k, v in load_file(source).items()}
     save_file(state, tmp / "transformer" / WEIGHTS, metadata={"format": "pt", "source": source.name})
     shutil.copy(final / "model_index.json", tmp / "model_index.json")
+    if (final / VOCABULARY_FILE).is_file():
+        shutil.copy(final / VOCABULARY_FILE, tmp / VOCABULARY_FILE)
+    else:
+        shapes_vocabulary().save(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())

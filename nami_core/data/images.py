@@ -108,6 +108,22 @@ def center_crop_resize(img: Image.Image, side: int) -> Image.Image:
     return img
 
 
+def cover_crop_resize(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Resize to cover width x height, cropping (centred) only the excess over that aspect ratio,
+    then to exactly width x height (bicubic, antialiased). A square target is `center_crop_resize`."""
+    w, h = img.size
+    if w * height > h * width:  # wider than the target: keep the full height
+        crop_w, crop_h = min(w, max(1, round(h * width / height))), h
+    else:
+        crop_w, crop_h = w, min(h, max(1, round(w * height / width)))
+    left, top = (w - crop_w) // 2, (h - crop_h) // 2
+    if (crop_w, crop_h) != (w, h):
+        img = img.crop((left, top, left + crop_w, top + crop_h))
+    if (crop_w, crop_h) != (width, height):
+        img = img.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=None)
+    return img
+
+
 def to_tensor(images: Sequence[Image.Image]):
     """PIL RGB images of one size -> float tensor (B, 3, H, W) in [-1, 1]."""
     import torch

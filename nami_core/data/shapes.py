@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ..geometry import OPPOSITE, RELATIONS, relative_position
 from .sources import Source, SourceItem
+
+if TYPE_CHECKING:
+    from ..vocabulary import Vocabulary
 
 CLASSES = ("circle", "square", "triangle", "diamond")
 PLURALS = {c: c + "s" for c in CLASSES}
@@ -416,3 +419,18 @@ def make_suite(n_per_tag: int = 50, seed: int = 0) -> list[dict]:
                       "include": [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
                       "prompt": f"a photo of {noun_phrase(a, ca)} and {noun_phrase(b, cb)}"})
     return lines
+
+
+def shapes_vocabulary(scenes: int = 5000, seed: int = 0) -> "Vocabulary":
+    """The words of the shapes world's captions (every scene kind, `scenes` random scenes) and a
+    summary of what they cover."""
+    from ..vocabulary import Vocabulary
+
+    rng = np.random.default_rng(seed)
+    mix = {kind: 1.0 for kind in SCENE_KINDS}
+    captions = [random_scene(rng, 64, mix).caption for _ in range(scenes)]
+    counts = ", ".join(NUMBERS[n] for n in sorted(NUMBERS) if n > 1)
+    summary = (f"{len(CLASSES)} shapes ({', '.join(CLASSES)}), {len(COLORS)} colours ({', '.join(COLORS)}), "
+               f"counts up to {NUMBERS[max(NUMBERS)]} ({counts}) and the relations {', '.join(RELATIONS)}, "
+               "on a gray background")
+    return Vocabulary.of_captions(captions, summary)

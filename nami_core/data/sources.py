@@ -5,12 +5,15 @@
 * webdataset `.tar` shards, given as a path or brace pattern (`data/{00000..00099}.tar`).
 
 Every source yields `SourceItem`s in a fixed order, so a re-run sees the same items in the
-same work units and can skip the finished ones without decoding them.
+same work units and can skip the finished ones without decoding them. `Source.fingerprint()`
+sums up the listing (item count and a hash of names and sizes) so that a re-run can tell when
+the source changed under a half-prepared folder.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +48,42 @@ class Source:
 
     def describe(self) -> str:
         return self.name
+
+    def fingerprint(self) -> dict:
+        """The listing in short: `items` (None when unknown) and a `sha256` that changes when
+        items are added, removed, renamed or resized. By default, a hash of `describe()`."""
+        return listing_fingerprint(_length(self), [self.describe()])
+
+
+def _length(source: Source) -> int | None:
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
+def listing_fingerprint(items: int | None, entries: list[str]) -> dict:
+    """`{"items": items, "sha256": hash of the entries, one a line}`."""
+    digest = hashlib.sha256()
+    for entry in entries:
+        digest.update(entry.encode("utf-8", errors="surrogateescape") + b"\n")
+    return {"items": items, "sha256": digest.hexdigest()}
+
+
+def files_listing(files: list[Path], root: Path | None = None) -> list[str]:
+    """`NAME SIZE` for each file (names relative to `root` when given), as a fingerprint's entries."""
+    entries = []
+    for path in files:
+        name = path.relative_to(root) if root is not None else path.name
+        entries.append(f"{name}\t{path.stat().st_size}")
+    return entries
+
+
+def refuse_columns(image_column: str | None, caption_column: str | None, what: str) -> None:
+    """Refuse --image-column / --caption-column for a source without columns (`what` names it)."""
+    for flag, value in (("--image-column", image_column), ("--caption-column", caption_column)):
+        if value is not None:
+            raise NamiError(f"{flag} applies to datasets and parquet sources only, not to {what}")
 
 
 def _caption_for(image: Path) -> str | None:
@@ -83,6 +122,9 @@ class FolderSource(Source):
     def describe(self) -> str:
         return f"folder {self.root} ({len(self.files)} images)"
 
+    def fingerprint(self) -> dict:
+        return listing_fingerprint(len(self.files), files_listing(self.files, self.root))
+
 
 def _pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str) -> str:
     if wanted is not None:
@@ -102,7 +144,10 @@ class TableSource(Source):
 
     name = "datasets"
 
-    def __init__(self, dataset, label: str, image_column: str | None, caption_column: str | None) -> None:
+    def __init__(self, dataset, label: str, image_column: str | None, caption_column: str | None,
+                 files: list[Path] | None = None) -> None:
+        """`files`: the files the rows come from (parquet files, a datasets folder's files), for
+        the fingerprint."""
         import datasets
 
         columns = list(dataset.column_names)
@@ -114,6 +159,7 @@ class TableSource(Source):
             dataset = dataset.cast_column(self.image_column, datasets.Image(decode=False))
         self.dataset = dataset
         self.label = label
+        self.files = files
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -139,6 +185,12 @@ class TableSource(Source):
 
     def describe(self) -> str:
         return f"{self.label} ({len(self.dataset)} rows, image={self.image_column}, caption={self.caption_column})"
+
+    def fingerprint(self) -> dict:
+        if self.files is None:
+            return super().fingerprint()
+        columns = [f"image={self.image_column}", f"caption={self.caption_column}"]
+        return listing_fingerprint(len(self.dataset), columns + files_listing(self.files))
 
 
 class WebDatasetSource(Source):
@@ -176,6 +228,9 @@ class WebDatasetSource(Source):
     def describe(self) -> str:
         return f"webdataset {self.pattern} ({len(self.urls)} shards)"
 
+    def fingerprint(self) -> dict:
+        return listing_fingerprint(None, [f"{url}\t{Path(url).stat().st_size}" for url in self.urls])
+
 
 def _missing_image():
     from .images import SkipImage
@@ -185,7 +240,11 @@ def _missing_image():
 
 def open_source(spec: str, image_column: str | None = None, caption_column: str | None = None) -> Source:
     """Open SOURCE as given to `nami prepare-data` (see module docstring)."""
+    if not spec.strip():
+        raise NamiError("the source is empty; give an image folder, datasets folder, parquet file(s), "
+                        "webdataset .tar pattern or 'shapes'")
     if ".tar" in spec:
+        refuse_columns(image_column, caption_column, f"webdataset shards ({spec})")
         return WebDatasetSource(spec)
     path = Path(spec)
     if path.is_file() and path.suffix == ".parquet":
@@ -209,15 +268,38 @@ def open_source(spec: str, image_column: str | None = None, caption_column: str 
         if isinstance(ds, datasets.DatasetDict):
             split = "train" if "train" in ds else next(iter(ds))
             ds = ds[split]
-        return TableSource(ds, f"datasets {path}", image_column, caption_column)
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return TableSource(ds, f"datasets {path}", image_column, caption_column, files)
     parquet = sorted(str(p) for p in path.glob("*.parquet"))
     if parquet and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir()):
         return _parquet(parquet, str(path), image_column, caption_column)
+    refuse_columns(image_column, caption_column, f"the image folder {spec}")
     return FolderSource(path)
 
 
 def _parquet(files: list[str], label: str, image_column, caption_column) -> TableSource:
     import datasets
 
-    ds = datasets.Dataset.from_parquet(files)
-    return TableSource(ds, f"parquet {label}", image_column, caption_column)
+    for file in files:
+        _check_parquet(file)
+    try:
+        ds = datasets.Dataset.from_parquet(files)
+    except (ValueError, OSError) as exc:  # pyarrow's errors are ValueErrors or OSErrors
+        raise NamiError(f"cannot read the parquet source {label}: {_first_line(exc)}") from None
+    return TableSource(ds, f"parquet {label}", image_column, caption_column, [Path(f) for f in files])
+
+
+def _check_parquet(file: str) -> None:
+    """Refuse a file that is not parquet (a garbage or truncated file) by its footer, naming it."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_schema(file)
+    except (ValueError, OSError) as exc:
+        why = _first_line(exc).split(". ")[0].rstrip(".")  # pyarrow: "Parquet magic bytes not found in footer. Either ..."
+        raise NamiError(f"{file} is not a readable parquet file ({why})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

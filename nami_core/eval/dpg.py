@@ -10,7 +10,9 @@ Images: one PNG per prompt, `<item_id>.png`, a 2x2 grid of square cells of side 
 read in the order top-left, top-right, bottom-left, bottom-right.
 
 Scoring, as ELLA's script does it:
-  * each question is asked of each cell; the answer scores 1 when it is "yes", else 0;
+  * each question is asked of each cell; the answer scores 1 when it is exactly "yes" (ELLA
+    compares `answer == 'yes'`, so "Yes" or " yes" scores 0), else 0. `answer_rule("lenient")`
+    strips and lower-cases the answer first, for VQA models that answer "Yes" (not ELLA's rule);
   * dependency rule: going through the questions in csv order, a question's score is set to 0
     when any of its parents (ids other than 0) has score 0 at that moment (so zeroing cascades
     down to children listed after their parents);
@@ -38,6 +40,24 @@ from ..errors import NamiError
 
 COLUMNS = ("item_id", "text", "proposition_id", "dependency", "tuple", "question_natural_language")
 CELLS = 4  # ELLA's --pic-num for DPG-Bench
+ANSWER_MATCHES = ("exact", "lenient")  # "exact" is ELLA's rule
+
+
+def exact_yes(answer: str) -> bool:
+    """ELLA's rule: the answer is the string "yes" itself."""
+    return answer == "yes"
+
+
+def lenient_yes(answer: str) -> bool:
+    """The answer is "yes" once stripped and lower-cased (" Yes", "YES\n"); not ELLA's rule."""
+    return answer.strip().lower() == "yes"
+
+
+def answer_rule(match: str) -> Callable[[str], bool]:
+    """The yes rule `--answer-match` names: "exact" (ELLA's, the default) or "lenient"."""
+    if match not in ANSWER_MATCHES:
+        raise NamiError(f"--answer-match must be one of {', '.join(ANSWER_MATCHES)}, got {match!r}")
+    return exact_yes if match == "exact" else lenient_yes
 
 
 @dataclass(frozen=True)

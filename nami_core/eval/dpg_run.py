@@ -3,8 +3,8 @@
 Layout: `--prompts DIR` holds DPG-Bench's `<item_id>.txt` prompt files; `--out DIR` receives one
 `<item_id>.png` grid per prompt (cells of the model's resolution; cell k of prompt i, prompts in
 name order, has seed `seed + 4 i + k`), then `dpg_results.jsonl` (per prompt: cell scores, the
-answers) and `dpg_summary.json` (scores, VQA model, comparability), both written only after every
-grid was scored.
+answers) and `dpg_summary.json` (scores, VQA model, comparability, the answer rule), both written
+only after every grid was scored.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Callable
 from ..errors import NamiError
 from . import dpg
 from ..files import write_json_atomic, write_jsonl_atomic
+from ..output_targets import check_folder_target
 from ..png import read_png_metadata, save_png
 from .io import read_rgb
-from .vqa import REFERENCE, is_yes
+from .vqa import REFERENCE
 
 RESULTS_NAME = "dpg_results.jsonl"
 SUMMARY_NAME = "dpg_summary.json"
@@ -31,7 +32,10 @@ def read_prompt_dir(folder: str | Path) -> dict[str, str]:
         raise NamiError(f"--prompts {folder} is not a folder of DPG-Bench <item_id>.txt prompt files")
     prompts = {}
     for path in sorted(folder.glob("*.txt")):
-        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise NamiError(f"prompt file {path} is not UTF-8 text") from None
         if not text:
             raise NamiError(f"prompt file {path} is empty")
         prompts[path.stem] = text
@@ -44,10 +48,7 @@ def generate_grids(generator, prompts: dict[str, str], out: str | Path, seed: in
                    on_grid: Callable[[int, int], None] | None = None) -> None:
     """Write `<out>/<item_id>.png`, a 2x2 grid of the prompt's four images, for every prompt."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NamiError(f"--out {out} is a file, expected a folder")
-    if out.is_dir() and any(out.glob("*.png")):
-        raise NamiError(f"{out} already holds images; score them with --skip-generation or choose an empty --out")
+    check_new_grid_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     ids = list(prompts)
     cells: list = []
@@ -61,6 +62,14 @@ def generate_grids(generator, prompts: dict[str, str], out: str | Path, seed: in
             cells = []
             if on_grid is not None:
                 on_grid(made.index + 1, len(ids))
+
+
+def check_new_grid_folder(out: str | Path) -> None:
+    """NamiError unless `out` can be made a folder and holds no images yet (checked before any model loads)."""
+    out = Path(out)
+    check_folder_target(out, "--out")
+    if out.is_dir() and any(out.glob("*.png")):
+        raise NamiError(f"{out} already holds images; score them with --skip-generation or choose an empty --out")
 
 
 def grid_files(folder: str | Path, items: dict[str, dpg.Item]) -> list[Path]:
@@ -78,8 +87,13 @@ def grid_files(folder: str | Path, items: dict[str, dpg.Item]) -> list[Path]:
 
 
 def evaluate_grids(folder: str | Path, items: dict[str, dpg.Item], vqa,
-                   on_grid: Callable[[int, int], None] | None = None) -> dict:
-    """Ask every question of every cell of every grid; write the results files; return the summary."""
+                   on_grid: Callable[[int, int], None] | None = None, answer_match: str = "exact") -> dict:
+    """Ask every question of every cell of every grid; write the results files; return the summary.
+
+    `answer_match`: "exact" (ELLA's rule: only the answer "yes" scores) or "lenient" (stripped and
+    lower-cased first); recorded in the summary.
+    """
+    is_yes = dpg.answer_rule(answer_match)
     folder = Path(folder)
     files = grid_files(folder, items)
     results, records, skipped = [], [], []
@@ -104,6 +118,7 @@ def evaluate_grids(folder: str | Path, items: dict[str, dpg.Item], vqa,
     summary.update({
         "vqa_model": vqa.name,
         "comparable": bool(vqa.comparable),
+        "answer_match": answer_match,
         "note": "" if vqa.comparable else f"scored with {vqa.name}: {NOT_COMPARABLE} (DPG-Bench's reference VQA model)",
         "skipped": skipped,
         "missing": sorted(set(items) - {p.stem for p in files}),

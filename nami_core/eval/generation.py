@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-
 from ..config import guidance_record
 
 
@@ -32,9 +31,12 @@ class Generator:
 
     def __init__(self, model: str | None, device: str = "auto", steps: str | None = None,
                  cfg: str | float | None = None, dtype: str = "auto") -> None:
+        from ..config import guidance_scales
         from ..modeldir import load_pipeline
         from ..runtime import dtype_name, resolve_device, resolve_dtype
 
+        if cfg is not None:
+            guidance_scales(cfg, "--cfg")
         self.model_name = str(model or "default")
         resolved = resolve_device(device)
         self.dtype = dtype_name(dtype, resolved)

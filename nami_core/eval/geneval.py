@@ -3,7 +3,9 @@
 The rules are those of GenEval's `evaluation/evaluate_images.py` (Ghosh et al., 2023):
 
 * per class, detections are sorted by score (highest first), kept when the score is strictly
-  greater than `THRESHOLD` (0.3; `COUNTING_THRESHOLD` 0.9 for the "counting" tag) and capped at
+  greater than `THRESHOLD` (0.3; `COUNTING_THRESHOLD` 0.9 for the "counting" tag), compared in
+  float32 as GenEval compares its float32 score arrays (so a score of float32(0.3) is not kept,
+  the next float32 above it is), and capped at
   `MAX_OBJECTS` (16); GenEval's optional same-class NMS is off by default (`NMS_THRESHOLD` 1.0);
 * every `include` entry takes the top-`count` detections of its class: fewer than `count` fails;
   with a `color`, all of them must have that color; with a `position` [relation, i], each of them
@@ -11,6 +13,11 @@ The rules are those of GenEval's `evaluation/evaluate_images.py` (Ghosh et al., 
   the position too). Color and position are only checked for entries whose count was met, and
   position only when the color check passed;
 * every `exclude` entry fails when the kept detections of its class number `count` or more.
+
+Metadata lines are checked before any image is generated or scored: a tag other than GenEval's six (`GENEVAL_TAGS`)
+or a colour outside GenEval's ten (`GENEVAL_COLORS`), both as in GenEval's official
+`evaluation_metadata.jsonl`, is refused with the file and line, as is a class the detector cannot
+report (`check_detector`); such a line would otherwise score 0 without a word.
 
 A GenEval folder holds one subfolder per prompt: `<out>/00000/metadata.jsonl` (that prompt's
 metadata line) and `<out>/00000/samples/0000.png, 0001.png, ...`. `evaluate_folder` writes
@@ -40,6 +47,8 @@ MAX_OBJECTS = 16
 NMS_THRESHOLD = 1.0  # 1.0 = no same-class non-maximum suppression (GenEval's default)
 # GenEval's color vocabulary; reasons list color counts in this order, then any other names.
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+# The tags of GenEval's evaluation_metadata.jsonl; "counting" selects COUNTING_THRESHOLD.
+GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 METADATA_NAME = "metadata.jsonl"
 SAMPLES_NAME = "samples"
 RESULTS_NAME = "results.jsonl"
@@ -106,8 +115,9 @@ def _check_entry(entry: Any, index: int, kind: str, where: str) -> None:
     if "count" not in entry:
         raise _problem(where, f"{field} has no count")
     _count(entry["count"], where, f"{field}.count")
-    if "color" in entry and (not isinstance(entry["color"], str) or not entry["color"].strip()):
-        raise _problem(where, f"{field}.color must be a non-empty string")
+    if "color" in entry and entry["color"] not in GENEVAL_COLORS:
+        raise _problem(where, f"{field}.color must be one of GenEval's colours ({', '.join(GENEVAL_COLORS)}), "
+                              f"got {json.dumps(entry['color'], ensure_ascii=False)}")
     if "position" in entry:
         position = entry["position"]
         if not (isinstance(position, list) and len(position) == 2):
@@ -128,6 +138,9 @@ def validate_metadata(meta: Any, where: str) -> dict:
     tag = meta.get("tag")
     if not isinstance(tag, str) or not tag.strip():
         raise _problem(where, "tag must be a non-empty string")
+    if tag not in GENEVAL_TAGS:
+        raise _problem(where, f"tag must be one of GenEval's tags ({', '.join(GENEVAL_TAGS)}), "
+                              f"got {json.dumps(tag, ensure_ascii=False)}")
     prompt = meta.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise _problem(where, "prompt must be a non-empty string")
@@ -155,6 +168,11 @@ def parse_metadata_line(text: str, where: str) -> dict:
 
 def read_metadata(path: str | Path) -> list[dict]:
     """All metadata lines of a GenEval `.jsonl` file (blank lines skipped), validated."""
+    return [meta for _, meta in read_metadata_lines(path)]
+
+
+def read_metadata_lines(path: str | Path) -> list[tuple[str, dict]]:
+    """("file:line", metadata) for every metadata line of a GenEval `.jsonl` file, validated."""
     path = Path(path)
     if not path.exists():
         raise NamiError(f"metadata file {path} does not exist")
@@ -164,11 +182,24 @@ def read_metadata(path: str | Path) -> list[dict]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise NamiError(f"metadata file {path} is not UTF-8 text") from None
-    lines = [parse_metadata_line(line, f"{path}:{number}")
+    lines = [(f"{path}:{number}", parse_metadata_line(line, f"{path}:{number}"))
              for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not lines:
         raise NamiError(f"metadata file {path} has no metadata lines")
     return lines
+
+
+def check_detector(lines: Iterable[tuple[str, dict]], detector: Detector) -> None:
+    """NamiError naming "file:line" when a metadata line asks for a class the detector cannot
+    report, or for colours it cannot name (`colors` None: mask2former without a CLIP model)."""
+    for where, meta in lines:
+        for entry in meta["include"] + meta.get("exclude", []):
+            if detector.classes is not None and entry["class"] not in detector.classes:
+                raise _problem(where, f"asks for {entry['class']!r} ({meta['prompt']!r}), which the {detector.name} "
+                                      f"detector cannot find; it knows {', '.join(detector.classes)}")
+            if "color" in entry and getattr(detector, "colors", True) is None:
+                raise _problem(where, f"asks for colours ({meta['prompt']!r}); the {detector.name} detector "
+                                      f"needs --clip PATH (a CLIP model) to name them")
 
 
 def write_metadata(path: str | Path, lines: Iterable[dict]) -> None:
@@ -192,15 +223,18 @@ def box_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
 def keep_detections(detections: Iterable[Detection], tag: str, threshold: float = THRESHOLD,
                     counting_threshold: float = COUNTING_THRESHOLD, max_objects: int = MAX_OBJECTS,
                     nms_threshold: float = NMS_THRESHOLD) -> dict[str, list[Detection]]:
-    """Class name -> its detections that count, highest score first (classes with none are absent)."""
-    cutoff = counting_threshold if tag == "counting" else threshold
+    """Class name -> its detections that count, highest score first (classes with none are absent).
+
+    A detection counts when float32(score) > float32(cutoff), as in GenEval, whose scores are float32.
+    """
+    cutoff = np.float32(counting_threshold if tag == "counting" else threshold)
     by_class: dict[str, list[Detection]] = {}
     for det in detections:
         by_class.setdefault(det.cls, []).append(det)
     kept: dict[str, list[Detection]] = {}
     for cls, dets in by_class.items():
         ranked = sorted(dets, key=lambda d: -d.score)  # stable: ties keep the detector's order
-        ranked = [d for d in ranked if d.score > cutoff][:max_objects]
+        ranked = [d for d in ranked if np.float32(d.score) > cutoff][:max_objects]
         chosen: list[Detection] = []
         while ranked:
             best = ranked.pop(0)
@@ -327,7 +361,10 @@ def read_layout(folder: str | Path) -> list[PromptFolder]:
         if not meta_path.is_file():
             raise NamiError(f"{sub} has no {METADATA_NAME}; expected the GenEval layout "
                             f"<out>/00000/{METADATA_NAME} + <out>/00000/{SAMPLES_NAME}/0000.png")
-        text = meta_path.read_text(encoding="utf-8").strip()
+        try:
+            text = meta_path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            raise NamiError(f"{meta_path} is not UTF-8 text") from None
         meta = parse_metadata_line(text, f"{meta_path}:1") if text else None
         if meta is None:
             raise NamiError(f"{meta_path} is empty")

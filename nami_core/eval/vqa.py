@@ -10,7 +10,8 @@ beside it:
   * answer classifiers (ViLT): the answer is the label of the highest logit;
   * generative models (BLIP, BLIP-2): `generate` with `prompt` (default "{question}"; BLIP-2 OPT
     checkpoints answer best with "Question: {question} Answer:"), decoded without special tokens.
-An answer counts as "yes" when, stripped and lower-cased, it equals "yes" (mPLUG answers in lower case).
+Whether an answer counts as "yes" is `dpg.answer_rule`'s: exactly "yes" (ELLA's rule, the default)
+or, with `--answer-match lenient`, stripped and lower-cased.
 """
 
 from __future__ import annotations
@@ -36,10 +37,6 @@ class VQAModel(Protocol):
 
     def answer(self, image, questions: Sequence[str]) -> list[str]:  # image: PIL RGB
         ...
-
-
-def is_yes(answer: str) -> bool:
-    return answer.strip().lower() == "yes"
 
 
 class TransformersVQA:

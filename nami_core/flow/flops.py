@@ -48,6 +48,6 @@ def plan_flops(model: ModelConfig, plan: FlowPlan, steps: tuple[int, ...], text_
     """Forward FLOPs per image for a whole sampling run (one forward per Euler step)."""
     total = 0.0
     for window, n in zip(plan, steps):
-        tokens = (window.resolution // plan.pixels_per_token) ** 2
+        tokens = window.tokens(plan.pixels_per_token)
         total += n * forward_flops(model, tokens, text_tokens, window.blocks)
     return total

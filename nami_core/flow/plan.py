@@ -173,11 +173,37 @@ class PublicWindows:
         return cls(tuple(starts), tuple(ends), tuple(raw_starts), tuple(t_max), tuple(t_min))
 
 
+def size_multiple(num_stages: int, pixels_per_token: int) -> int:
+    """What every side of the final image must be a multiple of, in pixels: the lowest stage is
+    2^(K-1) times smaller and must still hold whole tokens of `pixels_per_token` (patch x codec
+    downsampling) pixels."""
+    return int(pixels_per_token) * 2 ** (num_stages - 1)
+
+
+def fit_size(flow: FlowConfig, height: int, width: int, pixels_per_token: int) -> FlowConfig:
+    """`flow` with its last stage at `height` x `width` pixels and every stage at that aspect ratio
+    (each half the next). Raises `ConfigError`, one line naming the rule, when a side does not
+    halve into whole tokens in every stage."""
+    K = flow.num_stages
+    step = size_multiple(K, pixels_per_token)
+    for name, side in (("width", width), ("height", height)):
+        if side < step or side % step:
+            below, above = max(step, side // step * step), (side // step + 1) * step
+            nearest = f"{below}" if side < step else f"{below} or {above}"
+            raise ConfigError(
+                f"image size {width}x{height}: {name} {side} is not a multiple of {step}; with {K} stage{'s' * (K != 1)} "
+                f"every side must be a multiple of {pixels_per_token} pixels per token x 2^{K - 1}, so each "
+                f"stage's sides are whole tokens (nearest: {nearest})"
+            )
+    return flow.ending_at_size(height, width)
+
+
 @dataclass(frozen=True)
 class StageWindow:
     """One stage of a sampling/training plan.
 
-    `level` indexes the flow's resolutions (0 = lowest); `blocks` is the block prefix run;
+    `level` indexes the flow's resolutions (0 = lowest); `resolution` is the window's side in
+    pixels (its height when `width` is set: a non-square flow); `blocks` is the block prefix run;
     sigma_* are the window's noise levels at r = 1 and r = 0; tau_* the timestep window.
     """
 
@@ -190,6 +216,17 @@ class StageWindow:
     tau_start: float
     tau_end: float
     shift_mu: float | None = None
+    width: int | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return self.resolution, self.width or self.resolution
+
+    def tokens(self, pixels_per_token: int) -> int:
+        """Image tokens of one sample in this window."""
+        height, width = self.size
+        return (height // pixels_per_token) * (width // pixels_per_token)
 
     def warp(self, t: np.ndarray) -> np.ndarray:
         """Map uniform local time in [0, 1] to the local ratio r (FLUX shift for flux-base)."""
@@ -222,11 +259,12 @@ class FlowPlan:
         self.pixels_per_token = int(pixels_per_token)
         depth = int(stage_ends[-1])
         K = flow.num_stages
-        if flow.resolutions[0] % self.pixels_per_token:  # the stages double, so the lowest decides
-            raise ConfigError(
-                f"stage resolution {flow.resolutions[0]} is not a multiple of the codec's {self.pixels_per_token} "
-                f"pixels per token; use a final resolution that is a multiple of {self.pixels_per_token * 2 ** (K - 1)}"
-            )
+        for name, side in zip(("height", "width") if flow.widths else ("resolution",), flow.sizes[0]):
+            if side % self.pixels_per_token:  # the stages double, so the lowest decides
+                raise ConfigError(
+                    f"stage {name} {side} is not a multiple of the codec's {self.pixels_per_token} pixels per "
+                    f"token; use a final {name} that is a multiple of {size_multiple(K, self.pixels_per_token)}"
+                )
         if self.rule.nested_blocks and len(stage_ends) != K:
             raise ConfigError(
                 f"the model has {len(stage_ends)} stage modules but the flow has {K} stages "
@@ -235,9 +273,10 @@ class FlowPlan:
         public = flow.grid == "public" and not self.rule.single_window
         self.public = PublicWindows.build(flow.window_ratios, self.gamma) if public else None
         if self.rule.single_window:
-            res = flow.resolutions[-1]
-            tokens = (res // self.pixels_per_token) ** 2
-            self.windows = [StageWindow(0, K - 1, res, depth, 1.0, 0.0, 1.0, 0.0, flux_shift_mu(tokens))]
+            height, width = flow.sizes[-1]
+            tokens = (height // self.pixels_per_token) * (width // self.pixels_per_token)
+            self.windows = [StageWindow(0, K - 1, height, depth, 1.0, 0.0, 1.0, 0.0, flux_shift_mu(tokens),
+                                        width if flow.widths else None)]
             self.jumps: list[tuple[float, float]] = []
         else:
             self.windows = self._stage_windows(stage_ends, depth)
@@ -263,6 +302,7 @@ class FlowPlan:
                 sigma_end=ends[k],
                 tau_start=taus[k][0],
                 tau_end=taus[k][1],
+                width=flow.widths[k] if flow.widths else None,
             )
             for k in range(flow.num_stages)
         ]

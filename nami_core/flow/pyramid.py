@@ -20,11 +20,16 @@ def up(x: torch.Tensor) -> torch.Tensor:
 
 
 def down_to(x: torch.Tensor, side: int) -> torch.Tensor:
-    """Apply `down` until the grid side is `side`. (B, C, H, W) -> (B, C, side, side*W/H)."""
+    """Apply `down` until the grid height is `side`, keeping the aspect ratio (a non-square grid
+    halves both sides): (B, C, H, W) -> (B, C, side, side*W/H). Raises ValueError when a side
+    would not halve exactly."""
+    shape = tuple(x.shape)
     while x.shape[-2] > side:
+        if x.shape[-2] % 2 or x.shape[-1] % 2:
+            raise ValueError(f"cannot reach side {side} from {shape} by halving")
         x = down(x)
     if x.shape[-2] != side:
-        raise ValueError(f"cannot reach side {side} from {tuple(x.shape)} by halving")
+        raise ValueError(f"cannot reach side {side} from {shape} by halving")
     return x
 
 

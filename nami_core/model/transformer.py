@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous
@@ -46,7 +47,7 @@ class StageInputs:
     recompute_from: int | None = None
 
 
-class NamiTransformer(ModelMixin, ConfigMixin):
+class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """FLUX-compatible transformer with a stage plan.
 
     Config: the `FluxTransformer2DModel` arguments (no guidance embedding) plus
@@ -127,12 +128,13 @@ class NamiTransformer(ModelMixin, ConfigMixin):
     def unused_parameters(self, num_blocks: int) -> list[nn.Parameter]:
         """The parameters a forward through the first `num_blocks` blocks gives no gradient: those of
         the later blocks and, when the prefix ends on a double-stream block, that block's text-output
-        path (`attn.to_add_out`, `ff_context`), whose result only the next block would read."""
+        path (`attn.to_add_out`, `ff_context`), whose result only the next block would read.
+        Frozen parameters (a LoRA run's base weights) are left out: they never get a gradient."""
         unused = [p for block in self.blocks()[num_blocks:] for p in block.parameters()]
         if 0 < num_blocks <= len(self.transformer_blocks):
             last = self.transformer_blocks[num_blocks - 1]
             unused += list(last.attn.to_add_out.parameters()) + list(last.ff_context.parameters())
-        return unused
+        return [p for p in unused if p.requires_grad]
 
     def compile_blocks(self, dynamic: bool | None = False, mode: str | None = None) -> None:
         """Regional compilation: `torch.compile` each block in place (state-dict keys unchanged).

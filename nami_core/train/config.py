@@ -54,6 +54,9 @@ class TrainConfig:
     preload: str = "auto"
     time_budget: float | None = None
     stage_draw: str = "random"  # "split": every step takes the mix's exact share (nami bench train)
+    lora: int | None = None  # adapter rank: train a LoRA adapter on the frozen --init model
+    lora_targets: str = "attn"
+    lora_alpha: float | None = None
 
     def validate(self) -> None:
         check_mode(self.mode)
@@ -72,8 +75,19 @@ class TrainConfig:
             raise ConfigError("--ema-decay must be in [0, 1)")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError("--lr must be positive")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ConfigError("--time-budget must be a positive number of minutes")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ConfigError(f"--time-budget must be a positive number of minutes, got {self.time_budget:g}")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"--grad-clip must be a positive gradient norm (0 would zero every update), "
+                              f"got {self.grad_clip:g}")
+        if self.max_nan_steps < 0:
+            raise ConfigError(f"--max-nan-steps must be 0 or more, got {self.max_nan_steps}")
+        if self.patch_size is not None and self.patch_size < 1:
+            raise ConfigError(f"--patch-size must be at least 1, got {self.patch_size}")
+        for name in ("ratio_schedule", "lr_schedule", "window_ratios", "sample_steps"):
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                raise ConfigError(f"--{name.replace('_', '-')} is empty; leave it out for the default")
         if self.grad_checkpointing not in CHECKPOINTING:
             raise ConfigError(f"--grad-checkpointing must be one of {', '.join(CHECKPOINTING)}, "
                               f"got {self.grad_checkpointing!r}")
@@ -83,6 +97,17 @@ class TrainConfig:
             raise ConfigError(f"--text-positions must be one of {', '.join(TEXT_POSITIONS)}, got {self.text_positions!r}")
         if sum(x is not None for x in (self.preset, self.config_file, self.init)) > 1:
             raise ConfigError("give one of --preset, --config and --init")
+        if self.lora is not None:
+            self._validate_lora()
+
+    def _validate_lora(self) -> None:
+        from ..model.lora import lora_config
+
+        if self.init is None:
+            raise ConfigError("--lora trains an adapter on a model: give the model with --init MODEL")
+        if self.fsdp:
+            raise ConfigError("--lora trains with DDP, not --fsdp (the frozen model is not sharded)")
+        lora_config(self.lora, self.lora_alpha, self.lora_targets)  # checks rank, alpha and targets
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -15,6 +15,7 @@ import torch
 from ..errors import NamiError
 from ..files import fresh_temp_dir, publish_dir
 from ..flow.plan import FlowPlan
+from .integrity import verify_checkpoint
 from .sharded_ema import EMA_FOLDER, has_sharded_ema, is_sharded, read_sharded
 
 TRANSFORMER_PREFIX = "transformer."
@@ -59,6 +60,9 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     from .checkpoint import load_checkpoint_file
 
     checkpoint = Path(checkpoint)
+    if not (checkpoint / "trainer_state.json").is_file():
+        raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing trainer_state.json)")
+    verify_checkpoint(checkpoint)  # a damaged one is named in one line, never half-read
     run = checkpoint.parent.parent
     config_path = run / "train_config.json"
     weights = checkpoint / "model.safetensors"
@@ -70,8 +74,14 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
             raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing {path.name})")
     if not weights.exists():
         raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing model.safetensors)")
-    run_config = json.loads(config_path.read_text())
+    try:
+        run_config = json.loads(config_path.read_text(encoding="utf-8"))
+        run_config["train"], run_config["model"], run_config["flow"], run_config["patch_size"]
+    except (ValueError, KeyError, TypeError):
+        raise NamiError(f"{config_path} is damaged (not the JSON `nami train` writes)") from None
     train, model, flow = run_config["train"], ModelConfig.from_dict(run_config["model"]), run_config["flow"]
+    if train.get("lora"):
+        return _export_adapter_checkpoint(checkpoint, out, train, weights if weights != sharded else None)
     manifest = load_manifest(Path(train["data"]))
     patch = int(run_config["patch_size"])
     plan = FlowPlan(train["mode"], FlowConfig(**{**flow, "resolutions": tuple(flow["resolutions"]),
@@ -97,3 +107,37 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
         ema = dict(zip(names, (t.detach().cpu() for t in shadow)))
     return write_model_dir(out, model.transformer_kwargs(), raw, ema, plan, manifest, patch, train["mode"],
                            train.get("sample_steps"), train.get("sample_cfg", 3.0))
+
+
+def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights: Path | None) -> Path:
+    """A `nami train --lora` checkpoint as the adapter folder RUN/final would be at that step."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file
+
+    from ..model.transformer import NamiTransformer
+    from .adapters import attach_lora, base_variant, lora_info, trainable, write_adapter_dir
+    from .checkpoint import describe, load_checkpoint_file, read_trainer_state
+
+    if weights is None:
+        raise NamiError(f"{checkpoint}: LoRA checkpoints are written by DDP runs; this one is sharded")
+    init = Path(train["init"])
+    try:
+        transformer = NamiTransformer.from_pretrained(init / "transformer", variant=base_variant(init))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise NamiError(f"the adapter's base model {init} cannot be loaded ({describe(exc)})") from None
+    settings = SimpleNamespace(lora=int(train["lora"]), lora_alpha=train.get("lora_alpha"),
+                               lora_targets=train.get("lora_targets", "attn"), dtype="fp32", seed=0)
+    attach_lora(transformer, settings)
+    state = load_file(weights)
+    adapter = {name: state[TRANSFORMER_PREFIX + name] for name, p in transformer.named_parameters() if p.requires_grad}
+    transformer.load_state_dict(adapter, strict=False)
+    ema = None
+    ema_file = checkpoint / "ema_rank0.pt"
+    if ema_file.is_file():
+        ema = [t.detach().cpu() for t in load_checkpoint_file(ema_file)["shadow_params"]]
+        if len(ema) != len(trainable(transformer)):
+            raise NamiError(f"{ema_file} holds {len(ema)} tensors for {len(adapter)} adapter parameters")
+    step = read_trainer_state(checkpoint)["step"]
+    info = lora_info(init, settings.lora, settings.lora_alpha, settings.lora_targets, step, train.get("dtype", "fp32"))
+    return write_adapter_dir(out, transformer, ema, info, Path(train["data"]))

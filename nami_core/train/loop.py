@@ -20,7 +20,7 @@ from ..errors import NamiError
 from ..files import write_text_atomic
 from ..flow.plan import FlowPlan
 from .batches import BatchDrawer
-from .checkpoint import load_checkpoint_file, read_trainer_state, resolve_resume, save_checkpoint
+from .checkpoint import Note, load_checkpoint_file, list_checkpoints, read_trainer_state, resolve_resume, save_checkpoint
 from .config import TrainConfig, build_flow, build_model_config
 from .export import write_model_dir
 from .metrics import MetricsLog, MetricsWindow
@@ -29,7 +29,10 @@ from .optimizer_step import GuardedStep
 from .phases import PAPER_LR, Phase, default_ratios, parse_phases, value_at
 from .prefetch import Prefetcher
 from .sharded_ema import has_sharded_ema, load_sharded_ema, save_sharded_ema
+from .adapters import attach_lora, base_variant, lora_info, trainable, write_adapter_dir
 from .checkpointing import CheckpointPolicy
+from .memory_guard import check_fits
+from .run_lock import RunLock, is_main_rank
 from .staged_loss import StagedObjective, StageLossWeights, stage_losses, stage_sums, weighted_loss
 
 PRELOAD_BYTES = 4 << 30
@@ -93,9 +96,11 @@ def _load_transformer(settings: TrainConfig, model_cfg):
     if settings.init is None:
         torch.manual_seed(settings.seed)
         return NamiTransformer.from_model_config(model_cfg)
+    # an adapter trains on the weights `nami sample` uses (EMA when present); full runs on the raw ones
+    variant = base_variant(settings.init) if settings.lora else None
     try:
         # text_positions owns no weights, so the run's choice overrides the saved one
-        return NamiTransformer.from_pretrained(Path(settings.init) / "transformer",
+        return NamiTransformer.from_pretrained(Path(settings.init) / "transformer", variant=variant,
                                                text_positions=model_cfg.text_positions)
     except (OSError, ValueError, RuntimeError) as exc:
         raise NamiError(f"--init {settings.init}: cannot load the transformer ({str(exc).strip().splitlines()[0]})") from None
@@ -119,8 +124,9 @@ class TrainingRun:
     """One run's state between steps: data, plan, model, optimizer, EMA, loss weights, counters."""
 
     def __init__(self, settings: TrainConfig, manifest: dict, model_cfg, flow, plan: FlowPlan, patch: int,
-                 schedules: Schedules) -> None:
+                 schedules: Schedules, note: Note | None = None) -> None:
         self.settings = settings
+        self.note = note
         self.manifest = manifest
         self.model_cfg = model_cfg
         self.flow = flow
@@ -133,8 +139,10 @@ class TrainingRun:
 
     # -- setup ---------------------------------------------------------------------------------
     @classmethod
-    def setup(cls, settings: TrainConfig) -> "TrainingRun":
-        """Check the settings against the data, build plan, model, optimizer and EMA on accelerate."""
+    def setup(cls, settings: TrainConfig, note: Note | None = None) -> "TrainingRun":
+        """Check the settings against the data and the memory a step needs, then build plan, model,
+        optimizer and EMA on accelerate. `note` receives one-line notices (a damaged checkpoint
+        skipped on resume)."""
         settings.validate()
         manifest = check_data_stages(Path(settings.data), settings.stages)
         record = manifest["codec"]
@@ -145,7 +153,15 @@ class TrainingRun:
         flow = build_flow(settings, flow_fields)
         plan = FlowPlan(settings.mode, flow, model_cfg.stage_ends, int(record["downsample"]) * patch)
         plan.stage_guidance(settings.sample_cfg, "--sample-cfg")
-        run = cls(settings, manifest, model_cfg, flow, plan, patch, Schedules.parse(settings, flow.num_stages))
+        if settings.sample_steps is not None:
+            try:  # checked now, not when the model is written at the end
+                plan.stage_steps(settings.sample_steps)
+            except NamiError as exc:
+                raise NamiError(f"--sample-steps {settings.sample_steps}: {exc}") from None
+        schedules = Schedules.parse(settings, flow.num_stages)
+        check_fits(settings, model_cfg, plan, [p.values for p in schedules.stage_mix],
+                   int(manifest["text_encoder"].get("max_tokens", 256)))
+        run = cls(settings, manifest, model_cfg, flow, plan, patch, schedules, note)
         run._start(int(record["downsample"]))
         return run
 
@@ -163,16 +179,18 @@ class TrainingRun:
                                   settings.timestep_sampling, settings.cfg_dropout, settings.stage_draw == "split")
         self._check_data_covers_the_mix()
         self.transformer = transformer = _load_transformer(settings, self.model_cfg)
+        if settings.lora:
+            attach_lora(transformer, settings)
         if settings.compile:
             transformer.compile_blocks(dynamic=None)
-        optimizer = torch.optim.AdamW(transformer.parameters(), lr=value_at(self.schedules.lr, 0)[0],
+        optimizer = torch.optim.AdamW(trainable(transformer), lr=value_at(self.schedules.lr, 0)[0],
                                       betas=(0.9, 0.999), weight_decay=settings.weight_decay,
                                       fused=accelerator.device.type in ("cuda", "cpu"))
         policy = CheckpointPolicy(settings.grad_checkpointing, self.model_cfg.stage_ends, len(self.plan) - 1)
         self.objective, self.optimizer = accelerator.prepare(
             StagedObjective(transformer, self.plan, self.patch, policy), optimizer)
         self.guard = GuardedStep(accelerator, self.optimizer, settings.dtype)
-        self.ema = EMA(self.objective.parameters(), settings.ema_decay).to(self.device) if settings.ema_decay > 0 else None
+        self.ema = EMA(trainable(self.objective), settings.ema_decay).to(self.device) if settings.ema_decay > 0 else None
         self.loss_weights = StageLossWeights(settings.stage_loss_weights, len(self.plan), device=self.device)
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         self.nan_skipped, self.nan_streak = zero.clone(), zero.clone()
@@ -190,7 +208,7 @@ class TrainingRun:
     def resume(self) -> None:
         """Restore model, optimizer, RNG, EMA, loss weights, loss scale and counters from `--resume`, if given."""
         settings, accelerator = self.settings, self.accelerator
-        source = resolve_resume(self.run_dir, settings.resume)
+        source = resolve_resume(self.run_dir, settings.resume, self.note)
         if source is not None:
             state = read_trainer_state(source)
             try:
@@ -259,10 +277,10 @@ class TrainingRun:
         losses = stage_losses(self.objective, groups, self.plan, self.model_cfg.prediction)
         loss = weighted_loss(groups, losses, stage_weights, settings.batch_size) + self._touch_unused(groups)
         self.guard.backward(loss)
-        grad_norm = self.guard.clip(self.objective.parameters(), settings.grad_clip)
+        grad_norm = self.guard.clip(trainable(self.objective), settings.grad_clip)
         taken = self.guard.step(grad_norm)
         if self.ema is not None:
-            self.ema.update(self.objective.parameters(), taken)
+            self.ema.update(trainable(self.objective), taken)
         sums = stage_sums(groups, losses, len(self.plan), self.device)
         sums = self.accelerator.reduce(sums, reduction="sum") if self.world > 1 else sums
         self.loss_weights.update(sums, taken)
@@ -285,7 +303,7 @@ class TrainingRun:
     def _record(self, window: MetricsWindow, groups, losses, loss, sums, taken) -> None:
         plan = self.plan
         taus = torch.cat([plan[g.window].tau(g.r) for g in groups])
-        tokens_per_image = lambda g: (plan[g.window].resolution // plan.pixels_per_token) ** 2 + g.text.sequence.shape[1]  # noqa: E731
+        tokens_per_image = lambda g: (g.latents.shape[-2] // self.patch) * (g.latents.shape[-1] // self.patch) + g.text.sequence.shape[1]  # noqa: E731
         tokens = sum(len(g.r) * tokens_per_image(g) for g in groups)
         window.add(loss, sums, taus, torch.cat([l.detach() for l in losses]), taken, self.settings.batch_size, tokens)
 
@@ -304,6 +322,14 @@ class TrainingRun:
                 f"checkpoint {path}; try a lower --lr or --dtype fp32"
             )
 
+    def flush_metrics(self, window: MetricsWindow) -> None:
+        """Write the metrics of the steps since the last line (a run stopping between log steps)."""
+        if window.steps == 0:
+            return
+        mix = value_at(self.schedules.stage_mix, self.step_count - 1)
+        lr = value_at(self.schedules.lr, self.step_count - 1)[0]
+        self.log_step(window, lr, self.loss_weights.weights(self.plan.stage_mix(mix)), mix)
+
     def out_of_time(self, deadline: float | None, log_step: bool) -> bool:
         """Whether the time budget is spent. One process decides alone; several agree on log steps
         only (an all-reduce the host waits for)."""
@@ -317,21 +343,40 @@ class TrainingRun:
         return bool(self.accelerator.reduce(flag, reduction="max") > 0)
 
     # -- export ----------------------------------------------------------------------------------
+    def _refuse_non_finite(self, state: dict, what: str) -> None:
+        bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if not bad:
+            return
+        intact = list_checkpoints(self.run_dir)
+        where = f"; the checkpoints in {self.run_dir / 'checkpoints'} hold the run" if intact else ""
+        raise NamiError(
+            f"training ended at step {self.step_count} with non-finite {what} ({len(bad)} of {len(state)} tensors, "
+            f"e.g. {bad[0]}); {self.run_dir / 'final'} was not written{where}; "
+            f"{int(self.nan_skipped.item())} non-finite steps were skipped; try a lower --lr or --dtype fp32"
+        )
+
     def _full_state_dict(self) -> dict:
         state = self.accelerator.get_state_dict(self.objective)
         prefix = "transformer."
         return {k[len(prefix):]: v.detach().cpu().clone() for k, v in state.items() if k.startswith(prefix)}
 
     def export(self) -> Path:
-        """Write RUN/final: a model directory (raw weights + `ema` variant) that `nami sample` loads."""
+        """Write RUN/final: a model directory (raw weights + `ema` variant) that `nami sample` loads,
+        or under --lora an adapter folder (`adapters`). Weights that are not all finite are never
+        written: the run stops with an error instead."""
+        if self.settings.lora:
+            return self._export_adapter()
         raw = self._full_state_dict()
         ema_state = None
         if self.ema is not None:
-            params = list(self.objective.parameters())
+            params = trainable(self.objective)
             self.ema.store(params)
             self.ema.copy_to(params)
             ema_state = self._full_state_dict()
             self.ema.restore(params)
+        self._refuse_non_finite(raw, "weights")
+        if ema_state is not None:
+            self._refuse_non_finite(ema_state, "EMA weights")
         final = self.run_dir / "final"
         settings = self.settings
         if self.accelerator.is_main_process:
@@ -341,11 +386,44 @@ class TrainingRun:
         self.accelerator.wait_for_everyone()
         return final
 
+    def _export_adapter(self) -> Path:
+        transformer = self.accelerator.unwrap_model(self.objective).transformer
+        named = {n: p.detach() for n, p in transformer.named_parameters() if p.requires_grad}
+        self._refuse_non_finite(named, "adapter weights")
+        ema_state = None
+        if self.ema is not None:
+            ema_state = [t.detach() for t in self.ema.shadow_params]
+            self._refuse_non_finite(dict(zip(named, ema_state)), "EMA adapter weights")
+        final = self.run_dir / "final"
+        settings = self.settings
+        if self.accelerator.is_main_process:
+            info = lora_info(settings.init, settings.lora, settings.lora_alpha, settings.lora_targets,
+                             self.step_count, settings.dtype)
+            write_adapter_dir(final, transformer, ema_state, info, Path(settings.data))
+        self.accelerator.wait_for_everyone()
+        return final
+
 
 def train(settings: TrainConfig, on_log: Callable[[dict], None] | None = None,
-          on_step: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Train, resuming if asked; write checkpoints, metrics.jsonl and RUN/final (a model directory)."""
-    run = TrainingRun.setup(settings)
+          on_step: Callable[[int, int], None] | None = None, on_note: Note | None = None) -> TrainResult:
+    """Train, resuming if asked; write checkpoints, metrics.jsonl and RUN/final (a model directory).
+
+    The run folder is locked for the whole run (`run_lock`): a second `nami train` on it stops with
+    one line. `on_note` receives one-line notices (a stale lock taken over, a damaged checkpoint
+    skipped on resume)."""
+    settings.validate()
+    lock = RunLock(settings.out, on_note) if is_main_rank() else None
+    if lock is not None:
+        lock.take()
+    try:
+        return _run(settings, on_log, on_step, on_note)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(settings: TrainConfig, on_log, on_step, on_note) -> TrainResult:
+    run = TrainingRun.setup(settings, on_note)
     run.resume()
     window = MetricsWindow(len(run.plan), run.device)
     deadline = time.monotonic() + 60.0 * settings.time_budget if settings.time_budget else None
@@ -360,6 +438,10 @@ def train(settings: TrainConfig, on_log: Callable[[dict], None] | None = None,
             if on_log is not None and run.accelerator.is_main_process and logged:
                 on_log(run.last_record)
             out_of_time = run.out_of_time(deadline, logged)
+            if out_of_time and not logged:
+                run.flush_metrics(window)
+                if on_log is not None and run.accelerator.is_main_process:
+                    on_log(run.last_record)
             if run.step_count % settings.save_every == 0 or run.step_count == settings.steps or out_of_time:
                 run.checkpoint()
             if out_of_time:
@@ -368,6 +450,6 @@ def train(settings: TrainConfig, on_log: Callable[[dict], None] | None = None,
         final = run.export() if done else None
     finally:
         run.batches.close()
-    run.log.close()
+        run.log.close()
     run.accelerator.end_training()
     return TrainResult(run.step_count, final, run.last_record, int(run.nan_skipped.item()))

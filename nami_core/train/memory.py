@@ -271,8 +271,13 @@ def window_samples(batch_size: int, mix: Sequence[float]) -> list[int]:
 
 def estimate(model: ModelConfig, windows: Sequence[WindowShape], samples: Sequence[int], *, dtype: str = "fp32",
              text_tokens: int = 256, grad_checkpointing: str = "none", fsdp: bool = False, gpus: int = 1,
-             ema: bool = True, backend: str = "cuda") -> TrainMemory:
-    """Peak memory per GPU of one training step with `samples[k]` samples in window k (module doc)."""
+             ema: bool = True, backend: str = "cuda", trainable: int | None = None) -> TrainMemory:
+    """Peak memory per GPU of one training step with `samples[k]` samples in window k (module doc).
+
+    `trainable`: the number of parameters that train (a LoRA adapter's, `nami train --lora`); the
+    rest are frozen, stored in the run's dtype (2 bytes under bf16/fp16, so autocast makes no
+    copies of them) with no gradient, AdamW state or EMA. Activations are counted as for full
+    training: backward still runs through every block (an upper bound)."""
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if backend not in BACKENDS:
@@ -290,8 +295,11 @@ def estimate(model: ModelConfig, windows: Sequence[WindowShape], samples: Sequen
     total = shared + sum(blocks)
     shards = gpus if fsdp else 1
 
+    trained = total if trainable is None else int(trainable)
+    frozen_bytes = 2 if trainable is not None and p.half else 4
+
     def per_param(nbytes: int) -> int:
-        return math.ceil(total * nbytes / shards)
+        return math.ceil(trained * nbytes / shards)
 
     kinds = ["double"] * model.double_blocks + ["single"] * model.single_blocks
     kept = {"double": double_block_bytes(D, H, p), "single": single_block_bytes(D, H, p)}
@@ -321,7 +329,7 @@ def estimate(model: ModelConfig, windows: Sequence[WindowShape], samples: Sequen
             deepest = max(deepest, window.blocks)
             deepest_kept = max(deepest_kept, first)
 
-    if p.half and not fsdp:  # autocast's cached 2-byte weights: all until the forward ends, then
+    if p.half and not fsdp and trainable is None:  # autocast's cached 2-byte weights: all until the forward ends, then
         copies_all = 2 * (shared + sum(blocks[:deepest]))  # those of blocks backward does not recompute
         copies_kept = 2 * (shared + sum(blocks[:deepest_kept]))
     else:
@@ -330,7 +338,8 @@ def estimate(model: ModelConfig, windows: Sequence[WindowShape], samples: Sequen
     # its param/reduce dtype
     communication = (2 * max(blocks) + shared) * 2 * p.act if fsdp else 0
 
-    parameters, gradients, adamw = per_param(4), per_param(4), per_param(8)
+    parameters = per_param(4) + math.ceil((total - trained) * frozen_bytes / shards)
+    gradients, adamw = per_param(4), per_param(8)
     ema_bytes = per_param(4) if ema else 0
     fixed = parameters + gradients + adamw + ema_bytes
     activations = sum(w.activation_bytes for w in result_windows)
@@ -350,14 +359,14 @@ def plan_windows(model: ModelConfig, flow: FlowConfig, pixels_per_token: int, mo
     modes = runnable_modes(model.stage_ends, flow)
     mode = mode if mode in modes else BASELINE_MODE
     plan = FlowPlan(mode, flow, model.stage_ends, pixels_per_token)
-    shapes = [WindowShape(w.resolution, (w.resolution // pixels_per_token) ** 2, w.blocks) for w in plan]
+    shapes = [WindowShape(w.resolution, w.tokens(pixels_per_token), w.blocks) for w in plan]
     return plan, shapes
 
 
 def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_per_token: int, mode: str | None, *,
                         batch_size: int, dtype: str = "fp32", text_tokens: int = 256, grad_checkpointing: str = "none",
                         stage_mix: str | Sequence[float] | None = None, fsdp: bool = False, gpus: int = 1,
-                        ema: bool = True, backend: str = "cuda") -> dict[str, Any]:
+                        ema: bool = True, backend: str = "cuda", trainable: int | None = None) -> dict[str, Any]:
     """The JSON of `nami info --train-memory`: the estimate for the stage mix given, or for the
     default schedule's most expensive phase, plus the worst single draw."""
     if batch_size < 1:
@@ -377,7 +386,7 @@ def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_
             raise ConfigError(f"--stage-mix has {len(values)} weights for {flow.num_stages} stages")
         candidates = [(tuple(float(v) for v in values), "--stage-mix")]
     options: dict[str, Any] = {"dtype": dtype, "text_tokens": text_tokens, "grad_checkpointing": grad_checkpointing,
-                               "fsdp": fsdp, "gpus": gpus, "ema": ema, "backend": backend}
+                               "fsdp": fsdp, "gpus": gpus, "ema": ema, "backend": backend, "trainable": trainable}
     best = None
     for mix, source in candidates:
         window_mix = plan.stage_mix(mix)
@@ -395,10 +404,16 @@ def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_
         if worst is None or candidate.peak > worst[1].peak:
             worst = (k, candidate)
     report = memory.to_dict()
+    for window, entry in zip(plan, report["windows"]):
+        entry["width"] = window.size[1]  # "resolution" is the window's height
     params = shared_params(model) + sum(block_params(model))
+    height, width = flow.sizes[-1]
     return {
         "model": name,
         "params": params,
+        "trainable_params": params if trainable is None else trainable,
+        "width": width,
+        "height": height,
         "mode": plan.mode,
         "batch_size": batch_size,
         "dtype": dtype,

@@ -38,7 +38,8 @@ from .checkpointing import CheckpointPolicy
 @dataclass
 class ModelInput:
     """What the network of one stage group takes: the noisy grid x_r (b, C, h, w), timesteps tau
-    (b,) and the text."""
+    (b,) and the text. The grid may be non-square (a bucket of `--buckets` data): the denoiser
+    patchifies it and builds its rotary ids from its own (h, w), never from the window's side."""
 
     window: int
     x_r: torch.Tensor

@@ -1,0 +1,134 @@
+"""LoRA adapters on a `NamiTransformer`, in the format diffusers and peft read.
+
+Training adds one peft adapter (`add_lora`) and freezes the base weights; an adapter is saved as
+`ADAPTER/pytorch_lora_weights.safetensors` (keys `transformer.<module>.lora_A/B.weight`, the peft
+`LoraConfig` in the safetensors metadata, as `FluxPipeline.save_lora_weights` writes them) plus
+peft's `adapter_config.json`. `NamiPipeline.load_lora_weights(ADAPTER)` (diffusers'
+`FluxLoraLoaderMixin`) loads it; `fuse_lora` folds it into the weights. The staged loss is
+unchanged: an adapter on a block inside a stage's prefix is trained by that stage's samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import ConfigError, NamiError
+
+ADAPTER_NAME = "default"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
+             "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+MLP = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out")
+LORA_TARGETS = {"attn": ATTENTION, "attn+mlp": ATTENTION + MLP}  # module-name suffixes peft matches
+
+
+def lora_config(rank: int, alpha: float | None = None, targets: str = "attn"):
+    """The peft `LoraConfig` of `--lora RANK --lora-alpha A --lora-targets T` (alpha defaults to rank)."""
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise ConfigError(f"--lora must be a rank of at least 1, got {rank}")
+    if targets not in LORA_TARGETS:
+        raise ConfigError(f"--lora-targets must be one of {', '.join(LORA_TARGETS)}, got {targets!r}")
+    alpha = float(rank if alpha is None else alpha)
+    if alpha <= 0:
+        raise ConfigError(f"--lora-alpha must be above 0, got {alpha:g}")
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(LORA_TARGETS[targets]),
+                      init_lora_weights=True)
+
+
+def add_lora(transformer, config) -> list:
+    """Freeze `transformer` and add the adapter; returns the adapter's (trainable) parameters."""
+    transformer.requires_grad_(False)
+    transformer.add_adapter(config, adapter_name=ADAPTER_NAME)
+    params = [p for name, p in transformer.named_parameters() if "lora_" in name]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def lora_state_dict(transformer) -> dict:
+    """The adapter's tensors under peft's names (`<module>.lora_A.weight`, no adapter name)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME)
+
+
+def save_lora(transformer, folder: str | Path) -> Path:
+    """Write the adapter as diffusers' `save_lora_weights` does, plus peft's adapter_config.json."""
+    from diffusers.loaders import FluxLoraLoaderMixin
+
+    folder = Path(folder)
+    config = transformer.peft_config[ADAPTER_NAME]
+    FluxLoraLoaderMixin.save_lora_weights(folder, transformer_lora_layers=lora_state_dict(transformer),
+                                   transformer_lora_adapter_metadata=config.to_dict())
+    config.save_pretrained(str(folder))
+    return folder
+
+
+def parse_lora_spec(spec: str) -> tuple[Path, float]:
+    """`ADAPTER[:SCALE]` -> (folder or .safetensors file, scale; 1 by default)."""
+    path, scale = spec, 1.0
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            value = float(tail)
+        except ValueError:
+            value = None
+        if value is not None:
+            if not math.isfinite(value):
+                raise NamiError(f"--lora {spec}: the scale must be a finite number, got {tail}")
+            path, scale = head, value
+    if not Path(path).exists():
+        raise NamiError(f"--lora {spec}: {path} does not exist")
+    if Path(path).is_dir() and not (Path(path) / LORA_WEIGHTS).is_file():
+        raise NamiError(f"--lora {spec}: {path} holds no {LORA_WEIGHTS}")
+    return Path(path), scale
+
+
+def apply_loras(pipe, specs: list[str]) -> list[tuple[str, float]]:
+    """Load every `ADAPTER[:SCALE]` of `specs` into `pipe` and activate them together."""
+    loaded = []
+    for i, spec in enumerate(specs):
+        path, scale = parse_lora_spec(spec)
+        name = f"lora{i}"
+        try:
+            with quiet_peft():
+                pipe.load_lora_weights(str(path), adapter_name=name)
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise NamiError(f"--lora {spec}: cannot load it into this model ({why_not_loaded(exc, path)})") from None
+        loaded.append((name, scale))
+    if loaded:
+        pipe.set_adapters([n for n, _ in loaded], [s for _, s in loaded])
+    return loaded
+
+
+@contextmanager
+def quiet_peft():
+    """Silence what diffusers logs and peft warns while an adapter loads: a failure is reported
+    once, as the error that follows."""
+    logger = logging.getLogger("diffusers.loaders.peft")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def why_not_loaded(exc: BaseException, adapter: Path) -> str:
+    """The reason an adapter did not load, in one phrase (naming the model it was trained on)."""
+    text = str(exc)
+    if "size mismatch" in text:
+        info = Path(adapter if adapter.is_dir() else adapter.parent) / "nami_lora.json"
+        base = json.loads(info.read_text(encoding="utf-8")).get("base_model") if info.is_file() else None
+        return "its layers have other sizes: it was trained on another model" + (f", {base}" if base else "")
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
