@@ -2,7 +2,8 @@
 # The GPU acceptance check (examples/gpu_check.py): one table of nami-2b sampling latency at
 # 1024² and 2048² per attention backend, eager and compiled, beside the FLOP bound; backend
 # agreement on a tiny converted release; no host sync inside a stage; nami-2b training steps
-# (stage 3 and the 4:2:1 mix, checkpointing none and auto, compiled). About 8 minutes on one
+# (stage 3 and the 4:2:1 mix, checkpointing none and auto, compiled); a tiny model with a LoRA
+# adapter at 64x128 in every mode; one nami-2b LoRA training step with its peak memory. About 8 minutes on one
 # H100/H200; results also in $OUT/gpu-check.json (or ./gpu-check/).
 #
 # On a machine where `pip install -e .` worked, just run it. On a machine with no package index

@@ -13,6 +13,9 @@
 4. Training: `nami train`'s own step (`nami bench train`) on nami-2b at 256/512/1024, bf16, compiled,
    batch 4: the 1024² stage alone and the 4:2:1 mix, with `--grad-checkpointing none` and `auto`,
    20 timed steps each: step ms, images/s, TFLOP/s, MFU and peak memory.
+5. Beyond the release: a tiny model with a random LoRA adapter sampled at 64x128 in every mode under
+   the sync guard, and one nami-2b `--lora 16` training step at 1024² (frozen weights in bf16) with its
+   peak memory beside `nami info --train-memory --lora 16`'s estimate.
 
 Configurations that would pass `--budget-s` are skipped and listed. The JSON of everything goes to
 `--out`. On the CPU, `--device cpu --preset tiny --resolutions 64 --steps 3` runs the same code as a
@@ -101,6 +104,96 @@ def backend_agreement(device: torch.device, backends: list[str], dtype: torch.dt
                 rows.append({"text_padding": padding, "attention": backend, "max_abs_diff_vs_native": diff,
                              "no_sync_in_stages": True})
     return rows
+
+
+def lora_and_sizes(device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """A tiny native model with a random LoRA adapter (peft) sampled at 2:1 (64x128) in every mode,
+    under the sync guard: image shape, and the adapter's effect (max abs difference at scale 1 vs 0)."""
+    from nami_core.model.lora import add_lora, lora_config
+    from nami_core.modeldir import load_pipeline
+    from tests.helpers import build_tiny_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_pipeline().save_pretrained(tmp)
+        pipe = load_pipeline(tmp, device, dtype)  # as `nami sample` loads a model
+    params = add_lora(pipe.transformer, lora_config(4, 8, "attn+mlp"))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=generator).to(p.device, p.dtype) * 0.3)
+    rows = []
+    for mode in ("flux-base", "flow-only", "nami"):
+        kw = {"negative_prompt": "", "steps": (2, 2, 2), "cfg": 3.0, "seed": 1, "mode": mode, "height": 64,
+              "width": 128, "output_type": "np"}
+        with sync_guard(device):
+            adapted = pipe("a red circle", **kw).images
+        pipe.transformer.set_adapters(["default"], [0.0])
+        plain = pipe("a red circle", **kw).images
+        pipe.transformer.set_adapters(["default"], [1.0])
+        rows.append({"mode": mode, "shape": list(adapted.shape), "lora_effect": float(abs(adapted - plain).max()),
+                     "no_sync_in_stages": True})
+    return rows
+
+
+def lora_step_memory(args, device) -> dict:
+    """One `nami train --lora 16` step of `--preset` on its last stage window, batch `--train-batch`,
+    frozen weights in `--dtype`, autocast: peak memory against `nami info --train-memory --lora`'s estimate."""
+    from types import SimpleNamespace
+
+    from nami_core.bench.workload import load_bench_model
+    from nami_core.config import FlowConfig
+    from nami_core.flow.plan import FlowPlan
+    from nami_core.model.transformer import NamiTransformer
+    from nami_core.text.embeddings import TextEmbeddings
+    from nami_core.train.adapters import attach_lora, trainable
+    from nami_core.train.batches import StageGroup
+    from nami_core.train.memory import estimate, plan_windows
+    from nami_core.train.staged_loss import StagedObjective, stage_losses, weighted_loss
+
+    bench = load_bench_model(args.preset, None)
+    model, flow = bench.model, FlowConfig(resolutions=args.train_stages)
+    torch.manual_seed(0)
+    with torch.device(device):
+        net = NamiTransformer.from_model_config(model)
+    attach_lora(net, SimpleNamespace(lora=16, lora_alpha=None, lora_targets="attn", dtype=args.dtype, seed=0))
+    params = trainable(net)
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    plan = FlowPlan("nami", flow, model.stage_ends, bench.pixels_per_token)
+    last, b, text_tokens = len(plan) - 1, args.train_batch, 256
+    side = plan[last].resolution // bench.downsample
+    channels = model.in_channels // bench.patch**2
+    text = TextEmbeddings(torch.randn(b, text_tokens, model.text_dim, device=device),
+                          torch.ones(b, text_tokens, dtype=torch.bool, device=device),
+                          torch.randn(b, model.pooled_dim, device=device), (text_tokens,) * b)
+    group = StageGroup(last, torch.randn(b, channels, side, side, device=device), text,
+                       torch.randn(b, channels, side, side, device=device), torch.rand(b, device=device))
+    objective = StagedObjective(net, plan, bench.patch)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=half or torch.float32, enabled=half is not None):
+            losses = stage_losses(objective, [group], plan, model.prediction)
+        weighted_loss([group], losses, [1.0] * len(plan), b).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    _, shapes = plan_windows(model, flow, bench.pixels_per_token, "nami")
+    samples = [b if k == last else 0 for k in range(len(shapes))]
+    est = estimate(model, shapes, samples, dtype=args.dtype, text_tokens=text_tokens, ema=False,
+                   trainable=sum(p.numel() for p in params), backend="cuda" if device.type == "cuda" else "cpu")
+    return {"preset": args.preset, "resolution": plan[last].resolution, "batch": b, "dtype": args.dtype,
+            "lora_rank": 16, "trainable_params": sum(p.numel() for p in params), "step_s": seconds,
+            "peak_mib": None if peak is None else peak / 2**20, "estimated_mib": est.peak / 2**20}
 
 
 def latency(args, device, backends) -> tuple[list[dict], list[str]]:
@@ -206,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=20)
     parser.add_argument("--train-checkpointing", default="none,auto", help="granularities timed; 'skip' for none")
     parser.add_argument("--train-compile", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--lora-step", action=argparse.BooleanOptionalAction, default=True,
+                        help="time one LoRA training step of --preset at the last stage, with its peak memory")
     args = parser.parse_args(argv)
     args.resolutions = tuple(int(r) for r in args.resolutions.split(","))
     args.train_stages = tuple(int(r) for r in args.train_stages.split(","))
@@ -222,18 +317,33 @@ def main(argv: list[str] | None = None) -> int:
     agreement = backend_agreement(device, backends, resolve_dtype(args.dtype))
     runs, skipped = latency(args, device, backends)
     train_reports = training(args, device, skipped, start)
+    beyond = lora_and_sizes(device, resolve_dtype(args.dtype))
+    lora_step = None
+    if args.lora_step and time.monotonic() - start <= args.budget_s:
+        lora_step = lora_step_memory(args, device)
+    elif args.lora_step:
+        skipped.append("LoRA training step (budget spent)")
     print(table(runs))
     if train_reports:
         print(training_table(args, train_reports))
     for row in agreement:
         print(f"tiny release, text_padding {row['text_padding']}: {row['attention']} vs native max abs diff "
               f"{row['max_abs_diff_vs_native']:.2e}; no host sync inside a stage")
+    for row in beyond:
+        print(f"tiny model + LoRA at 64x128, {row['mode']}: image {row['shape']}, adapter changes pixels by up to "
+              f"{row['lora_effect']:.3f}; no host sync inside a stage")
+    if lora_step is not None:
+        peak = "-" if lora_step["peak_mib"] is None else f"{lora_step['peak_mib']:,.0f}"
+        print(f"{lora_step['preset']} LoRA rank 16 step at {lora_step['resolution']}², batch {lora_step['batch']}, "
+              f"{lora_step['dtype']}: {lora_step['step_s'] * 1000:,.0f} ms, peak {peak} MiB, "
+              f"estimate {lora_step['estimated_mib']:,.0f} MiB (no EMA)")
     for item in skipped:
         print(f"skipped: {item}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu-check.json").write_text(json.dumps(
         {"device": device_label(device), "torch": torch.__version__, "backends": backends, "latency": runs,
-         "agreement": agreement, "training": train_reports, "skipped": skipped}, indent=2))
+         "agreement": agreement, "training": train_reports, "lora_and_sizes": beyond, "lora_step": lora_step,
+         "skipped": skipped}, indent=2))
     return 0
 
 

@@ -29,3 +29,9 @@ def test_gpu_check_runs_on_the_cpu_and_writes_its_table(tmp_path, capsys):
     assert [(t["grad_checkpointing"], [r["config"] for r in t["results"]]) for t in report["training"]] == [
         ("none", ["stage 3", "mix 4:2:1"]), ("auto", ["stage 3", "mix 4:2:1"])]
     assert "MFU" in out and "est. MiB" in out
+    assert [(r["mode"], r["shape"]) for r in report["lora_and_sizes"]] == [
+        (m, [1, 64, 128, 3]) for m in ("flux-base", "flow-only", "nami")]
+    assert all(r["lora_effect"] > 0 for r in report["lora_and_sizes"])
+    step = report["lora_step"]
+    assert step["resolution"] == 128 and step["trainable_params"] > 0 and step["estimated_mib"] > 0
+    assert "LoRA rank 16 step at 128²" in out

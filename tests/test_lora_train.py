@@ -43,19 +43,23 @@ def base_weights(root: Path) -> dict:
     return load_file(root / "base" / "final" / "transformer" / "diffusion_pytorch_model.ema.safetensors")
 
 
-def test_only_the_adapter_changes(base, lora_run):
+def test_only_the_adapter_changes_and_checkpoints_hold_only_it(base, lora_run):
+    """The checkpoint holds the adapter's tensors only (the frozen weights are --init's); the network
+    rebuilt from --init's EMA weights plus that adapter is the trained one (see the next test)."""
     state = load_file(lora_run / "checkpoints" / "step-00000006" / "model.safetensors")
-    frozen = base_weights(base)
     names = {k.removeprefix("transformer."): v for k, v in state.items()}
-    lora = {k: v for k, v in names.items() if "lora_" in k}
-    assert lora and all(".default." in k for k in lora)
-    for name, value in names.items():
-        if "lora_" in name:
-            continue
-        key = name.replace(".base_layer", "")
-        assert torch.equal(value, frozen[key]), name  # the frozen model is the base's EMA weights, untouched
-    assert all(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at 0 and has trained
-    assert len(names) - len(lora) == len(frozen)
+    assert names and all(".lora_A.default." in k or ".lora_B.default." in k for k in names)
+    model = trained_model(base, lora_run)
+    adapter = {n for n, p in model.named_parameters() if "lora_" in n}
+    assert {k.replace(".default", "") for k in names} == {n.replace(".default", "") for n in adapter}
+    assert all(v.abs().sum() > 0 for k, v in names.items() if "lora_B" in k)  # B starts at 0 and has trained
+    frozen = base_weights(base)
+    for name, value in model.state_dict().items():
+        if "lora_" not in name:
+            assert torch.equal(value, frozen[name.replace(".base_layer", "")]), name
+    size = (lora_run / "checkpoints" / "step-00000006" / "model.safetensors").stat().st_size
+    full = (base / "base" / "final" / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert size < full / 4
 
 
 def test_final_is_an_adapter_in_the_diffusers_and_peft_format(base, lora_run):
@@ -155,9 +159,15 @@ def test_bf16_runs_keep_the_frozen_model_in_bf16(base, tmp_path):
     assert run_cli(lora_args(base, out, "--steps", "2", "--save-every", "2", "--dtype", "bf16",
                              "--lora-targets", "attn+mlp"))[0] == 0
     state = load_file(out / "checkpoints" / "step-00000002" / "model.safetensors")
-    dtypes = {("lora" if "lora_" in k else "base", v.dtype) for k, v in state.items() if v.dim() == 2}
+    assert {v.dtype for v in state.values()} == {torch.float32} and any("ff.net.2.lora_A" in k for k in state)
+    from types import SimpleNamespace
+
+    from nami_core.train.adapters import attach_lora
+
+    model = NamiTransformer.from_pretrained(base / "base" / "final" / "transformer", variant="ema")
+    attach_lora(model, SimpleNamespace(lora=4, lora_alpha=None, lora_targets="attn+mlp", dtype="bf16", seed=0))
+    dtypes = {("lora" if "lora_" in n else "base", p.dtype) for n, p in model.named_parameters()}
     assert dtypes == {("lora", torch.float32), ("base", torch.bfloat16)}
-    assert any("ff.net.2.lora_A" in k for k in state)
 
 
 @pytest.mark.parametrize(
@@ -249,3 +259,13 @@ def test_an_adapter_for_another_model_is_one_line(lora_run, tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, lines
     assert "its layers have other sizes: it was trained on another model, " in lines[0]
+
+
+def test_resuming_with_another_adapter_shape_is_one_line(base, lora_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    code, _, err = run_cli(lora_args(base, run, "--steps", "8", "--resume", "latest", "--lora-targets", "attn+mlp"),
+                           capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "lacks 18 of the adapter's 46 tensors" in lines[0] and "not a checkpoint of this --lora run" in lines[0]

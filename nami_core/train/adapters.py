@@ -22,6 +22,7 @@ from ..model.lora import add_lora, lora_config, save_lora
 from ..vocabulary import Vocabulary
 
 LORA_INFO = "nami_lora.json"
+LORA_KEY = ".lora_"  # in the names of an adapter's tensors (`<module>.lora_A.default.weight`)
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -51,6 +52,31 @@ def lora_info(init: Path, rank: int, alpha: float | None, targets: str, steps: i
     """`nami_lora.json`: the base model (absolute path) and its weights, the adapter's shape, the step."""
     return {"base_model": str(Path(init).resolve()), "base_weights": base_variant(init) or "raw", "rank": rank,
             "alpha": alpha or rank, "targets": targets, "steps": steps, "dtype": dtype}
+
+
+def keep_adapter_weights(models, weights: list[dict], output_dir) -> None:
+    """accelerate's save-state hook for LoRA runs: a checkpoint keeps the adapter's tensors only (the
+    frozen weights are --init's), megabytes instead of the whole model."""
+    for state in weights:
+        for key in [k for k in state if LORA_KEY not in k]:
+            del state[key]
+
+
+def check_adapter_checkpoint(checkpoint: Path, transformer) -> None:
+    """The checkpoint's model file holds every adapter tensor of `transformer` (it is loaded with
+    strict=False, so a missing one would otherwise go unnoticed)."""
+    from safetensors import safe_open
+
+    from ..errors import NamiError
+
+    path = Path(checkpoint) / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        stored = set(f.keys())
+    wanted = {f"transformer.{name}" for name, p in transformer.named_parameters() if p.requires_grad}
+    missing = sorted(wanted - stored)
+    if missing:
+        raise NamiError(f"{path} lacks {len(missing)} of the adapter's {len(wanted)} tensors (e.g. {missing[0]}): "
+                        "not a checkpoint of this --lora run (check --lora, --lora-targets and --init)")
 
 
 def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -29,7 +29,8 @@ from .optimizer_step import GuardedStep
 from .phases import PAPER_LR, Phase, default_ratios, parse_phases, value_at
 from .prefetch import Prefetcher
 from .sharded_ema import has_sharded_ema, load_sharded_ema, save_sharded_ema
-from .adapters import attach_lora, base_variant, lora_info, trainable, write_adapter_dir
+from .adapters import (attach_lora, base_variant, check_adapter_checkpoint, keep_adapter_weights, lora_info,
+                       trainable, write_adapter_dir)
 from .checkpointing import CheckpointPolicy
 from .memory_guard import check_fits
 from .run_lock import RunLock, is_main_rank
@@ -189,6 +190,8 @@ class TrainingRun:
         policy = CheckpointPolicy(settings.grad_checkpointing, self.model_cfg.stage_ends, len(self.plan) - 1)
         self.objective, self.optimizer = accelerator.prepare(
             StagedObjective(transformer, self.plan, self.patch, policy), optimizer)
+        if settings.lora:
+            accelerator.register_save_state_pre_hook(keep_adapter_weights)
         self.guard = GuardedStep(accelerator, self.optimizer, settings.dtype)
         self.ema = EMA(trainable(self.objective), settings.ema_decay).to(self.device) if settings.ema_decay > 0 else None
         self.loss_weights = StageLossWeights(settings.stage_loss_weights, len(self.plan), device=self.device)
@@ -211,8 +214,11 @@ class TrainingRun:
         source = resolve_resume(self.run_dir, settings.resume, self.note)
         if source is not None:
             state = read_trainer_state(source)
+            if settings.lora:
+                check_adapter_checkpoint(source, self.transformer)
             try:
-                accelerator.load_state(str(source))
+                # a LoRA checkpoint holds the adapter only; the frozen weights are --init's
+                accelerator.load_state(str(source), strict=not settings.lora)
             except (EOFError, RuntimeError, OSError, ValueError, KeyError) as exc:
                 why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise NamiError(f"cannot resume from {source}: {why}") from None
