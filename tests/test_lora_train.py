@@ -38,14 +38,34 @@ def lora_run(base, tmp_path_factory):
     return out
 
 
-def base_weights(root: Path) -> dict:
-    """The weights the adapter is put on: the base model's EMA variant (what `nami sample` uses)."""
-    return load_file(root / "base" / "final" / "transformer" / "diffusion_pytorch_model.ema.safetensors")
+def test_training_steps_leave_the_frozen_model_as_it_was(base, tmp_path):
+    """Two steps of the training loop itself: every frozen weight equals --init's EMA weight bit for
+    bit, and the adapter's B matrices (zero at the start) have moved."""
+    from nami_core.train.config import TrainConfig
+    from nami_core.train.loop import TrainingRun
+    from nami_core.train.metrics import MetricsWindow
+
+    settings = TrainConfig(data=base / "data", out=tmp_path / "run", stages=(16, 32, 64), init=base / "base" / "final",
+                           batch_size=4, lr=1e-2, lora=4, steps=2, ema_decay=0.0)
+    run = TrainingRun.setup(settings)
+    run.resume()
+    window = MetricsWindow(len(run.plan), run.device)
+    run.step(window)
+    run.step(window)
+    run.batches.close()
+    frozen = load_file(base / "base" / "final" / "transformer" / "diffusion_pytorch_model.ema.safetensors")
+    state = run.transformer.state_dict()
+    assert {k.replace(".base_layer", "") for k in state if "lora_" not in k} == set(frozen)
+    for name, value in state.items():
+        if "lora_" not in name:
+            assert torch.equal(value, frozen[name.replace(".base_layer", "")]), name
+    assert all(v.abs().sum() > 0 for k, v in state.items() if "lora_B" in k)
 
 
 def test_only_the_adapter_changes_and_checkpoints_hold_only_it(base, lora_run):
-    """The checkpoint holds the adapter's tensors only (the frozen weights are --init's); the network
-    rebuilt from --init's EMA weights plus that adapter is the trained one (see the next test)."""
+    """The checkpoint holds the adapter's tensors only (the frozen weights are --init's; that a step
+    changes nothing else is tests/test_lora.py's); --init's EMA weights plus that adapter are the
+    trained network (the next test)."""
     state = load_file(lora_run / "checkpoints" / "step-00000006" / "model.safetensors")
     names = {k.removeprefix("transformer."): v for k, v in state.items()}
     assert names and all(".lora_A.default." in k or ".lora_B.default." in k for k in names)
@@ -53,10 +73,6 @@ def test_only_the_adapter_changes_and_checkpoints_hold_only_it(base, lora_run):
     adapter = {n for n, p in model.named_parameters() if "lora_" in n}
     assert {k.replace(".default", "") for k in names} == {n.replace(".default", "") for n in adapter}
     assert all(v.abs().sum() > 0 for k, v in names.items() if "lora_B" in k)  # B starts at 0 and has trained
-    frozen = base_weights(base)
-    for name, value in model.state_dict().items():
-        if "lora_" not in name:
-            assert torch.equal(value, frozen[name.replace(".base_layer", "")]), name
     size = (lora_run / "checkpoints" / "step-00000006" / "model.safetensors").stat().st_size
     full = (base / "base" / "final" / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_size
     assert size < full / 4
