@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -139,3 +142,17 @@ def prepare_train_data(root: Path) -> Path:
     prepare(ShapesSource(n=12, seed=0, size=64), PrepareRequest(out=root / "data", stages=(16, 32, 64), max_text_tokens=12))
     (root / "model.json").write_text(json.dumps(TRAIN_MODEL))
     return root
+
+
+def torchrun_nami(args: list[str], ranks: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node RANKS nami ARGS` on gloo, one thread per rank (skips the
+    test when torchrun or the nami script is not installed)."""
+    import pytest
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    nami = Path(sys.executable).with_name("nami")
+    if not torchrun.exists() or not nami.exists():
+        pytest.skip("torchrun or the nami script is not installed")
+    command = [str(torchrun), "--standalone", "--nproc-per-node", str(ranks), "--no-python", str(nami), *args]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=600)

@@ -4,10 +4,6 @@ bucket per training step on every rank, and exact resume of a bucketed run."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +21,7 @@ from nami_core.data.store import LatentStore
 from nami_core.errors import NamiError
 from nami_core.flow.plan import FlowPlan
 from nami_core.train.batches import BatchDrawer
-from tests.helpers import TRAIN_MODEL, run_cli, train_cli_args
+from tests.helpers import TRAIN_MODEL, run_cli, torchrun_nami, train_cli_args
 
 STAGES = (16, 32, 64)
 # (width, height) of the source images, with the bucket and the stage each goes to
@@ -243,15 +239,8 @@ def test_train_on_buckets_and_resume_exactly(bucketed, tmp_path):
 
 def test_torchrun_two_ranks_train_on_buckets(bucketed, tmp_path):
     """Two gloo ranks on bucketed data: every step's groups have one shape on both ranks, and DDP runs through."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    nami = Path(sys.executable).with_name("nami")
-    if not torchrun.exists() or not nami.exists():
-        pytest.skip("torchrun or the nami script is not installed")
     out = tmp_path / "ddp"
-    args = [str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", str(nami),
-            *train_cli_args(bucketed, out, "--steps", "4", "--save-every", "4", batch_size=6, log_every=2)]
-    result = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            timeout=600)
+    result = torchrun_nami(train_cli_args(bucketed, out, "--steps", "4", "--save-every", "4", batch_size=6, log_every=2))
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((out / "train_config.json").read_text())["world_size"] == 2
     assert (out / "final" / "model_index.json").is_file()

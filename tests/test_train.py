@@ -1,13 +1,11 @@
 """`nami train`: end to end, overfitting, exact resume after SIGKILL, DDP on CPU, phases, errors."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from nami_core.data.store import LatentStore
 from nami_core.flow.plan import FlowPlan
 from nami_core.train.batches import BatchDrawer
 from nami_core.train.phases import parse_phases, value_at
-from tests.helpers import prepare_train_data, run_cli, train_cli_args
+from tests.helpers import prepare_train_data, run_cli, torchrun_nami, train_cli_args
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +97,8 @@ def test_resume_after_sigkill_is_exact(shapes_data, tmp_path):
 
 
 def test_torchrun_two_ranks_on_cpu(shapes_data, tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    nami = Path(sys.executable).with_name("nami")
-    if not torchrun.exists() or not nami.exists():
-        pytest.skip("torchrun or the nami script is not installed")
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", str(nami),
-            *train_args(shapes_data, out, "--steps", "4", "--save-every", "4")]
-    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    result = torchrun_nami(train_args(shapes_data, out, "--steps", "4", "--save-every", "4"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
     assert json.loads((out / "train_config.json").read_text())["world_size"] == 2

@@ -5,9 +5,6 @@ looking for unused parameters."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from safetensors.torch import load_file
 import nami_core.train.loop as loop_module
 from nami_core.train.config import TrainConfig
 from nami_core.train.loop import TrainingRun
-from tests.helpers import TRAIN_MODEL as MODEL
+from tests.helpers import TRAIN_MODEL as MODEL, torchrun_nami
 from tests.helpers import prepare_train_data
 
 
@@ -157,19 +154,12 @@ def test_recomputation_gives_the_same_gradients(data, tmp_path):
 def test_ddp_trains_the_blocks_a_step_touches_without_searching_unused_ones(data, tmp_path):
     """Two gloo ranks, DDP with find_unused_parameters=False: a run of stage-1 samples only (1 of 3
     blocks) trains and leaves the other blocks exactly as they were; a mixed run trains every block."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    nami = Path(sys.executable).with_name("nami")
-    if not torchrun.exists() or not nami.exists():
-        pytest.skip("torchrun or the nami script is not installed")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     finals = {}
     for name, mix in (("stage1", "0:1:0:0"), ("mixed", "0:1:1:1")):
         out = tmp_path / name
-        args = [str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", str(nami), "train", "--data", str(data / "data"),
-                "--out", str(out), "--config", str(data / "model.json"), "--stages", "16,32,64", "--batch-size", "4",
-                "--lr", "1e-2", "--steps", "3", "--save-every", "3", "--ratio-schedule", mix, "--ema-decay", "0",
-                "--seed", "1"]
-        result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+        result = torchrun_nami(["train", "--data", str(data / "data"), "--out", str(out), "--config", str(data / "model.json"),
+                                "--stages", "16,32,64", "--batch-size", "4", "--lr", "1e-2", "--steps", "3",
+                                "--save-every", "3", "--ratio-schedule", mix, "--ema-decay", "0", "--seed", "1"])
         assert result.returncode == 0, result.stderr[-2000:]
         finals[name] = load_file(out / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
     torch.manual_seed(1)  # the initial weights of both runs (--seed 1)
