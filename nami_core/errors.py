@@ -11,3 +11,9 @@ class ConfigError(NamiError, ValueError):
 
 class DiskFullError(NamiError):
     """The disk filled up while writing; the message names the file. What was written before stays."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

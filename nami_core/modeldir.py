@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import NamiError
+from .errors import NamiError, first_line
 
 DEFAULT_MODEL_NAME = "nami-shapes"
 COMPONENTS = ("transformer", "scheduler", "codec", "text_encoder")
@@ -110,8 +110,7 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     except NamiError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NamiError(f"cannot load the model in {path}: {first}") from None
+        raise NamiError(f"cannot load the model in {path}: {first_line(exc)}") from None
     use_fast_matmul(device)
     pipe.transformer.to(device=device, dtype=dtype)
     pipe.codec.to(device=device, dtype=codec_dtype(pipe.codec, dtype))

@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from ..errors import NamiError
+from ..errors import NamiError, first_line
 
 SHARD_TENSORS = ("latents", "text", "mask", "pooled")
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
@@ -85,5 +85,4 @@ def damaged_shard(path: Path, problem: str) -> NamiError:
 
 def read_failure(exc: BaseException) -> str:
     """A safetensors reading error in a few words: `Error while deserializing header: X` -> `X`."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return re.sub(r"^Error while deserializing header:\s*", "", text)
+    return re.sub(r"^Error while deserializing header:\s*", "", first_line(exc))

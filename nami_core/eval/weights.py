@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import NamiError
+from ..errors import NamiError, first_line
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
@@ -45,9 +45,7 @@ def load_pretrained(loader: Any, folder: Path, what: str, hint: str, **kwargs):
     except NamiError:
         raise
     except Exception as exc:  # corrupt files raise anything from OSError to safetensors' own error
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise NamiError(f"{what}: cannot load {folder} ({first}); {hint}") from None
+        raise NamiError(f"{what}: cannot load {folder} ({first_line(exc)}); {hint}") from None
     if hasattr(model, "eval"):
         model.eval()
     return model

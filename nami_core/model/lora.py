@@ -17,7 +17,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import ConfigError, NamiError
+from ..errors import ConfigError, NamiError, first_line
 
 ADAPTER_NAME = "default"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -130,5 +130,4 @@ def why_not_loaded(exc: BaseException, adapter: Path) -> str:
         info = Path(adapter if adapter.is_dir() else adapter.parent) / "nami_lora.json"
         base = json.loads(info.read_text(encoding="utf-8")).get("base_model") if info.is_file() else None
         return "its layers have other sizes: it was trained on another model" + (f", {base}" if base else "")
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(exc).__name__
+    return first_line(exc)[:200]

@@ -153,8 +153,3 @@ def load_checkpoint_file(path: Path):
     except (EOFError, RuntimeError, OSError, ValueError) as exc:
         raise NamiError(f"checkpoint file {path} is corrupt or incomplete ({type(exc).__name__})") from None
 
-
-def describe(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type's name."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

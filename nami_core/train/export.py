@@ -117,7 +117,8 @@ def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights
 
     from ..model.transformer import NamiTransformer
     from .adapters import attach_lora, base_variant, lora_info, trainable, write_adapter_dir
-    from .checkpoint import describe, load_checkpoint_file, read_trainer_state
+    from ..errors import first_line
+    from .checkpoint import load_checkpoint_file, read_trainer_state
 
     if weights is None:
         raise NamiError(f"{checkpoint}: LoRA checkpoints are written by DDP runs; this one is sharded")
@@ -125,7 +126,7 @@ def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights
     try:
         transformer = NamiTransformer.from_pretrained(init / "transformer", variant=base_variant(init))
     except (OSError, ValueError, RuntimeError) as exc:
-        raise NamiError(f"the adapter's base model {init} cannot be loaded ({describe(exc)})") from None
+        raise NamiError(f"the adapter's base model {init} cannot be loaded ({first_line(exc)})") from None
     settings = SimpleNamespace(lora=int(train["lora"]), lora_alpha=train.get("lora_alpha"),
                                lora_targets=train.get("lora_targets", "attn"), dtype="fp32", seed=0)
     attach_lora(transformer, settings)

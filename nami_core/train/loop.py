@@ -16,7 +16,7 @@ import torch
 
 from ..data.prepare import check_data_stages
 from ..data.store import LatentStore
-from ..errors import NamiError
+from ..errors import NamiError, first_line
 from ..files import write_text_atomic
 from ..flow.plan import FlowPlan
 from .batches import BatchDrawer
@@ -104,7 +104,7 @@ def _load_transformer(settings: TrainConfig, model_cfg):
         return NamiTransformer.from_pretrained(Path(settings.init) / "transformer", variant=variant,
                                                text_positions=model_cfg.text_positions)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise NamiError(f"--init {settings.init}: cannot load the transformer ({str(exc).strip().splitlines()[0]})") from None
+        raise NamiError(f"--init {settings.init}: cannot load the transformer ({first_line(exc)})") from None
 
 
 @dataclass
@@ -220,8 +220,7 @@ class TrainingRun:
                 # a LoRA checkpoint holds the adapter only; the frozen weights are --init's
                 accelerator.load_state(str(source), strict=not settings.lora)
             except (EOFError, RuntimeError, OSError, ValueError, KeyError) as exc:
-                why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise NamiError(f"cannot resume from {source}: {why}") from None
+                raise NamiError(f"cannot resume from {source}: {first_line(exc)}") from None
             self.step_count = state["step"]
             self.nan_skipped.fill_(state["nan_skipped"])
             self.nan_streak.fill_(state["nan_streak"])
