@@ -193,7 +193,8 @@ class TrainingRun:
         if settings.lora:
             accelerator.register_save_state_pre_hook(keep_adapter_weights)
         self.guard = GuardedStep(accelerator, self.optimizer, settings.dtype)
-        self.ema = EMA(trainable(self.objective), settings.ema_decay).to(self.device) if settings.ema_decay > 0 else None
+        self.params = trainable(self.objective)  # what the optimizer updates, listed once
+        self.ema = EMA(self.params, settings.ema_decay).to(self.device) if settings.ema_decay > 0 else None
         self.loss_weights = StageLossWeights(settings.stage_loss_weights, len(self.plan), device=self.device)
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         self.nan_skipped, self.nan_streak = zero.clone(), zero.clone()
@@ -282,10 +283,10 @@ class TrainingRun:
         losses = stage_losses(self.objective, groups, self.plan, self.model_cfg.prediction)
         loss = weighted_loss(groups, losses, stage_weights, settings.batch_size) + self._touch_unused(groups)
         self.guard.backward(loss)
-        grad_norm = self.guard.clip(trainable(self.objective), settings.grad_clip)
+        grad_norm = self.guard.clip(self.params, settings.grad_clip)
         taken = self.guard.step(grad_norm)
         if self.ema is not None:
-            self.ema.update(trainable(self.objective), taken)
+            self.ema.update(self.params, taken)
         sums = stage_sums(groups, losses, len(self.plan), self.device)
         sums = self.accelerator.reduce(sums, reduction="sum") if self.world > 1 else sums
         self.loss_weights.update(sums, taken)
@@ -374,7 +375,7 @@ class TrainingRun:
         raw = self._full_state_dict()
         ema_state = None
         if self.ema is not None:
-            params = trainable(self.objective)
+            params = self.params
             self.ema.store(params)
             self.ema.copy_to(params)
             ema_state = self._full_state_dict()
