@@ -123,17 +123,12 @@ def vocabulary_warning(req: SampleRequest) -> str | None:
     """One line when the prompt uses words outside the model's saved vocabulary (plus the words of
     its `--lora` adapters' fine-tuning captions), else None. No claim, and no line, when the model
     or an adapter carries no vocabulary."""
-    from .model.lora import parse_lora_spec
+    from .model.lora import adapter_folder, parse_lora_spec
     from .modeldir import resolve_model_dir
-    from .vocabulary import read_vocabulary
+    from .vocabulary import combined_vocabulary
 
-    vocabulary = read_vocabulary(resolve_model_dir(req.model))
-    for spec in req.loras:
-        path, _ = parse_lora_spec(spec)
-        taught = read_vocabulary(path if path.is_dir() else path.parent)
-        if vocabulary is None or taught is None:
-            return None
-        vocabulary = vocabulary.with_words_of(taught)
+    adapters = [adapter_folder(parse_lora_spec(spec)[0]) for spec in req.loras]
+    vocabulary = combined_vocabulary(resolve_model_dir(req.model), adapters)
     return None if vocabulary is None else vocabulary.warning(req.prompt)
 
 

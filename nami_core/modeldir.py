@@ -129,7 +129,8 @@ def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: f
     import math
 
     from .files import fresh_temp_dir, publish_dir
-    from .model.lora import apply_loras, parse_lora_spec
+    from .model.lora import adapter_folder, apply_loras, parse_lora_spec
+    from .vocabulary import combined_vocabulary
 
     if not math.isfinite(scale):
         raise NamiError(f"--scale must be a finite number, got {scale}")
@@ -145,31 +146,27 @@ def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: f
     out = Path(out)
     tmp = fresh_temp_dir(out)
     pipe.save_pretrained(tmp)
-    _merge_vocabularies(source, path, tmp)
+    vocabulary = combined_vocabulary(source, [adapter_folder(path)])
+    if vocabulary is not None:
+        vocabulary.save(tmp)
     publish_dir(tmp, out)
     return out
+
+
+SAFETENSORS_FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 
 
 def stored_dtype(model_dir: Path) -> torch.dtype:
     """The floating dtype the transformer's weights are stored in (float32 if it cannot be read)."""
     from safetensors import safe_open
 
-    for name in ("diffusion_pytorch_model.ema.safetensors", "diffusion_pytorch_model.safetensors"):
-        path = Path(model_dir) / "transformer" / name
-        if path.is_file():
-            with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
-                    tensor = f.get_tensor(key)
-                    if tensor.is_floating_point():
-                        return tensor.dtype
+    variant = ".ema" if has_ema(Path(model_dir)) else ""
+    path = Path(model_dir) / "transformer" / f"diffusion_pytorch_model{variant}.safetensors"
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # the header names each tensor's dtype: no tensor is read
+                dtype = SAFETENSORS_FLOATS.get(f.get_slice(key).get_dtype())
+                if dtype is not None:
+                    return dtype
     return torch.float32
 
-
-def _merge_vocabularies(model_dir: Path, adapter: Path, out: Path) -> None:
-    """`out`/vocabulary.json: the model's words plus the adapter's, when both carry one."""
-    from .vocabulary import read_vocabulary
-
-    base = read_vocabulary(model_dir)
-    taught = read_vocabulary(adapter if adapter.is_dir() else adapter.parent)
-    if base is not None and taught is not None:
-        base.with_words_of(taught).save(out)

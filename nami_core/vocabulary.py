@@ -76,3 +76,15 @@ def read_vocabulary(model_dir: str | Path) -> Vocabulary | None:
     except (ValueError, KeyError, TypeError):
         raise NamiError(f"{path} is not a vocabulary file (expected JSON with a word list and a summary)") from None
     return Vocabulary(frozenset(words), summary)
+
+
+def combined_vocabulary(model_dir: str | Path, adapters: Iterable[Path] = ()) -> Vocabulary | None:
+    """The model's vocabulary plus the words of each adapter folder's; None (no claim) when the model
+    or any adapter carries none."""
+    vocabulary = read_vocabulary(model_dir)
+    for folder in adapters:
+        taught = read_vocabulary(folder)
+        if vocabulary is None or taught is None:
+            return None
+        vocabulary = vocabulary.with_words_of(taught)
+    return vocabulary

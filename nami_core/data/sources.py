@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import NamiError
+from ..errors import NamiError, first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "webp", "jpeg")
@@ -285,7 +285,7 @@ def _parquet(files: list[str], label: str, image_column, caption_column) -> Tabl
     try:
         ds = datasets.Dataset.from_parquet(files)
     except (ValueError, OSError) as exc:  # pyarrow's errors are ValueErrors or OSErrors
-        raise NamiError(f"cannot read the parquet source {label}: {_first_line(exc)}") from None
+        raise NamiError(f"cannot read the parquet source {label}: {first_line(exc)}") from None
     return TableSource(ds, f"parquet {label}", image_column, caption_column, [Path(f) for f in files])
 
 
@@ -296,10 +296,5 @@ def _check_parquet(file: str) -> None:
     try:
         pq.read_schema(file)
     except (ValueError, OSError) as exc:
-        why = _first_line(exc).split(". ")[0].rstrip(".")  # pyarrow: "Parquet magic bytes not found in footer. Either ..."
+        why = first_line(exc).split(". ")[0].rstrip(".")  # pyarrow: "Parquet magic bytes not found in footer. Either ..."
         raise NamiError(f"{file} is not a readable parquet file ({why})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

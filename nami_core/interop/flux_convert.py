@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import validate_stage_ends
-from ..errors import NamiError
+from ..errors import NamiError, first_line
 from ..files import fresh_temp_dir, publish_dir, write_json_atomic
 from .block_selection import BlockSelection, compact
 from .flux_state import (
@@ -77,7 +77,7 @@ def open_flux_source(src: Path) -> tuple[FluxWeights, dict[str, Any] | None, str
         try:
             model = FluxTransformer2DModel.from_single_file(str(src))
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise NamiError(f"{src}: diffusers cannot read it as a single-file FLUX checkpoint ({first})") from None
         return FluxWeights.from_state_dict(model.state_dict(), str(src)), dict(model.config), f"{src} (its config)"
     raise NamiError(f"{src}: does not exist")

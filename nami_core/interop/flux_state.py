@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from ..errors import NamiError
+from ..errors import NamiError, first_line
 from ..model.transformer import NamiTransformer
 
 GUIDANCE_PREFIX = "time_text_embed.guidance_embedder."
@@ -47,7 +47,7 @@ def torch_load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and EOF errors all mean the same thing here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise NamiError(f"{path}: cannot read the state dict ({first})") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise NamiError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")

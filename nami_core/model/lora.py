@@ -21,6 +21,7 @@ from ..errors import ConfigError, NamiError, first_line
 
 ADAPTER_NAME = "default"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+LORA_INFO = "nami_lora.json"  # what `nami train --lora` records: base model, rank, steps
 ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
              "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
 MLP = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out")
@@ -127,7 +128,17 @@ def why_not_loaded(exc: BaseException, adapter: Path) -> str:
     """The reason an adapter did not load, in one phrase (naming the model it was trained on)."""
     text = str(exc)
     if "size mismatch" in text:
-        info = Path(adapter if adapter.is_dir() else adapter.parent) / "nami_lora.json"
-        base = json.loads(info.read_text(encoding="utf-8")).get("base_model") if info.is_file() else None
+        base = read_lora_info(adapter_folder(adapter)).get("base_model")
         return "its layers have other sizes: it was trained on another model" + (f", {base}" if base else "")
     return first_line(exc)[:200]
+
+
+def adapter_folder(path: Path) -> Path:
+    """The folder of an adapter given as its folder or its weights file."""
+    return path if path.is_dir() else path.parent
+
+
+def read_lora_info(folder: Path) -> dict:
+    """An adapter folder's `nami_lora.json` ({} when it has none)."""
+    path = Path(folder) / LORA_INFO
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

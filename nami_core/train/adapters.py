@@ -11,17 +11,15 @@ RUN/final/ema/                               the EMA of the adapter, same layout
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..data.store import data_captions
 from ..files import fresh_temp_dir, publish_dir, write_json_atomic
-from ..model.lora import add_lora, lora_config, save_lora
+from ..model.lora import LORA_INFO, add_lora, lora_config, save_lora
 from ..vocabulary import Vocabulary
 
-LORA_INFO = "nami_lora.json"
 LORA_KEY = ".lora_"  # in the names of an adapter's tensors (`<module>.lora_A.default.weight`)
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -111,10 +109,6 @@ def write_adapter_dir(out: Path, transformer, ema_state: list[torch.Tensor] | No
     publish_dir(tmp, out)
     return out
 
-
-def read_lora_info(folder: Path) -> dict:
-    path = Path(folder) / LORA_INFO
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def lora_parameter_count(model_cfg, rank: int, targets: str = "attn") -> int:

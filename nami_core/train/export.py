@@ -76,9 +76,10 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
         raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing model.safetensors)")
     try:
         run_config = json.loads(config_path.read_text(encoding="utf-8"))
-        run_config["train"], run_config["model"], run_config["flow"], run_config["patch_size"]
-    except (ValueError, KeyError, TypeError):
-        raise NamiError(f"{config_path} is damaged (not the JSON `nami train` writes)") from None
+    except ValueError:
+        run_config = None
+    if not isinstance(run_config, dict) or not {"train", "model", "flow", "patch_size"} <= run_config.keys():
+        raise NamiError(f"{config_path} is damaged (not the JSON `nami train` writes)")
     train, model, flow = run_config["train"], ModelConfig.from_dict(run_config["model"]), run_config["flow"]
     if train.get("lora"):
         return _export_adapter_checkpoint(checkpoint, out, train, weights if weights != sharded else None)

@@ -137,6 +137,7 @@ class TrainingRun:
         self.run_dir = Path(settings.out)
         self.step_count = 0
         self.last_record: dict | None = None
+        self._unused: dict[int, list] = {}
 
     # -- setup ---------------------------------------------------------------------------------
     @classmethod
@@ -303,7 +304,9 @@ class TrainingRun:
         if self.world == 1:
             return 0.0
         deepest = max(self.plan[g.window].blocks for g in groups)
-        unused = self.transformer.unused_parameters(deepest)
+        if deepest not in self._unused:  # one of K depths, and what trains never changes in a run
+            self._unused[deepest] = self.transformer.unused_parameters(deepest)
+        unused = self._unused[deepest]
         return 0.0 * sum(p.reshape(-1)[0] for p in unused) if unused else 0.0
 
     def _record(self, window: MetricsWindow, groups, losses, loss, sums, taken) -> None:
