@@ -230,12 +230,11 @@ class Preparer:
 def _write_shard(path: Path, latents: torch.Tensor, text: TextEmbeddings, keys: list[str], captions: list[str]) -> int:
     """`write_shard`, with a full disk reported as one line naming `path` and the bytes it needs."""
     try:
-        write_shard(path, latents, text, keys, captions)
+        return write_shard(path, latents, text, keys, captions)
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full(path, shard_nbytes(latents, text)) from None
         raise
-    return path.stat().st_size
 
 
 def prepare(

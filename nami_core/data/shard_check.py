@@ -20,7 +20,7 @@ SHARD_TENSORS = ("latents", "text", "mask", "pooled")
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 
 
-def _read_header(path: Path, size: int) -> tuple[dict, int]:
+def read_safetensors_header(path: Path, size: int) -> tuple[dict, int]:
     """The parsed JSON header and the file length it implies; ValueError when it cannot be parsed."""
     with open(path, "rb") as f:
         head = f.read(8)
@@ -49,7 +49,7 @@ def shard_problem(path: Path, rows: int | None = None, size: int | None = None) 
     if size is not None and actual != size:
         return f"{actual:,} bytes, {size:,} when written"
     try:
-        header, implied = _read_header(path, actual)
+        header, implied = read_safetensors_header(path, actual)
     except OSError as exc:
         return f"unreadable: {exc.strerror}"
     except (ValueError, KeyError, TypeError, IndexError) as exc:  # JSONDecodeError is a ValueError

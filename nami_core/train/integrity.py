@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import zipfile
 from pathlib import Path
 
+from ..data.shard_check import read_safetensors_header
 from ..errors import NamiError
 from ..files import TEMP_PREFIX, write_json_atomic
 
@@ -101,16 +101,11 @@ def _check_safetensors(folder: Path, path: Path) -> None:
     """The header parses and the tensors it lists end where the file ends."""
     size = path.stat().st_size
     try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            if length > size - 8:
-                raise ValueError
-            header = json.loads(f.read(length))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+        _, implied = read_safetensors_header(path, size)
+    except (ValueError, KeyError, TypeError, IndexError):  # UnicodeDecodeError is a ValueError
         raise DamagedCheckpoint(folder, f"{path.name} has no readable safetensors header (truncated or corrupt)") from None
-    if 8 + length + end != size:
-        raise DamagedCheckpoint(folder, f"{path.name} has {size} bytes, its header needs {8 + length + end} (truncated?)")
+    if implied != size:
+        raise DamagedCheckpoint(folder, f"{path.name} has {size} bytes, its header needs {implied} (truncated?)")
 
 
 def read_json(folder: Path, name: str) -> dict:
