@@ -301,7 +301,7 @@ class TrainingRun:
     def _touch_unused(self, groups) -> torch.Tensor | float:
         """Under DDP, a zero loss term over the blocks no group of this step runs, so every parameter
         gets a (zero) gradient and DDP need not look for unused ones; 0 otherwise."""
-        if self.world == 1:
+        if self.world == 1 or self.settings.fsdp:  # FSDP reduces what backward reaches; no DDP search to avoid
             return 0.0
         deepest = max(self.plan[g.window].blocks for g in groups)
         if deepest not in self._unused:  # one of K depths, and what trains never changes in a run

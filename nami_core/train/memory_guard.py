@@ -104,11 +104,7 @@ def check_fits(settings, model_cfg, plan: FlowPlan, mixes, text_tokens: int) -> 
         hints.append("--grad-checkpointing " + ("full" if settings.grad_checkpointing == "auto" else "auto"))
     if settings.dtype == "fp32":
         hints.append("--dtype bf16")
-    raise NamiError(
-        f"--batch-size {settings.batch_size} needs about {peak / GIB:,.1f} GiB per process for one step "
-        f"(estimated peak, as `nami info --train-memory`) but {device} has {free / GIB:,.1f} GiB available; "
-        f"try {', '.join(hints[:-1])} or {hints[-1]}" if len(hints) > 1 else
-        f"--batch-size {settings.batch_size} needs about {peak / GIB:,.1f} GiB per process for one step "
-        f"(estimated peak, as `nami info --train-memory`) but {device} has {free / GIB:,.1f} GiB available; "
-        f"try {hints[0]}"
-    )
+    tries = hints[0] if len(hints) == 1 else f"{', '.join(hints[:-1])} or {hints[-1]}"
+    raise NamiError(f"--batch-size {settings.batch_size} needs about {peak / GIB:,.1f} GiB per process for one step "
+                    f"(estimated peak, as `nami info --train-memory`) but {device} has {free / GIB:,.1f} GiB available; "
+                    f"try {tries}")
