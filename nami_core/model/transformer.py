@@ -198,9 +198,10 @@ class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     def forward_prepared(self, hidden_states: torch.Tensor, timestep: torch.Tensor, inputs: StageInputs) -> torch.Tensor:
         """One step: image tokens (B, N, in_channels) and model timesteps tau (B,) in [0, 1]
-        (x1000 inside) through the prepared block prefix and the final layer -> (B, N, out_channels)."""
+        (x1000 inside, in float32, and so the sinusoidal embedding) through the prepared block prefix and the final layer -> (B, N, out_channels)."""
         hidden_states = self.x_embedder(hidden_states)
-        timestep = timestep.to(hidden_states.dtype) * 1000
+        # in float32: bf16 holds x1000 timesteps only to 4 units (diffusers' FLUX casts first)
+        timestep = timestep.float() * 1000
         embed = self.time_text_embed
         temb = embed.timestep_embedder(embed.time_proj(timestep).to(dtype=inputs.pooled.dtype)) + inputs.pooled
         encoder_hidden_states = inputs.text
