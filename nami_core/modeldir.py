@@ -117,7 +117,7 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     pipe.text_encoder.to(device)
     if pipe.bridge is not None:
         pipe.bridge.to(device)
-    apply_backend(pipe.transformer, attention, device.type)
+    apply_backend(pipe.transformer, attention)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -29,6 +29,7 @@ BACKENDS = ("auto", "native", "xformers", "flash")
 PACKAGES = {"xformers": ("xformers", "xformers", "pip install 'nami[xformers]'"),
             "flash": ("flash_attn", "flash-attn", "pip install flash-attn")}  # backend -> module, dist, install
 KERNEL_DTYPES = {"flash": (torch.float16, torch.bfloat16)}  # backends whose kernels take only these
+KERNEL_DEVICE_TYPES = ("cuda",)  # where the xformers and flash kernels run
 
 Note = Callable[[str], None]
 _NOTED: set[str] = set()
@@ -77,7 +78,7 @@ def requirement_problem(name: str, device: torch.device, dtype: torch.dtype) -> 
     required = required_versions()[name]
     if version is not None and _older(version, required):
         return f"{dist} {version} is older than the {required} diffusers needs"
-    if device.type != "cuda":
+    if device.type not in KERNEL_DEVICE_TYPES:
         return "needs a CUDA device; use --attention native on the CPU"
     allowed = KERNEL_DTYPES.get(name)
     if allowed is not None and dtype not in allowed:
@@ -127,7 +128,7 @@ def resolve_backend(name: str, device, dtype: torch.dtype = torch.float32, note:
         raise NamiError(f"attention must be one of {', '.join(BACKENDS)}, got {name!r}")
     if name == "auto":
         device = _as_device(device)
-        if device.type != "cuda" or not _installed("xformers"):
+        if device.type not in KERNEL_DEVICE_TYPES or not _installed("xformers"):
             return "native"
         problem = backend_problem("xformers", device, dtype)
         if problem is None:
