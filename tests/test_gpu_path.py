@@ -357,3 +357,67 @@ def test_ddp_leaves_blocks_a_step_does_not_reach_untouched(tmp_path):
     first = [k for k in final if k.startswith("transformer_blocks.0.ff.net.") and k.endswith("weight")]
     assert later and all(torch.equal(step2["transformer." + k], final[k]) for k in later)
     assert all(not torch.equal(step2["transformer." + k], final[k]) for k in first)  # stage 1 still trains
+
+
+def test_fp16_step_with_finite_gradients_but_an_infinite_norm_is_skipped(tmp_path, monkeypatch):
+    """The loss x 1e30 under fp16: the gradients stay finite, their norm overflows. The step must be
+    skipped by the scaler too (weights unchanged, scale backed off), not taken with gradients clipped to zero."""
+    import nami_core.train.loop as loop_module
+    from nami_core.train.config import TrainConfig
+    from nami_core.train.loop import TrainingRun
+    from nami_core.train.metrics import MetricsWindow
+
+    root = prepare_train_data(tmp_path)
+    settings = TrainConfig(data=root / "data", out=tmp_path / "run", stages=(16, 32, 64), config_file=root / "model.json",
+                           batch_size=4, lr=1e-3, dtype="fp16", steps=10, log_every=100, save_every=100)
+    run = TrainingRun.setup(settings)
+    run.resume()
+    window = MetricsWindow(len(run.plan))
+    run.step(window)
+    weights = [p.detach().clone() for p in run.params]
+    scale = float(run.guard.scaler.get_scale())
+    weighted = loop_module.weighted_loss
+    monkeypatch.setattr(loop_module, "weighted_loss", lambda *a, **k: weighted(*a, **k) * 1e30)
+    run.step(window)
+    assert float(run.nan_skipped) == 1 and all(torch.equal(a, p) for a, p in zip(weights, run.params))
+    assert float(run.guard.scaler.get_scale()) == scale / 2
+    monkeypatch.setattr(loop_module, "weighted_loss", weighted)
+    run.step(window)
+    assert not all(torch.equal(a, p) for a, p in zip(weights, run.params))
+    run.batches.close()
+
+
+def test_compiled_blocks_compile_once_per_shape(monkeypatch):
+    """Regionally compiled blocks (dynamo's eager backend here) sample the 3 stages for two prompt
+    lengths within the recompile limit (8): one graph per block kind and shape, 6, as the ragged
+    masks are made before the blocks run and the first single-stream block gets the strides of the
+    others (before: 12 and more). Compiled output equals eager."""
+    import torch._dynamo as dynamo
+
+    from nami_core.bench.latency import LatencyRequest, _build_runner
+    from nami_core.bench.workload import load_bench_model
+    from nami_core.flow.plan import FlowPlan
+    from nami_core.flow.sampler import initial_noise
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kw: compile_module(self, backend="eager", dynamic=kw.get("dynamic")))
+    monkeypatch.setattr(dynamo.config, "fail_on_recompile_limit_hit", True)
+    dynamo.reset()
+    bench = load_bench_model("tiny", None)
+    plan = FlowPlan("nami", bench.flow(64), bench.model.stage_ends, bench.pixels_per_token)
+
+    def sample(compiled: bool, prompt: int) -> torch.Tensor:
+        req = LatencyRequest(preset="tiny", device="cpu", resolutions=(64,), steps="3", dtype="fp32", compile=compiled,
+                             text_tokens=64, prompt_tokens=prompt)
+        runner = _build_runner(req, bench, torch.device("cpu"), torch.float32)
+        noise = initial_noise(1, bench.channels, (8, 8), plan, [torch.Generator().manual_seed(0)], torch.device("cpu"))
+        cond, uncond = runner.texts()
+        torch.manual_seed(0)
+        return runner.sampler(plan)(cond, uncond, noise, plan.stage_steps("3"), 3.0).latents
+
+    try:
+        for prompt in (12, 64):
+            torch.testing.assert_close(sample(True, prompt), sample(False, prompt), atol=1e-5, rtol=1e-5)
+    finally:
+        dynamo.reset()

@@ -60,12 +60,25 @@ class Packing:
 @dataclass
 class RaggedText:
     """Row b of a batch has `lengths[b]` real text tokens of `text_tokens`, then padding.
-    Masks and packings are built once per image token count and device, then reused."""
+    Masks and packings are built once per image token count and device, then reused; `build`
+    makes them before the blocks run (`NamiTransformer.prepare`), so a compiled block only ever
+    finds them made and compiles once per shape, not once more when its first call fills the cache."""
 
     lengths: tuple[int, ...]
     text_tokens: int
     _masks: dict = field(default_factory=dict, repr=False)
     _packings: dict = field(default_factory=dict, repr=False)
+
+    def build(self, image_tokens: int, device, backend) -> "RaggedText":
+        """Make what attention with `backend` will look up for `image_tokens` image tokens on `device`."""
+        name = getattr(backend, "value", backend)
+        if name in PACKED_KERNELS:
+            packing = self.packing(image_tokens, device)
+            if name == "xformers":
+                packing.xformers_bias()
+        else:
+            self.key_mask(image_tokens, device)
+        return self
 
     def key_mask(self, image_tokens: int, device) -> torch.Tensor:
         """(B, T + N) bool, True on the keys a row may attend to."""
