@@ -469,10 +469,12 @@ def sampled_latents(check: Check, compiled: bool, prompt: int) -> torch.Tensor:
     from nami_core.bench.workload import load_bench_model
     from nami_core.flow.plan import FlowPlan
     from nami_core.flow.sampler import initial_noise
+    from nami_core.model.attention import apply_backend
 
     req = latency_request(check, check.shapes.resolution, prompt, ["native"], compiled=compiled)
     bench = load_bench_model(req.preset, None)
     runner = _build_runner(req, bench, check.device, check.dtype)
+    apply_backend(runner.denoiser.transformer, "native")  # as run_latency does (the same compiled graphs)
     plan = FlowPlan("nami", bench.flow(check.shapes.resolution), bench.model.stage_ends, bench.pixels_per_token)
     side = check.shapes.resolution // bench.downsample
     g = [torch.Generator().manual_seed(0)]
@@ -596,8 +598,6 @@ def main(argv: list[str] | None = None) -> int:
     check.report["device"] = device_label(device) + (
         f", {torch.cuda.get_device_properties(device).total_memory / 2**30:.1f} GiB" if device.type == "cuda" else "")
     check.report["versions"] = versions()
-    check.report["dry_run"] = args.dry_run
-    check.report["deadline_s"] = args.deadline_s
     print(f"gpu-check: {check.report['device']}; torch {torch.__version__}; {time.time() - started:.0f} s spent before "
           f"the first section; deadline {args.deadline_s:.0f} s", flush=True)
     check.write()

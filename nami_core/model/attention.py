@@ -36,7 +36,10 @@ _NOTED: set[str] = set()
 
 
 def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it, or a broken package
+        return False
 
 
 def _version(dist: str) -> str | None:
