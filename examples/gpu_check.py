@@ -59,7 +59,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -108,22 +108,26 @@ class Shapes:
         return cls("nami-2b", 1024, 2048, "30", "bf16", 1, 2, (12, 256), 256, (256, 512, 1024), 4, 5, 2, 1024, 8)
 
 
+@dataclass
 class Check:
-    """The run's report, its assertions and the deadline."""
+    """The run's report, its assertions and the deadline (`time.time()` seconds)."""
 
-    def __init__(self, out: Path, device: torch.device, shapes: Shapes, dry_run: bool, deadline: float,
-                 deadline_s: float) -> None:
-        self.out = out
-        self.device = device
-        self.shapes = shapes
-        self.dry_run = dry_run
-        self.deadline = deadline
-        self.deadline_s = deadline_s
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[shapes.dtype]
-        self.usable: list[str] = ["native"]
-        self.report: dict = {"device": None, "versions": {}, "sections": {}, "summary": None}
-        self.section: str | None = None
-        self.failures: list[str] = []
+    out: Path
+    device: torch.device
+    shapes: Shapes
+    dry_run: bool
+    deadline: float
+    deadline_s: float
+    usable: list[str] = field(default_factory=lambda: ["native"])
+    report: dict = field(default_factory=lambda: {"device": None, "versions": {}, "sections": {}, "summary": None})
+    section: str | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        from nami_core.runtime import resolve_dtype
+
+        return resolve_dtype(self.shapes.dtype)
 
     @property
     def cuda(self) -> bool:
