@@ -123,8 +123,11 @@ def costliest_step(settings, model_cfg, plan: FlowPlan, mixes, text_tokens: int,
         memories = [(samples, estimate(model_cfg, shapes, samples, **options)) for samples in splits]
         samples, memory = max(memories, key=lambda item: item[1].peak)
         return StepNeed(samples, memory.peak, "the mix's exact split")
-    drawn = sorted({k for mix in mixes for k, share in enumerate(plan.stage_mix(mix)) if share > 0})
-    samples, memory = worst_draw(model_cfg, shapes, settings.batch_size, drawn, **options)
+    worst = []
+    for mix in mixes:  # each phase draws from its own windows
+        drawn = [k for k, share in enumerate(plan.stage_mix(mix)) if share > 0]
+        worst.append(worst_draw(model_cfg, shapes, settings.batch_size, drawn, **options))
+    samples, memory = max(worst, key=lambda item: item[1].peak)
     return StepNeed(samples, memory.peak, "the worst random draw of stages")
 
 
