@@ -39,6 +39,10 @@ def _tflops(x: float) -> str:
     return f"{x:,.1f}" if x >= 10 else f"{x:.3g}"
 
 
+def _ops(counts: list[float] | None) -> str:
+    return "-" if counts is None else "/".join(f"{n:,.0f}" for n in counts)
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -54,7 +58,7 @@ def latency(
     modes: str = typer.Option("flux-base,flow-only,nami", "--modes", help="Modes, run interleaved in this order."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32."),
     attention: str = typer.Option("auto", "--attention", help="Backends, each timed in turn: auto | native | xformers | flash, e.g. native,xformers,flash."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile every transformer block, CUDA graphs on a GPU (compiles during warm-up)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer (static shapes per stage and text bucket; the steps replayed as CUDA graphs on a GPU; compiles during warm-up); reports what compiled and what ran eagerly."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed rounds (every mode once) before timing."),
     repeats: int = typer.Option(3, "--repeats", help="Timed rounds; median, min and max are over these."),
@@ -77,7 +81,7 @@ def latency(
 
     reduction = 1 - ms(mode) / ms(flux-base); bound = 1 - FLOPs(mode) / FLOPs(flux-base) (the FLOP model of `nami info`).
 
-    JSON keys: device, dtype, attention (the first backend), attentions, text_tokens (processed per row), text_slot, cfg, op_counter, results [{resolution, mode, attention, ms_median, ms_min, ms_max, ms_per_stage, flops, peak_mem_bytes, ops_per_step}], reduction and bound {"<res>": {flow-only, nami}} (reduction for the first backend), reduction_by_attention {"<backend>": {"<res>": {...}}}. Times are ms per image, FLOPs per image, ops per Euler step per stage.
+    JSON keys: device, dtype, attention (the first backend), attentions, text_tokens (processed per row), text_slot, cfg, op_counter, results [{resolution, mode, attention, ms_median, ms_min, ms_max, ms_per_stage, flops, peak_mem_bytes, ops_per_step}], reduction and bound {"<res>": {flow-only, nami}} (reduction for the first backend), reduction_by_attention {"<backend>": {"<res>": {...}}}, compile (with --compile: {graphs, recompiles, recompile_limit_hits, graph_breaks, eager_calls, calls, cuda_graphs, cuda_graph_failures}, else null). Times are ms per image, FLOPs per image, ops per Euler step per stage.
 
     Examples:
 
@@ -125,6 +129,22 @@ def latency(
 
         plot_latency(report, plot)
     _latency_table(report, req.steps)
+    _compile_table(report)
+
+
+def _compile_table(report: dict) -> None:
+    """What --compile compiled and what ran eagerly (JSON "compile"), when it was asked for."""
+    stats = report.get("compile")
+    if stats is None:
+        return
+    from rich.table import Table
+
+    table = Table(title="--compile: graphs compiled, and calls of a compiled unit that ran eagerly")
+    columns = ("graphs", "recompiles", "recompile_limit_hits", "graph_breaks", "eager_calls", "calls", "cuda_graphs")
+    for col in columns:
+        table.add_column(col.replace("_", " "), justify="right", no_wrap=True)
+    table.add_row(*(f"{stats[col]:,}" for col in columns))
+    _print(table)
 
 
 # optional result keys (--include-text, --include-codec) and their table columns
@@ -151,7 +171,7 @@ def _latency_table(report: dict, steps: str) -> None:
             res, r["attention"], r["mode"], f"{r['ms_median']:,.1f}", "/".join(f"{s:,.0f}" for s in r["ms_per_stage"]),
             *(f"{r[k]:,.1f}" for k in extras),
             _pct(reduction), _pct(bound), "-" if fraction is None else f"{fraction:.2f}", _mib(r["peak_mem_bytes"]),
-            *(["/".join(f"{n:,.0f}" for n in r["ops_per_step"])] if ops else []),
+            *([_ops(r["ops_per_step"])] if ops else []),
         )
     _print(table)
 
@@ -167,7 +187,7 @@ def train(
     dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32 (autocast over fp32 weights)."),
     attention: str = typer.Option("auto", "--attention", help="auto | native | xformers | flash."),
     grad_checkpointing: str = typer.Option("none", "--grad-checkpointing", help="none | full (also the bare flag) | last-stage | auto, as `nami train`."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile every transformer block."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile every transformer block; reports what compiled and what ran eagerly."),
     steps: int = typer.Option(10, "--steps", help="Timed optimizer steps per configuration."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed steps before timing each configuration."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
@@ -181,7 +201,7 @@ def train(
 
     A timed step is `nami train`'s: batches drawn ahead from a prepared-data folder of random latents, the staged loss, backward, AdamW and the EMA (under DDP when launched with several processes); each step splits the batch by the mix exactly. With --no-realistic only the network's forward, backward and AdamW are timed.
 
-    Reports images/s, tokens/s, TFLOP/s (training FLOPs = 3x the forward FLOPs of the FLOP model) and MFU against the GPU's peak dense bf16/fp16 TFLOP/s (known GPUs, bf16/fp16 only; null on the CPU).
+    Reports images/s, tokens/s, TFLOP/s (training FLOPs = 3x the forward FLOPs of the FLOP model) and MFU against the GPU's peak dense bf16/fp16 TFLOP/s (known GPUs, bf16/fp16 only; null on the CPU); with --compile, what compiled and what ran eagerly (JSON "compile", as `nami bench latency`).
 
     Examples:
 
@@ -218,6 +238,7 @@ def train(
     if json_path is not None:
         _write_json(json_path, report)
     _train_table(report)
+    _compile_table(report)
 
 
 def _train_table(report: dict) -> None:

@@ -80,6 +80,8 @@ def sample(
             report = run_sample(req, on_step=bars.step, on_plan=lambda s: bars.plan(s, batches))
     finally:
         gc.enable()
+    if report.compile_warning is not None:
+        typer.echo(f"warning: {report.compile_warning}", err=True)
     if as_json:
         typer.echo(json.dumps(report_dict(report), indent=2))
     else:

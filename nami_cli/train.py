@@ -98,6 +98,8 @@ def train(
         )
 
     result = run_training(settings, on_log=on_log, on_note=lambda text: typer.echo(f"note: {text}", err=True))
+    if result.compile_warning is not None:
+        typer.echo(f"warning: {result.compile_warning}", err=True)
     if result.final_dir is not None:
         skipped = f" ({result.nan_skipped} non-finite steps skipped)" if result.nan_skipped else ""
         what = "adapter" if lora else "model"

@@ -30,9 +30,10 @@ class Denoiser:
     def prepare(self, window: StageWindow, text: TextEmbeddings, height: int, width: int, device,
                 recompute_from: int | None = None):
         """The transformer's `StageInputs` for `window` on a height x width latent grid, built on
-        the first call for this (text, window, grid) and returned as is afterwards.
+        the first call for this (text, window, grid, attention backend) and returned as is afterwards.
         `recompute_from`: blocks from this index on recompute their activations in backward."""
-        key = (window.index, window.blocks, height, width, str(device), recompute_from)
+        key = (window.index, window.blocks, height, width, str(device), recompute_from,
+               str(self.transformer.attention_backend()))
         cached = self._prepared.get(key)
         if cached is not None and cached[0] is text:
             return cached[1]
@@ -59,15 +60,32 @@ class Denoiser:
         window: StageWindow,
         text: TextEmbeddings,
     ) -> torch.Tensor:
-        """z (B, C, h, w), r (B,), tau (B,), text of batch B -> velocity (B, C, h, w) in z's dtype."""
-        return to_velocity(self.predict(z, tau, window, text), z, r, window, self.prediction)
+        """z (B, C, h, w), r (B,), tau (B,), text of batch B -> velocity (B, C, h, w) in z's dtype.
+        When the transformer was compiled with static steps (`compile_blocks(static_steps=True)`),
+        sampling replays the step from static buffers (`model.static_step`; CUDA graphs on a GPU)."""
+        inputs = self.prepare(window, text, z.shape[-2], z.shape[-1], z.device)
+        compilation = self.transformer.compilation
+        graphs = None if compilation is None else compilation.step_graphs
+        if graphs is None or torch.is_grad_enabled():
+            return self.velocity(z, r, tau, window, inputs)
+        key = (window, self.patch_size, self.prediction)
+        return graphs.run(key, lambda *args: self.velocity(*args[:3], window, args[3]), z, r, tau, inputs)
+
+    def velocity(self, z: torch.Tensor, r: torch.Tensor, tau: torch.Tensor, window: StageWindow,
+                 inputs) -> torch.Tensor:
+        """The velocity (B, C, h, w) at z (B, C, h, w), ratios r (B,) and timesteps tau (B,) with
+        prepared `StageInputs`."""
+        return to_velocity(self.forward(z, tau, inputs), z, r, window, self.prediction)
+
+    def forward(self, z: torch.Tensor, tau: torch.Tensor, inputs) -> torch.Tensor:
+        """The network's raw output (B, C, h, w) in z's dtype for z (B, C, h, w) with prepared inputs."""
+        _, _, h, w = z.shape
+        p = self.patch_size
+        out = self.transformer(hidden_states=pack(z, p).to(self.dtype), timestep=tau, stage_inputs=inputs)
+        return unpack(out.to(z.dtype), h, w, p)
 
     def predict(self, z: torch.Tensor, tau: torch.Tensor, window: StageWindow, text: TextEmbeddings,
                 recompute_from: int | None = None) -> torch.Tensor:
         """The network's raw output for z (B, C, h, w) at timesteps tau (B,): (B, C, h, w) in z's
         dtype (a velocity or a clean grid, as `prediction` says)."""
-        _, _, h, w = z.shape
-        p = self.patch_size
-        inputs = self.prepare(window, text, h, w, z.device, recompute_from)
-        out = self.transformer(hidden_states=pack(z, p).to(self.dtype), timestep=tau, stage_inputs=inputs)
-        return unpack(out.to(z.dtype), h, w, p)
+        return self.forward(z, tau, self.prepare(window, text, z.shape[-2], z.shape[-1], z.device, recompute_from))

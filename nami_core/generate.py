@@ -102,6 +102,8 @@ class SampleReport:
     load_seconds: float
     sample_seconds: float
     metadata: list[dict] = field(default_factory=list)
+    compile: dict | None = None  # `CompileStats.report()` with --compile
+    compile_warning: str | None = None  # one line when a compiled part ran eagerly
 
 
 def named_paths(out: Path, seeds: list[int]) -> list[Path] | None:
@@ -187,7 +189,9 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
             target = image_path(out_dir, named, len(paths), meta)
             paths.append(write_sample(image, target, meta, overwrite=req.overwrite))
             metadata_all.append(meta)
-    return SampleReport(paths, stage_seconds, load_seconds, time.perf_counter() - t1, metadata_all)
+    stats = pipe.transformer.compile_stats
+    return SampleReport(paths, stage_seconds, load_seconds, time.perf_counter() - t1, metadata_all,
+                        None if stats is None else stats.report(), None if stats is None else stats.fallback())
 
 
 def memory_error(exc: RuntimeError, run, batch: int) -> NamiError | None:

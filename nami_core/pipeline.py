@@ -107,11 +107,13 @@ class NamiPipeline(DiffusionPipeline, FluxLoraLoaderMixin):
             scheduler=scheduler,
         )
 
-    def compile(self) -> None:
-        """Compile the transformer for sampling: each block with static shapes, replayed as CUDA
-        graphs on a GPU. The first call per stage shape pays the compile time."""
-        cuda = self._execution_device.type == "cuda"
-        self.transformer.compile_blocks(dynamic=False, mode="reduce-overhead" if cuda else None)
+    def compile(self):
+        """Compile the transformer for sampling (`model.compiled.compile_for_sampling`): static
+        shapes per stage, batch and text bucket, the steps replayed as CUDA graphs on a GPU. The
+        first call per stage shape pays the compile time. Returns the `CompileStats`."""
+        from .model.compiled import compile_for_sampling
+
+        return compile_for_sampling(self.transformer, self._execution_device)
 
     def jump_for(self, plan: FlowPlan):
         """The jump between windows: the learned bridge of a bridged model (which takes only the

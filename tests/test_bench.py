@@ -30,7 +30,8 @@ def test_latency_json_contract_flops_and_plot(tmp_path, capsys):
     assert code == 0, err
     report = json.loads(out.read_text())
     assert set(report) == {"device", "dtype", "attention", "attentions", "text_tokens", "text_slot", "cfg", "op_counter",
-                           "results", "reduction", "reduction_by_attention", "bound"}
+                           "results", "reduction", "reduction_by_attention", "bound", "compile"}
+    assert report["compile"] is None  # not compiled
     assert report["device"].startswith("cpu") and report["dtype"] == "fp32" and report["attention"] == "native"
     # the default workload: a 12-token prompt in the 16-token slot, cut to 12; guidance 3, empty negative
     assert (report["text_tokens"], report["text_slot"], report["cfg"]) == (12, 16, 3.0)

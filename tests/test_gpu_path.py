@@ -2,7 +2,7 @@
 run, xformers' block-diagonal mask, the q/k RMS norms' dtypes under autocast, timesteps in
 float32, the EMA without a host sync, LoRA's attn+mlp targets, `--dtype auto` and accelerate's
 mixed precision, ranks agreeing before refusing non-finite weights, fp16 steps whose norm
-overflows, and compiled blocks within the recompile limit. (DDP leaving unused parameters alone:
+overflows. (DDP leaving unused parameters alone:
 tests/test_train_step_path.py.)"""
 
 from __future__ import annotations
@@ -366,39 +366,3 @@ def test_fp16_step_with_finite_gradients_but_an_infinite_norm_is_skipped(tmp_pat
     run.step(window)
     assert not all(torch.equal(a, p) for a, p in zip(weights, run.params))
     run.batches.close()
-
-
-def test_compiled_blocks_compile_once_per_shape(monkeypatch):
-    """Regionally compiled blocks (dynamo's eager backend here) sample the 3 stages for two prompt
-    lengths within the recompile limit (8): one graph per block kind and shape, 6, as the ragged
-    masks are made before the blocks run and the first single-stream block gets the strides of the
-    others (before: 12 and more). Compiled output equals eager."""
-    import torch._dynamo as dynamo
-
-    from nami_core.bench.latency import LatencyRequest, _build_runner
-    from nami_core.bench.workload import load_bench_model
-    from nami_core.flow.plan import FlowPlan
-    from nami_core.flow.sampler import initial_noise
-
-    compile_module = torch.nn.Module.compile
-    monkeypatch.setattr(torch.nn.Module, "compile",
-                        lambda self, **kw: compile_module(self, backend="eager", dynamic=kw.get("dynamic")))
-    monkeypatch.setattr(dynamo.config, "fail_on_recompile_limit_hit", True)
-    dynamo.reset()
-    bench = load_bench_model("tiny", None)
-    plan = FlowPlan("nami", bench.flow(64), bench.model.stage_ends, bench.pixels_per_token)
-
-    def sample(compiled: bool, prompt: int) -> torch.Tensor:
-        req = LatencyRequest(preset="tiny", device="cpu", resolutions=(64,), steps="3", dtype="fp32", compile=compiled,
-                             text_tokens=64, prompt_tokens=prompt)
-        runner = _build_runner(req, bench, torch.device("cpu"), torch.float32)
-        noise = initial_noise(1, bench.channels, (8, 8), plan, [torch.Generator().manual_seed(0)], torch.device("cpu"))
-        cond, uncond = runner.texts()
-        torch.manual_seed(0)
-        return runner.sampler(plan)(cond, uncond, noise, plan.stage_steps("3"), 3.0).latents
-
-    try:
-        for prompt in (12, 64):
-            torch.testing.assert_close(sample(True, prompt), sample(False, prompt), atol=1e-5, rtol=1e-5)
-    finally:
-        dynamo.reset()

@@ -94,6 +94,8 @@ def test_packed_backends_get_lengths_never_a_mask(pair, monkeypatch, backend):
     x, mask = padded_inputs(seed=1)
     calls, dispatched = [], []
     monkeypatch.setitem(ragged_module.PACKED_KERNELS, backend, reference_varlen(calls))
+    biases = []  # xformers' mask is made with the packing, before the blocks; the stand-in kernel ignores it
+    monkeypatch.setattr(ragged_module.Packing, "xformers_bias", lambda packing: biases.append(packing.seqlens))
     monkeypatch.setattr(ragged_module, "dispatch_attention_fn", lambda *a, **k: dispatched.append(k) or None)
     processors = [m.processor for m in nami.modules() if hasattr(m, "processor")]
     monkeypatch.setattr(type(processors[0]), "_attention_backend", backend)
@@ -106,13 +108,14 @@ def test_packed_backends_get_lengths_never_a_mask(pair, monkeypatch, backend):
     assert len(calls) == 5  # one packed call per block
     assert all(c[1] == [0, 3 + n, 3 + 7 + 2 * n] and c[2] == 7 + n for c in calls)
     assert calls[0][0] == (3 + 7 + 2 * n, 2, 16)  # (real tokens of both rows, heads, head dim)
+    assert biases == ([(3 + n, 7 + n)] if backend == "xformers" else [])  # one mask per stage, not per block
 
 
 def test_a_dense_mask_is_refused():
     torch.manual_seed(0)
     nami = NamiTransformer(**FLUX_KW, stage_ends=(5,))
     attn = nami.transformer_blocks[0].attn
-    with pytest.raises(ValueError, match="takes `ragged` text lengths, not a dense attention mask"):
+    with pytest.raises(ValueError, match="takes a `JointLayout` of the text lengths, not a dense attention mask"):
         attn.processor(attn, torch.zeros(1, 4, 32), torch.zeros(1, 2, 32), attention_mask=torch.ones(1, 6, dtype=torch.bool))
 
 

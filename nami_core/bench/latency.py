@@ -160,12 +160,18 @@ class LatencyRunner:
 
     def text_tokens(self) -> int:
         """Text tokens the transformer processes per row: the longest real prompt when the model cuts
-        padding ("mask"), else the whole slot."""
+        padding ("mask"; its `text_bucket` when compiled), else the whole slot."""
+        from ..model.transformer import text_bucket
+
         cond, uncond = self.texts()
         rows = [cond] + ([uncond] if uncond is not None else [])
-        if self.denoiser.transformer.config.text_padding == "none":
+        transformer = self.denoiser.transformer
+        if transformer.config.text_padding == "none":
             return cond.sequence.shape[1]
-        return max(max(t.host_lengths()) for t in rows)
+        longest = max(max(t.host_lengths()) for t in rows)
+        compilation = transformer.compilation
+        static = compilation is not None and compilation.static_text
+        return text_bucket(longest, cond.sequence.shape[1]) if static else longest
 
     def sampler(self, plan: "FlowPlan", on_jump: Callable[[], None] = lambda: None):
         from ..flow.jump import RenoiseJump
@@ -204,9 +210,14 @@ class LatencyRunner:
             codec=clock.elapsed_ms(sampled, decoded) * per_image if self.codec is not None else 0.0,
         )
 
-    def ops_per_step(self, plan: "FlowPlan") -> list[float]:
-        """Per window of `plan`: operations dispatched per Euler step (see `bench.opcount`)."""
+    def ops_per_step(self, plan: "FlowPlan") -> list[float] | None:
+        """Per window of `plan`: operations dispatched per Euler step (see `bench.opcount`). None for
+        a compiled model off CUDA: ATen ops are counted by a dispatch mode, under which dynamo runs
+        compiled code eagerly, and the code inductor generates for the CPU dispatches nothing."""
         from .opcount import dispatches_per_step
+
+        if self.denoiser.transformer.compile_stats is not None and self.device.type != "cuda":
+            return None
 
         sampler = self.sampler(plan)
         cond, uncond = self.texts()
@@ -245,7 +256,9 @@ def _build_runner(req: LatencyRequest, bench: BenchModel, device: torch.device, 
     model = bench.model if req.text_padding is None else replace(bench.model, text_padding=req.text_padding)
     transformer = random_transformer(model, device, dtype, req.seed)
     if req.compile:
-        transformer.compile_blocks(dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+        from ..model.compiled import compile_for_sampling
+
+        compile_for_sampling(transformer, device)
     cond = random_text(model, req.batch_size, req.text_tokens, device, req.prompt_tokens, seed=0)
     uncond = random_text(model, req.batch_size, req.text_tokens, device, 1, seed=1)
     return LatencyRunner(bench, Denoiser(transformer, bench.patch), device, req.batch_size, float(req.cfg), cond,
@@ -360,4 +373,11 @@ def run_latency(req: LatencyRequest, on_run: RunCallback | None = None) -> dict:
         "reduction": by_attention.get(backends[0], {}),
         "reduction_by_attention": by_attention,
         "bound": bound,
+        "compile": compile_report(runner.denoiser.transformer),
     }
+
+
+def compile_report(transformer) -> dict | None:
+    """What compiling `transformer` did (`CompileStats.report`), None when it is not compiled."""
+    stats = transformer.compile_stats
+    return None if stats is None else stats.report()

@@ -187,7 +187,9 @@ def _network_step(req: TrainBenchRequest, bench, plan, device, dtype):
 
     transformer = random_transformer(bench.model, device, torch.float32, req.seed).train()
     if req.compile:
-        transformer.compile_blocks(dynamic=False)
+        from ..model.compiled import compile_for_training
+
+        compile_for_training(transformer)
     policy = CheckpointPolicy(req.grad_checkpointing, bench.model.stage_ends, len(plan) - 1)
     objective = StagedObjective(transformer, plan, bench.patch, policy)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
@@ -271,6 +273,9 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
             results.append(config_result(req, bench, plan, config, step_ms, peak, peak_memory_bytes(device)))
         if req.realistic:
             run.batches.close()
+            transformer = run.transformer
+    from .latency import compile_report
+
     return {
         "device": device_label(device),
         "dtype": dtype_name,
@@ -282,7 +287,7 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
         "text_slot": req.text_tokens,
         "realistic": req.realistic,
         "grad_checkpointing": req.grad_checkpointing,
-        "compile": req.compile,
+        "compile": compile_report(transformer),
         "peak_tflops": peak,
         "results": results,
     }

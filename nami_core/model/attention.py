@@ -101,8 +101,8 @@ def probe(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
         generator = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(2, 3 + 8, 2, 64, generator=generator).to(device, dtype).requires_grad_()
                    for _ in range(3))
-        for ragged in (RaggedText((3, 1), 3), None):
-            out = ragged_attention(q, k, v, ragged, name)
+        for layout in (RaggedText((3, 1), 3).layout(8, device, name), None):
+            out = ragged_attention(q, k, v, layout, name)
             out.float().square().sum().backward()
             if not (bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(t.grad).all()) for t in (q, k, v))):
                 return "gave non-finite values on a small test batch"

@@ -13,10 +13,15 @@ processor of every attention module of a `NamiTransformer`) then calls, by backe
 * xformers: `memory_efficient_attention` over the same packed sequence with a block-diagonal
   bias made from the lengths (no dense bias), built once per packing on the packing's device.
 
+`RaggedText.layout` builds what a backend needs (`JointLayout`: the key mask, or the packing) once
+per stage, before the blocks run (`NamiTransformer.prepare`): the blocks receive tensors only, so
+a compiled block or stage never builds anything inside itself and compiles once per shape.
+
 The q and k RMS norms run in float32 with a float32 weight (`qk_rms_norm`), as CUDA's autocast
 runs them, so input and weight agree and the fused kernel runs under bf16 weights and under
-autocast over fp32 weights alike; q and k go to the attention kernel in v's dtype, which the packed
-kernels need (autocast casts only for SDPA).
+autocast over fp32 weights alike. q and k are then rotated together, in one pass over both
+(`norm_rope`, with the stage's `rotary_tables`), and go to the attention kernel in v's dtype,
+which the packed kernels need (autocast casts only for SDPA).
 
 A batch with no padded row needs none of this: every backend gets a plain call with no mask.
 """
@@ -30,7 +35,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from ..runtime import host_to_device
@@ -57,28 +61,36 @@ class Packing:
         return self._xformers_bias
 
 
+@dataclass(frozen=True)
+class JointLayout:
+    """Where the real tokens of a stage's joint (B, T + N) sequences are, as the attention backend
+    takes it: a (B, T + N) bool key mask (native SDPA and other dispatcher backends) or a `Packing`
+    (flash, xformers). Made by `RaggedText.layout` before the blocks run."""
+
+    key_mask: torch.Tensor | None = None
+    packing: Packing | None = None
+
+
 @dataclass
 class RaggedText:
     """Row b of a batch has `lengths[b]` real text tokens of `text_tokens`, then padding.
-    Masks and packings are built once per image token count and device, then reused; `build`
-    makes them before the blocks run (`NamiTransformer.prepare`), so a compiled block only ever
-    finds them made and compiles once per shape, not once more when its first call fills the cache."""
+    Masks and packings are built once per image token count and device, then reused; `layout`
+    hands them out before the blocks run (`NamiTransformer.prepare`)."""
 
     lengths: tuple[int, ...]
     text_tokens: int
     _masks: dict = field(default_factory=dict, repr=False)
     _packings: dict = field(default_factory=dict, repr=False)
 
-    def build(self, image_tokens: int, device, backend) -> "RaggedText":
-        """Make what attention with `backend` will look up for `image_tokens` image tokens on `device`."""
+    def layout(self, image_tokens: int, device, backend) -> JointLayout:
+        """What attention with `backend` needs for `image_tokens` image tokens on `device`."""
         name = getattr(backend, "value", backend)
         if name in PACKED_KERNELS:
             packing = self.packing(image_tokens, device)
             if name == "xformers":
                 packing.xformers_bias()
-        else:
-            self.key_mask(image_tokens, device)
-        return self
+            return JointLayout(packing=packing)
+        return JointLayout(key_mask=self.key_mask(image_tokens, device))
 
     def key_mask(self, image_tokens: int, device) -> torch.Tensor:
         """(B, T + N) bool, True on the keys a row may attend to."""
@@ -136,23 +148,67 @@ PACKED_KERNELS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Pa
 }
 
 
-def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ragged: RaggedText | None,
+def ragged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: JointLayout | None,
                      backend, parallel_config=None) -> torch.Tensor:
     """Attention of (B, T + N, H, D) queries, keys and values where row b's padded text keys are
     excluded (see module doc). Returns (B, T + N, H, D); padded text rows of the output are zeros
     for packed kernels and don't-care values for the masked call."""
-    name = getattr(backend, "value", backend)
-    if ragged is None:
+    if layout is None:
         return dispatch_attention_fn(q, k, v, attn_mask=None, backend=backend, parallel_config=parallel_config)
-    batch, width = q.shape[0], q.shape[1]
-    image_tokens = width - ragged.text_tokens
-    kernel = PACKED_KERNELS.get(name)
+    kernel = PACKED_KERNELS.get(getattr(backend, "value", backend))
     if kernel is None:
-        mask = ragged.key_mask(image_tokens, q.device)
-        return dispatch_attention_fn(q, k, v, attn_mask=mask, backend=backend, parallel_config=parallel_config)
-    packing = ragged.packing(image_tokens, q.device)
+        if layout.key_mask is None:
+            raise ValueError(f"the stage inputs were prepared for a packed attention kernel, not {backend}")
+        return dispatch_attention_fn(q, k, v, attn_mask=layout.key_mask, backend=backend,
+                                     parallel_config=parallel_config)
+    packing = layout.packing
+    if packing is None:
+        raise ValueError(f"the stage inputs were prepared with a key mask, not for the packed kernel of {backend}")
     out = kernel(pack(q, packing), pack(k, packing), pack(v, packing), packing)
-    return unpack(out, packing, batch, width)
+    return unpack(out, packing, q.shape[0], q.shape[1])
+
+
+def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' FLUX rotary embedding (cos, sin), each (L, D) with every frequency twice, as the
+    tables `rotate` takes: (L, 1, D) float32 cos, and sin with the sign of the pair rotation folded
+    in (-sin on even channels), so the rotation needs no negation per call."""
+    sign = torch.tensor([-1.0, 1.0], device=sin.device).repeat(sin.shape[-1] // 2)
+    return cos.float()[:, None], (sin.float() * sign)[:, None]
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """FLUX's rotary embedding of x (..., L, H, D) with `rotary_tables` (L, 1, D): each channel pair
+    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), as x * cos + swap_pairs(x) * signed sin."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(x * cos, swapped, sin)
+
+
+def norm_rope(attn, q: torch.Tensor, k: torch.Tensor, eq: torch.Tensor | None = None, ek: torch.Tensor | None = None,
+              rotary: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The RMS-normalised, rotated queries and keys of one attention module as one (2, B, L, H, D)
+    float32 tensor [q, k]: image (or joint) q and k (B, N, H, D) with `norm_q` / `norm_k`, text eq
+    and ek (B, T, H, D) of a double-stream block with `norm_added_q` / `norm_added_k` in front of
+    them (L = T + N), all rotated in one pass.
+
+    Without autograd (sampling) all of them are normalised in one pass too, each part then scaled
+    by its weights in place. Under autograd each is normalised with its weight by one fused
+    `qk_rms_norm` (what backward keeps is then its input alone: train/memory.py)."""
+    if torch.is_grad_enabled():
+        qk = torch.stack([qk_rms_norm(attn.norm_q, q), qk_rms_norm(attn.norm_k, k)])
+        if eq is not None:
+            text = torch.stack([qk_rms_norm(attn.norm_added_q, eq), qk_rms_norm(attn.norm_added_k, ek)])
+            qk = torch.cat([text, qk], dim=2)
+    else:
+        qk = torch.stack([q, k]) if eq is None else torch.cat([torch.stack([eq, ek]), torch.stack([q, k])], dim=2)
+        qk = F.rms_norm(qk.float(), (qk.shape[-1],), None, attn.norm_q.eps)
+        parts = [(qk, attn.norm_q, attn.norm_k)]
+        if eq is not None:
+            text = eq.shape[1]
+            parts = [(qk[:, :, text:], attn.norm_q, attn.norm_k), (qk[:, :, :text], attn.norm_added_q, attn.norm_added_k)]
+        for part, norm_q, norm_k in parts:
+            if norm_q.weight is not None:
+                part.mul_(torch.stack([norm_q.weight, norm_k.weight]).view(2, 1, 1, 1, -1))
+    return qk if rotary is None else rotate(qk, *rotary)
 
 
 def qk_rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -163,30 +219,26 @@ def qk_rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class RaggedAttnProcessor(FluxAttnProcessor):
-    """FLUX joint attention (double- and single-stream blocks) that takes a `RaggedText` instead
-    of a dense mask. Projections, QK norms and rotary embedding are diffusers' own."""
+    """FLUX joint attention (double- and single-stream blocks) that takes a `JointLayout` instead
+    of a dense mask and the stage's `rotary_tables`. Projections are diffusers' own; q/k norms and
+    rotation are `norm_rope`."""
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb=None,
-                 ragged: RaggedText | None = None):
+                 layout: JointLayout | None = None):
         """hidden_states (B, N, C) image tokens, or (B, T + N, C) joint tokens in single-stream
-        blocks; encoder_hidden_states (B, T, C) text tokens in double-stream blocks."""
+        blocks; encoder_hidden_states (B, T, C) text tokens in double-stream blocks;
+        image_rotary_emb: `rotary_tables` (T + N, 1, head_dim) of the joint sequence."""
         if attention_mask is not None:
-            raise ValueError("NamiTransformer attention takes `ragged` text lengths, not a dense attention mask")
+            raise ValueError("NamiTransformer attention takes a `JointLayout` of the text lengths, not a dense "
+                             "attention mask")
         q, k, v, eq, ek, ev = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
-        q, k = qk_rms_norm(attn.norm_q, q), qk_rms_norm(attn.norm_k, k)
         if attn.added_kv_proj_dim is not None:
             eq, ek, ev = (t.unflatten(-1, (-1, attn.head_dim)) for t in (eq, ek, ev))
-            q = torch.cat([qk_rms_norm(attn.norm_added_q, eq), q], dim=1)
-            k = torch.cat([qk_rms_norm(attn.norm_added_k, ek), k], dim=1)
             v = torch.cat([ev, v], dim=1)
-        if image_rotary_emb is not None:
-            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
-            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
-        q, k = q.to(v.dtype), k.to(v.dtype)
-        out = ragged_attention(q, k, v, ragged, self._attention_backend, self._parallel_config)
-        out = out.flatten(2, 3).to(v.dtype)
+        q, k = norm_rope(attn, q, k, eq, ek, image_rotary_emb).to(v.dtype).unbind(0)
+        out = ragged_attention(q, k, v, layout, self._attention_backend, self._parallel_config).flatten(2, 3)
         if encoder_hidden_states is None:
             return out
         text, image = out.split_with_sizes([encoder_hidden_states.shape[1], hidden_states.shape[1]], dim=1)

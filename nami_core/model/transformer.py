@@ -8,7 +8,7 @@ blocks...], then the shared final norm and projection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -17,42 +17,71 @@ from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous
-from diffusers.models.transformers.transformer_flux import (
-    FluxAttention,
-    FluxPosEmbed,
-    FluxSingleTransformerBlock,
-    FluxTransformerBlock,
-)
+from diffusers.models.transformers.transformer_flux import FluxAttention, FluxPosEmbed
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
-from .ragged_attention import RaggedAttnProcessor, RaggedText
+from .blocks import DoubleStreamBlock, SingleStreamBlock, modulate
+from .ragged_attention import JointLayout, RaggedAttnProcessor, RaggedText, rotary_tables
+
+MIN_TEXT_BUCKET = 16
 
 
-def joint_views(text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T, D) text and (B, N, D) image tokens as views of one (B, T + N, D) tensor: the layout a
-    single-stream block returns, so the first single block gets inputs with the strides of the
-    others and a compiled block (`compile_blocks(dynamic=False)`) compiles once per shape, not twice."""
-    joint = torch.cat([text, image], dim=1)
-    return joint[:, : text.shape[1]], joint[:, text.shape[1]:]
+def text_bucket(tokens: int, slot: int) -> int:
+    """The text length a compiled model pads `tokens` real tokens to: the next power of two from
+    `MIN_TEXT_BUCKET` on, at most the slot. A process sampling prompts of any length then sees a
+    few text shapes per stage, not one per length (docs/benchmarks.md, "Compiled")."""
+    bucket = MIN_TEXT_BUCKET
+    while bucket < tokens:
+        bucket *= 2
+    return min(bucket, slot)
 
 
 @dataclass
 class StageInputs:
     """What every step through one block prefix shares, built once per stage by
-    `NamiTransformer.prepare`: the projected text (B, T, D), cut to the longest real prompt for
-    `text_padding="mask"`; the pooled-text embedding (B, D); the rotary embedding (cos, sin) of
-    the text and image ids; the ragged text lengths (None when no row is padded); and the
-    number of blocks to run; in training, the first block whose activations are recomputed in
-    backward (None: none; every block when `gradient_checkpointing` is on)."""
+    `NamiTransformer.prepare`, as tensors: the projected text (B, T, D), cut to the longest real
+    prompt for `text_padding="mask"` (padded to its `text_bucket` when compiled); the pooled-text
+    embedding (B, D); the `rotary_tables` (T + N, 1, head_dim) of the text and image ids; the
+    `JointLayout` of the padded text rows (None when no row is padded), with the host-side
+    `ragged` lengths it came from; the number of blocks to run; in training, the first block whose
+    activations are recomputed in backward (None: none; every block when `gradient_checkpointing`
+    is on)."""
 
     text: torch.Tensor
     pooled: torch.Tensor
     rotary: tuple[torch.Tensor, torch.Tensor]
-    ragged: RaggedText | None
+    layout: JointLayout | None
     num_blocks: int
+    ragged: RaggedText | None = None
     recompute_from: int | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors a step reads that differ between prompts of one shape, in a fixed order
+        (a packing depends on the lengths alone and is not among them)."""
+        mask = [] if self.layout is None or self.layout.key_mask is None else [self.layout.key_mask]
+        return [self.text, self.pooled, *self.rotary, *mask]
+
+    def signature(self) -> tuple:
+        """Shapes, dtypes and block count: equal signatures read equal-sized tensors, and packed
+        layouts the same lengths."""
+        packing = None if self.layout is None or self.layout.packing is None else self.layout.packing.seqlens
+        return (self.num_blocks, packing, *((tuple(t.shape), t.dtype, str(t.device)) for t in self.tensors()))
+
+    def static_copy(self) -> "StageInputs":
+        """A copy whose tensors are fresh buffers (for a replayed step: `load_into` refills them)."""
+        layout = self.layout
+        if layout is not None and layout.key_mask is not None:
+            layout = JointLayout(key_mask=layout.key_mask.clone())
+        return replace(self, text=self.text.clone(), pooled=self.pooled.clone(),
+                       rotary=tuple(t.clone() for t in self.rotary), layout=layout)
+
+    def load_into(self, static: "StageInputs") -> None:
+        """Copy these tensors into `static` (a `static_copy` of inputs of the same signature)."""
+        for source, target in zip(self.tensors(), static.tensors()):
+            target.copy_(source)
 
 
 class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
@@ -67,7 +96,7 @@ class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """
 
     _supports_gradient_checkpointing = True
-    _no_split_modules = ["FluxTransformerBlock", "FluxSingleTransformerBlock"]
+    _no_split_modules = ["DoubleStreamBlock", "SingleStreamBlock"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
 
     @register_to_config
@@ -104,19 +133,21 @@ class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.x_embedder = nn.Linear(in_channels, self.inner_dim)
         self.transformer_blocks = nn.ModuleList(
             [
-                FluxTransformerBlock(self.inner_dim, num_attention_heads, attention_head_dim)
+                DoubleStreamBlock(self.inner_dim, num_attention_heads, attention_head_dim)
                 for _ in range(num_layers)
             ]
         )
         self.single_transformer_blocks = nn.ModuleList(
             [
-                FluxSingleTransformerBlock(self.inner_dim, num_attention_heads, attention_head_dim)
+                SingleStreamBlock(self.inner_dim, num_attention_heads, attention_head_dim)
                 for _ in range(num_single_layers)
             ]
         )
         self.norm_out = AdaLayerNormContinuous(self.inner_dim, self.inner_dim, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(self.inner_dim, self.out_channels, bias=True)
         self.gradient_checkpointing = False
+        self.compilation = None  # `model.compiled.Compilation` once `compile_blocks` ran
+        self._compiled_step = None
         for module in self.modules():
             if isinstance(module, FluxAttention):
                 module.set_processor(RaggedAttnProcessor())
@@ -149,17 +180,34 @@ class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         first = self.blocks()[0]
         return getattr(first.attn.processor, "_attention_backend", None)
 
-    def compile_blocks(self, dynamic: bool | None = False, mode: str | None = None) -> None:
-        """Regional compilation: `torch.compile` each block in place (state-dict keys unchanged).
+    def compile_blocks(self, dynamic: bool | None = False, unit: str = "block", backend: str | None = None,
+                       static_text: bool = True, static_steps: bool = False):
+        """Compile with torch.compile (state-dict keys unchanged); returns the model's `CompileStats`.
 
-        `dynamic=False` gives every token count its own kernels (sampling, benchmarks: a stage has
-        one static shape); `None` lets torch switch to shape-generic kernels once a second shape
-        is seen (training, where the samples per stage change every step). `mode`
-        "reduce-overhead" replays each block as a CUDA graph, which the launch-bound
-        low-resolution stages need on a GPU.
+        `unit` "block": each block (regional compilation); "stage": a stage's whole step.
+        `dynamic=False` gives every shape its own kernels (sampling: a stage has one shape per batch
+        and text bucket); `None` lets torch switch to shape-generic kernels once a size varies
+        (training). `static_text` pads the text to `text_bucket` lengths. `static_steps` replays
+        the sampler's steps from static buffers, as CUDA graphs on a GPU (`model.static_step`).
+        `backend`: inductor, or aot_eager / eager (dynamo's graphs without code generation, for
+        tests); default `NAMI_COMPILE_BACKEND`, else inductor. See `model.compiled`.
         """
-        for block in self.blocks():
-            block.compile(dynamic=dynamic, mode=mode)
+        from .compiled import Compilation, default_backend
+
+        self.compilation = compilation = Compilation(self, backend or default_backend(), unit, dynamic, static_text,
+                                                     static_steps)
+        self._compiled_step = None
+        if unit == "stage":
+            self._compiled_step = compilation.unit_for(self._step, "stage")
+        else:
+            for block in self.blocks():
+                block._compiled_call_impl = compilation.unit_for(block._call_impl, type(block).__name__)
+        return compilation.stats
+
+    @property
+    def compile_stats(self):
+        """`CompileStats` of the compiled model, None when it is not compiled."""
+        return None if self.compilation is None else self.compilation.stats
 
     def num_blocks_for(self, stage: int | None = None, num_blocks: int | None = None) -> int:
         if num_blocks is not None:
@@ -193,52 +241,63 @@ class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         handled by `RaggedText`; with "none" the padded sequence is attended to whole.
         """
         n_blocks = self.num_blocks_for(stage, num_blocks)
-        ragged = None
+        compilation = self.compilation
+        ragged = layout = None
         if self.config.text_padding == "mask" and attention_mask is not None:
             lengths = tuple(int(n) for n in (lengths if lengths is not None else attention_mask.sum(1).tolist()))
-            longest = max(max(lengths), 1)
-            encoder_hidden_states, txt_ids = encoder_hidden_states[:, :longest], txt_ids[:longest]
-            if min(lengths) < longest:
-                ragged = RaggedText(lengths, longest).build(img_ids.shape[0], encoder_hidden_states.device,
-                                                            self.attention_backend())
+            tokens = max(max(lengths), 1)
+            static = compilation is not None and compilation.static_text
+            if static:
+                tokens = text_bucket(tokens, encoder_hidden_states.shape[1])
+            encoder_hidden_states, txt_ids = encoder_hidden_states[:, :tokens], txt_ids[:tokens]
+            if static or min(lengths) < tokens:  # a compiled model masks always: one graph per text bucket
+                ragged = RaggedText(lengths, tokens)
+                layout = ragged.layout(img_ids.shape[0], encoder_hidden_states.device, self.attention_backend())
         return StageInputs(
             text=self.context_embedder(encoder_hidden_states),
             pooled=self.time_text_embed.text_embedder(pooled_projections),
-            rotary=self.pos_embed(torch.cat((txt_ids, img_ids), dim=0)),
-            ragged=ragged,
+            rotary=rotary_tables(*self.pos_embed(torch.cat((txt_ids, img_ids), dim=0))),
+            layout=layout,
             num_blocks=n_blocks,
+            ragged=ragged,
             recompute_from=0 if self.gradient_checkpointing else recompute_from,
         )
 
     def forward_prepared(self, hidden_states: torch.Tensor, timestep: torch.Tensor, inputs: StageInputs) -> torch.Tensor:
         """One step: image tokens (B, N, in_channels) and model timesteps tau (B,) in [0, 1]
-        (x1000 inside, in float32, and so the sinusoidal embedding) through the prepared block prefix and the final layer -> (B, N, out_channels)."""
-        hidden_states = self.x_embedder(hidden_states)
+        (x1000 inside, in float32, and so the sinusoidal embedding) through the prepared block
+        prefix and the final layer -> (B, N, out_channels). Compiled as one unit with
+        `compile_blocks(unit="stage")`."""
+        step = self._compiled_step or self._step
+        return step(hidden_states, timestep, inputs)
+
+    def _step(self, hidden_states: torch.Tensor, timestep: torch.Tensor, inputs: StageInputs) -> torch.Tensor:
         # in float32: bf16 holds x1000 timesteps only to 4 units (diffusers' FLUX casts first)
-        timestep = timestep.float() * 1000
         embed = self.time_text_embed
-        temb = embed.timestep_embedder(embed.time_proj(timestep).to(dtype=inputs.pooled.dtype)) + inputs.pooled
-        encoder_hidden_states = inputs.text
-        joint_kwargs = {"ragged": inputs.ragged} if inputs.ragged is not None else None
-        recompute = inputs.recompute_from if torch.is_grad_enabled() else None
-        first_single = len(self.transformer_blocks)
-        for index, block in enumerate(self.blocks()[: inputs.num_blocks]):
-            if index == first_single:
-                encoder_hidden_states, hidden_states = joint_views(encoder_hidden_states, hidden_states)
-            if recompute is not None and index >= recompute:
-                encoder_hidden_states, hidden_states = checkpoint(
-                    block, hidden_states, encoder_hidden_states, temb, inputs.rotary, joint_kwargs, use_reentrant=False
-                )
-            else:
-                encoder_hidden_states, hidden_states = block(
-                    hidden_states=hidden_states,
-                    encoder_hidden_states=encoder_hidden_states,
-                    temb=temb,
-                    image_rotary_emb=inputs.rotary,
-                    joint_attention_kwargs=joint_kwargs,
-                )
-        hidden_states = self.norm_out(hidden_states, temb)
-        return self.proj_out(hidden_states)
+        temb = embed.timestep_embedder(embed.time_proj(timestep.float() * 1000).to(dtype=inputs.pooled.dtype))
+        act = F.silu(temb + inputs.pooled)  # what every AdaLN of the step reads
+        image = self.x_embedder(hidden_states)
+        text = inputs.text
+        blocks = self.blocks()[: inputs.num_blocks]
+        double = len(self.transformer_blocks)
+        recompute_from = inputs.recompute_from
+        if recompute_from is None or not torch.is_grad_enabled():
+            recompute_from = len(blocks)
+        for index, block in enumerate(blocks[:double]):
+            text, image = self._run_block(block, index >= recompute_from, image, text, act, inputs.rotary,
+                                          inputs.layout)
+        if len(blocks) > double:
+            joint = torch.cat([text, image], dim=1)  # single-stream blocks pass the joint sequence on
+            for index, block in enumerate(blocks[double:], double):
+                joint = self._run_block(block, index >= recompute_from, joint, act, inputs.rotary, inputs.layout)
+            image = joint[:, text.shape[1]:]
+        scale, shift = self.norm_out.linear(act)[:, None].chunk(2, dim=-1)
+        return self.proj_out(modulate(self.norm_out.norm(image), shift, scale))
+
+    @staticmethod
+    def _run_block(block, recompute: bool, *args):
+        """`block(*args)`, recomputing its activations in backward when `recompute`."""
+        return checkpoint(block, *args, use_reentrant=False) if recompute else block(*args)
 
     def forward(
         self,

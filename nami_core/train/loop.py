@@ -50,6 +50,7 @@ class TrainResult:
     final_dir: Path | None
     last_record: dict | None
     nan_skipped: int
+    compile_warning: str | None = None  # one line when a compiled block ran eagerly (--compile)
 
 
 def _accelerator(settings: TrainConfig):
@@ -64,7 +65,7 @@ def _accelerator(settings: TrainConfig):
 
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
             auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=["FluxTransformerBlock", "FluxSingleTransformerBlock"],
+            transformer_cls_names_to_wrap=["DoubleStreamBlock", "SingleStreamBlock"],
             use_orig_params=True,
             sync_module_states=True,
             # checkpoints are per-rank shards (torch.distributed.checkpoint), never gathered on one rank
@@ -196,7 +197,9 @@ class TrainingRun:
             attach_lora(transformer, settings)
         apply_backend(transformer, self.attention, COMPUTE_DTYPES[settings.dtype], device=self.device)
         if settings.compile:
-            transformer.compile_blocks(dynamic=None)
+            from ..model.compiled import compile_for_training
+
+            compile_for_training(transformer)
         optimizer = torch.optim.AdamW(trainable(transformer), lr=value_at(self.schedules.lr, 0)[0],
                                       betas=(0.9, 0.999), weight_decay=settings.weight_decay,
                                       fused=accelerator.device.type in ("cuda", "cpu"))
@@ -489,4 +492,6 @@ def _run(settings: TrainConfig, on_log, on_step, on_note) -> TrainResult:
         run.batches.close()
         run.log.close()
     run.accelerator.end_training()
-    return TrainResult(run.step_count, final, run.last_record, int(run.nan_skipped.item()))
+    stats = run.transformer.compile_stats
+    return TrainResult(run.step_count, final, run.last_record, int(run.nan_skipped.item()),
+                       None if stats is None else stats.fallback())
