@@ -8,8 +8,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
+from .model.diffusers_flux import peft_hidden  # first: diffusers' modules without peft  # noqa: I001
 from diffusers import DiffusionPipeline
-from diffusers.loaders import FluxLoraLoaderMixin
 from diffusers.utils import BaseOutput
 
 # Every component class must be importable from sys.modules when diffusers loads a saved pipeline.
@@ -47,12 +48,14 @@ class NamiPipelineOutput(BaseOutput):
     seeds: list[int]
 
 
-class NamiPipeline(DiffusionPipeline, FluxLoraLoaderMixin):
+class NamiPipeline(DiffusionPipeline):
     """Text-to-image with a NAMI model.
 
     Components: `transformer` (NamiTransformer), `scheduler` (NamiFlowScheduler: stage
     resolutions, windows, jump, defaults), `codec` (PixelCodec or FluxVAECodec),
     `text_encoder` (NamiTextEncoder) and, for bridged weights, `bridge` (BridgeJump).
+    diffusers' LoRA methods (`load_lora_weights`, `fuse_lora`, ...: `FluxLoraLoaderMixin`) join
+    the class when one is first used (`model.lora.with_lora`).
     """
 
     _lora_loadable_modules = ["transformer"]  # LoRA (diffusers/peft format) applies to the transformer only
@@ -63,14 +66,25 @@ class NamiPipeline(DiffusionPipeline, FluxLoraLoaderMixin):
         if any(key.startswith("text_encoder.") for key in state_dict):
             raise ConfigError("this LoRA adapter has text-encoder weights; nami applies LoRA to the transformer only")
 
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_"):
+                raise
+        from .model.lora import PIPELINE_LORA_METHODS, lora_attribute  # diffusers' FluxLoraLoaderMixin, on first use
+
+        return lora_attribute(self, name, PIPELINE_LORA_METHODS)
+
     model_cpu_offload_seq = "text_encoder->transformer->codec"
     _optional_components = ["bridge"]
 
     def __init__(self, transformer, scheduler, codec, text_encoder, bridge=None) -> None:
         super().__init__()
-        self.register_modules(
-            transformer=transformer, scheduler=scheduler, codec=codec, text_encoder=text_encoder, bridge=bridge
-        )
+        with peft_hidden():  # diffusers would import peft to check that no component is a peft model
+            self.register_modules(
+                transformer=transformer, scheduler=scheduler, codec=codec, text_encoder=text_encoder, bridge=bridge
+            )
 
     # -- planning -------------------------------------------------------------------------
     def plan(self, mode: str | None = None, resolution: int | None = None, height: int | None = None,

@@ -55,20 +55,27 @@ def sample(bench, run, prompt: int, cfg: float) -> torch.Tensor:
     return run.sampler(plan)(cond, uncond, noise, plan.stage_steps("3"), cfg).latents
 
 
-def test_compiled_sampling_over_prompt_lengths_guidance_and_stages_never_runs_eagerly(eager_backend, bench):
+# per compile unit: (unit calls of one sample, graphs per text bucket and batch, block kinds)
+UNITS = {"block": (2 + 4 + 6, 1 + 2 + 2, 2),  # every block call; stage 1 runs double blocks only
+         "stage": (3, 3, 1)}  # one call per step, one graph per stage shape
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_compiled_sampling_over_prompt_lengths_guidance_and_stages_never_runs_eagerly(eager_backend, bench, unit):
     """3 prompt lengths x guided and unguided x every stage in one process: no recompile limit hit,
     no graph break, no eager call, and the latents of eager sampling."""
     eager, compiled = runner(bench, False), runner(bench, True)
+    compiled.denoiser.transformer.compile_blocks(dynamic=False, unit=unit)
     for prompt in PROMPTS:
         for cfg in (3.0, 1.0):
             torch.testing.assert_close(sample(bench, compiled, prompt, cfg), sample(bench, eager, prompt, cfg),
                                        atol=1e-5, rtol=1e-5)
     stats = compiled.denoiser.transformer.compile_stats
+    calls, graphs, kinds = UNITS[unit]
     assert (stats.recompile_limit_hits, stats.graph_breaks, stats.eager_calls) == (0, 0, 0)
-    assert stats.calls == len(PROMPTS) * 2 * (2 + 4 + 6)  # every block call of every step
-    # one graph per block kind and shape: text buckets (16, 64) x batch (1; 2 guided) x stage shapes,
-    # where stage 1 runs double blocks only (1 + 2 + 2)
-    assert stats.graphs == 2 * 2 * 5 and stats.recompiles == stats.graphs - 2
+    assert stats.calls == len(PROMPTS) * 2 * calls
+    # one graph per unit and shape: text buckets (16, 64) x batch (1; 2 guided) x stage shapes
+    assert stats.graphs == 2 * 2 * graphs and stats.recompiles == stats.graphs - kinds
 
 
 def test_static_steps_replay_from_buffers_and_equal_the_plain_path(eager_backend, bench):
@@ -240,3 +247,32 @@ def test_train_compile_prints_one_warning_line_on_fallback(monkeypatch, tmp_path
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert code == 0 and len(warnings) == 1 and warnings[0].startswith("warning: --compile: "), err
     assert "recompile limit hit" in warnings[0] and "torch._dynamo" not in err
+
+
+def test_sampling_imports_no_peft_and_lora_still_works(tiny_model_dir, tmp_path):
+    """`nami sample`'s path (model loading, pipeline, sampling, PNG) imports no peft: diffusers'
+    modules are imported with peft hidden (model/diffusers_flux.py). LoRA, asked for afterwards in
+    the same process, imports it, completes diffusers' modules and works (an adapter is added and
+    fused)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from nami_core.generate import SampleRequest, run_sample
+from nami_core.modeldir import load_pipeline
+run_sample(SampleRequest(prompt="a red circle", model={str(tiny_model_dir)!r}, out={str(tmp_path / "out")!r},
+                         steps="1,1,1"))
+print("sample", sorted({{m.split(".")[0] for m in sys.modules if m == "peft" or m.startswith("peft.")}}))
+import torch
+from nami_core.model.lora import add_lora, lora_config
+pipe = load_pipeline({str(tiny_model_dir)!r}, torch.device("cpu"), torch.float32)
+add_lora(pipe.transformer, lora_config(2))
+pipe.fuse_lora(components=["transformer"])
+import diffusers.loaders.lora_base as lora_base, peft.tuners.tuners_utils as tuners
+print("lora", lora_base.BaseTunerLayer is tuners.BaseTunerLayer, type(pipe).__name__, type(pipe.transformer).__name__)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("sample", "lora"))]
+    assert result.returncode == 0 and lines == ["sample []", "lora True NamiPipeline NamiTransformer"], \
+        result.stdout[-2000:] + result.stderr[-3000:]

@@ -15,7 +15,8 @@ Results equal diffusers' blocks within float rounding (tests/test_transformer.py
 from __future__ import annotations
 
 import torch
-from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+
+from .diffusers_flux import FluxSingleTransformerBlock, FluxTransformerBlock
 
 from .ragged_attention import JointLayout
 

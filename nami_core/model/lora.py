@@ -19,6 +19,20 @@ from pathlib import Path
 
 from ..errors import ConfigError, NamiError, first_line
 
+# What diffusers' LoRA mixins add: PeftAdapterMixin to the transformer, FluxLoraLoaderMixin to the
+# pipeline. Neither class has them as a base until one of these is used (`with_lora`), which imports
+# peft: sampling without LoRA does not (`model.diffusers_flux`).
+TRANSFORMER_LORA_METHODS = frozenset({
+    "add_adapter", "set_adapter", "set_adapters", "enable_adapters", "disable_adapters", "active_adapters",
+    "load_lora_adapter", "save_lora_adapter", "fuse_lora", "unfuse_lora", "unload_lora", "enable_lora",
+    "disable_lora", "delete_adapters", "enable_lora_hotswap"})
+PIPELINE_LORA_METHODS = frozenset({
+    "load_lora_weights", "lora_state_dict", "load_lora_into_transformer", "save_lora_weights", "fuse_lora",
+    "unfuse_lora", "unload_lora_weights", "set_adapters", "enable_lora", "disable_lora", "delete_adapters",
+    "get_active_adapters", "get_list_adapters", "set_lora_device", "enable_lora_hotswap", "write_lora_layers",
+    "num_fused_loras", "fused_loras", "lora_scale"})
+_WITH_LORA: dict[tuple[type, type], type] = {}
+
 ADAPTER_NAME = "default"
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 LORA_INFO = "nami_lora.json"  # what `nami train --lora` records: base model, rank, steps
@@ -54,8 +68,46 @@ def lora_config(rank: int, alpha: float | None = None, targets: str = "attn"):
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_pattern(targets), init_lora_weights=True)
 
 
+def with_lora(obj):
+    """`obj` (a NamiTransformer, or a NamiPipeline and its transformer) with diffusers' LoRA methods:
+    `PeftAdapterMixin` or `FluxLoraLoaderMixin` made a base of its class, once. The classes keep
+    their names and modules, so saved models name them as before. Their `__getattr__` calls this
+    when one of the methods is asked for."""
+    from diffusers import DiffusionPipeline
+    from diffusers.loaders import FluxLoraLoaderMixin, PeftAdapterMixin
+
+    from .diffusers_flux import with_peft
+
+    with_peft()
+    if isinstance(obj, DiffusionPipeline):
+        _add_base(obj, FluxLoraLoaderMixin)
+        _add_base(obj.transformer, PeftAdapterMixin)
+    else:
+        _add_base(obj, PeftAdapterMixin)
+    return obj
+
+
+def _add_base(obj, mixin: type) -> None:
+    cls = type(obj)
+    if isinstance(obj, mixin):
+        return
+    if (cls, mixin) not in _WITH_LORA:
+        _WITH_LORA[cls, mixin] = type(cls.__name__, (cls, mixin), {"__module__": cls.__module__,
+                                                                 "__qualname__": cls.__qualname__})
+    obj.__class__ = _WITH_LORA[cls, mixin]
+
+
+def lora_attribute(obj, name: str, methods: frozenset):
+    """For a class's `__getattr__`: `name`, one of diffusers' LoRA `methods`, after `with_lora(obj)`;
+    AttributeError for any other name."""
+    if name not in methods:
+        raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
+    return getattr(with_lora(obj), name)
+
+
 def add_lora(transformer, config) -> list:
     """Freeze `transformer` and add the adapter; returns the adapter's (trainable) parameters."""
+    with_lora(transformer)
     transformer.requires_grad_(False)
     transformer.add_adapter(config, adapter_name=ADAPTER_NAME)
     params = [p for name, p in transformer.named_parameters() if "lora_" in name]

@@ -35,9 +35,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from ..runtime import host_to_device
+from .diffusers_flux import FluxAttnProcessor, get_qkv_projections
 
 
 @dataclass
@@ -232,7 +232,7 @@ class RaggedAttnProcessor(FluxAttnProcessor):
         if attention_mask is not None:
             raise ValueError("NamiTransformer attention takes a `JointLayout` of the text lengths, not a dense "
                              "attention mask")
-        q, k, v, eq, ek, ev = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        q, k, v, eq, ek, ev = get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
         if attn.added_kv_proj_dim is not None:
             eq, ek, ev = (t.unflatten(-1, (-1, attn.head_dim)) for t in (eq, ek, ev))

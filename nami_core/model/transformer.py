@@ -13,17 +13,16 @@ from typing import Sequence
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.embeddings import CombinedTimestepTextProjEmbeddings
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous
-from diffusers.models.transformers.transformer_flux import FluxAttention, FluxPosEmbed
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .blocks import DoubleStreamBlock, SingleStreamBlock, modulate
+from .diffusers_flux import FluxAttention, FluxPosEmbed
 from .ragged_attention import JointLayout, RaggedAttnProcessor, RaggedText, rotary_tables
 
 MIN_TEXT_BUCKET = 16
@@ -84,7 +83,7 @@ class StageInputs:
             target.copy_(source)
 
 
-class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
+class NamiTransformer(ModelMixin, ConfigMixin):
     """FLUX-compatible transformer with a stage plan.
 
     Config: the `FluxTransformer2DModel` arguments (no guidance embedding) plus
@@ -151,6 +150,16 @@ class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         for module in self.modules():
             if isinstance(module, FluxAttention):
                 module.set_processor(RaggedAttnProcessor())
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_"):
+                raise
+        from .lora import TRANSFORMER_LORA_METHODS, lora_attribute  # diffusers' PeftAdapterMixin, on first use
+
+        return lora_attribute(self, name, TRANSFORMER_LORA_METHODS)
 
     @property
     def depth(self) -> int:
