@@ -21,6 +21,7 @@ from .flow.jump import RenoiseJump
 from .flow.plan import FlowPlan, fit_size
 from .flow.sampler import ProgressiveSampler, initial_noise
 from .flow.scheduler import NamiFlowScheduler
+from .model.lora import PIPELINE_LORA_METHODS, LoraOnFirstUse
 from .model.transformer import NamiTransformer  # noqa: F401
 from .text.embeddings import TextEmbeddings
 from .text.encoder import NamiTextEncoder  # noqa: F401
@@ -48,7 +49,7 @@ class NamiPipelineOutput(BaseOutput):
     seeds: list[int]
 
 
-class NamiPipeline(DiffusionPipeline):
+class NamiPipeline(LoraOnFirstUse, DiffusionPipeline):
     """Text-to-image with a NAMI model.
 
     Components: `transformer` (NamiTransformer), `scheduler` (NamiFlowScheduler: stage
@@ -58,6 +59,7 @@ class NamiPipeline(DiffusionPipeline):
     the class when one is first used (`model.lora.with_lora`).
     """
 
+    lora_methods = PIPELINE_LORA_METHODS  # diffusers' FluxLoraLoaderMixin, on first use
     _lora_loadable_modules = ["transformer"]  # LoRA (diffusers/peft format) applies to the transformer only
 
     @classmethod
@@ -65,16 +67,6 @@ class NamiPipeline(DiffusionPipeline):
         """The text encoder takes no LoRA: refuse an adapter that has text-encoder weights."""
         if any(key.startswith("text_encoder.") for key in state_dict):
             raise ConfigError("this LoRA adapter has text-encoder weights; nami applies LoRA to the transformer only")
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name.startswith("_"):
-                raise
-        from .model.lora import PIPELINE_LORA_METHODS, lora_attribute  # diffusers' FluxLoraLoaderMixin, on first use
-
-        return lora_attribute(self, name, PIPELINE_LORA_METHODS)
 
     model_cpu_offload_seq = "text_encoder->transformer->codec"
     _optional_components = ["bridge"]

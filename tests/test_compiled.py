@@ -276,3 +276,24 @@ print("lora", lora_base.BaseTunerLayer is tuners.BaseTunerLayer, type(pipe).__na
     lines = [line for line in result.stdout.splitlines() if line.startswith(("sample", "lora"))]
     assert result.returncode == 0 and lines == ["sample []", "lora True NamiPipeline NamiTransformer"], \
         result.stdout[-2000:] + result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("command", [
+    ["latency", "--resolutions", "64", "--steps", "3", "--warmup", "1", "--repeats", "1", "--text-tokens", "16"],
+    ["train", "--mode", "flux-base", "--stages", "32,64,128", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+     "--text-tokens", "8"],
+])
+def test_bench_compile_reports_what_compiled_in_json_and_table(eager_backend, tmp_path, capsys, command):
+    import json
+
+    out = tmp_path / "out.json"
+    code, stdout, err = run_cli(["bench", command[0], "--preset", "tiny", "--device", "cpu", *command[1:], "--compile",
+                                 "--json", str(out)], capsys)
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    stats = report["compile"]
+    assert set(compiled_module.REPORTED) <= set(stats) and stats["graphs"] > 0 and stats["calls"] > 0
+    assert (stats["recompile_limit_hits"], stats["graph_breaks"], stats["eager_calls"]) == (0, 0, 0)
+    assert "--compile: graphs compiled" in stdout and "eager calls" in stdout
+    if command[0] == "latency":  # ATen ops are not counted inside compiled code on the CPU
+        assert all(r["ops_per_step"] is None for r in report["results"])

@@ -97,12 +97,19 @@ def _add_base(obj, mixin: type) -> None:
     obj.__class__ = _WITH_LORA[cls, mixin]
 
 
-def lora_attribute(obj, name: str, methods: frozenset):
-    """For a class's `__getattr__`: `name`, one of diffusers' LoRA `methods`, after `with_lora(obj)`;
-    AttributeError for any other name."""
-    if name not in methods:
-        raise AttributeError(f"{type(obj).__name__!r} object has no attribute {name!r}")
-    return getattr(with_lora(obj), name)
+class LoraOnFirstUse:
+    """A base of `NamiTransformer` and `NamiPipeline`: asked for one of diffusers' LoRA methods
+    (`lora_methods`), the object gets them (`with_lora`) and answers with it."""
+
+    lora_methods: frozenset = frozenset()
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # nn.Module's submodules, diffusers' config attributes
+        except AttributeError:
+            if name not in type(self).lora_methods:
+                raise
+        return getattr(with_lora(self), name)
 
 
 def add_lora(transformer, config) -> list:

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ModelConfig
 from .blocks import DoubleStreamBlock, SingleStreamBlock, modulate
 from .diffusers_flux import FluxAttention, FluxPosEmbed
+from .lora import TRANSFORMER_LORA_METHODS, LoraOnFirstUse
 from .ragged_attention import JointLayout, RaggedAttnProcessor, RaggedText, rotary_tables
 
 MIN_TEXT_BUCKET = 16
@@ -83,7 +84,7 @@ class StageInputs:
             target.copy_(source)
 
 
-class NamiTransformer(ModelMixin, ConfigMixin):
+class NamiTransformer(LoraOnFirstUse, ModelMixin, ConfigMixin):
     """FLUX-compatible transformer with a stage plan.
 
     Config: the `FluxTransformer2DModel` arguments (no guidance embedding) plus
@@ -94,6 +95,7 @@ class NamiTransformer(ModelMixin, ConfigMixin):
     the public NAMI-2B release). See `ModelConfig`.
     """
 
+    lora_methods = TRANSFORMER_LORA_METHODS  # diffusers' PeftAdapterMixin, on first use
     _supports_gradient_checkpointing = True
     _no_split_modules = ["DoubleStreamBlock", "SingleStreamBlock"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm"]
@@ -150,16 +152,6 @@ class NamiTransformer(ModelMixin, ConfigMixin):
         for module in self.modules():
             if isinstance(module, FluxAttention):
                 module.set_processor(RaggedAttnProcessor())
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name.startswith("_"):
-                raise
-        from .lora import TRANSFORMER_LORA_METHODS, lora_attribute  # diffusers' PeftAdapterMixin, on first use
-
-        return lora_attribute(self, name, TRANSFORMER_LORA_METHODS)
 
     @property
     def depth(self) -> int:
