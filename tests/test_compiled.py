@@ -297,3 +297,22 @@ def test_bench_compile_reports_what_compiled_in_json_and_table(eager_backend, tm
     assert "--compile: graphs compiled" in stdout and "eager calls" in stdout
     if command[0] == "latency":  # ATen ops are not counted inside compiled code on the CPU
         assert all(r["ops_per_step"] is None for r in report["results"])
+
+
+def test_compiling_another_model_resets_the_caches_of_the_first(eager_backend, bench):
+    """dynamo keeps compiled graphs on code objects, not on models: without a reset the second
+    model's graphs would join the first one's (3 entries more on the double block's code, counting
+    toward its recompile limit)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from nami_core.model.blocks import DoubleStreamBlock
+
+    def entries() -> int:
+        return len(_debug_get_cache_entry_list(DoubleStreamBlock.forward.__code__))
+
+    first, second = runner(bench, True), runner(bench, False)
+    sample(bench, first, 12, 3.0)
+    assert entries() == 3  # stages 1, 2 and 3 (each runs the double blocks)
+    second.denoiser.transformer.compile_blocks(dynamic=False)
+    sample(bench, second, 12, 3.0)
+    assert entries() == 3 and second.denoiser.transformer.compile_stats.graphs == 5

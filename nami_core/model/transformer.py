@@ -32,7 +32,7 @@ MIN_TEXT_BUCKET = 16
 def text_bucket(tokens: int, slot: int) -> int:
     """The text length a compiled model pads `tokens` real tokens to: the next power of two from
     `MIN_TEXT_BUCKET` on, at most the slot. A process sampling prompts of any length then sees a
-    few text shapes per stage, not one per length (docs/benchmarks.md, "Compiled")."""
+    few text shapes per stage, not one per length (docs/benchmarks.md, "Compiled sampling")."""
     bucket = MIN_TEXT_BUCKET
     while bucket < tokens:
         bucket *= 2
