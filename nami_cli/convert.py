@@ -22,6 +22,7 @@ def nami_t2i(
     src: Path = typer.Argument(..., help="Public NAMI-T2I directory: transformer/, bridge_flow.bin, vae/, mclip/, mt5/."),
     out: Path = typer.Option(..., "--out", help="New model directory (must not exist or be empty)."),
     link_text: bool = typer.Option(False, "--link-text", help="Symlink mt5/ and mclip/ instead of copying them."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory at --out (written beside it, then swapped in)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Rewrite the public NAMI-T2I checkpoint as a nami model directory (safetensors + configs).
@@ -44,7 +45,7 @@ def nami_t2i(
 
     check_folder_target(out, "--out")
     quiet_loading()
-    layout = convert_public_layout(src, out, link_text=link_text)
+    layout = convert_public_layout(src, out, link_text=link_text, overwrite=overwrite)
     summary = {
         "out": str(out),
         "blocks": [layout.flux_config["num_layers"], layout.flux_config["num_single_layers"]],
@@ -71,6 +72,7 @@ def flux(
     double: Optional[int] = typer.Option(None, "--double", help="Keep the first N double-stream blocks (with --single)."),
     single: Optional[int] = typer.Option(None, "--single", help="Keep the first M single-stream blocks (with --double)."),
     as_json: bool = typer.Option(False, "--json", help="Print the conversion report as JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing conversion at --out (written beside it, then swapped in)."),
 ) -> None:
     """Initialise a NAMI transformer from a FLUX-family transformer: keep a subset of its blocks.
 
@@ -104,7 +106,7 @@ def flux(
         selection = BlockSelection.first(double, single)  # type: ignore[arg-type]
     check_folder_target(out, "--out")
     quiet_loading()
-    report = convert_flux(src, out, parse_int_list(stage_ends, "--stage-ends"), selection)
+    report = convert_flux(src, out, parse_int_list(stage_ends, "--stage-ends"), selection, overwrite=overwrite)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -125,7 +127,8 @@ def flux(
 @app.command("checkpoint")
 def checkpoint(
     src: Path = typer.Argument(..., help="A training checkpoint: RUN/checkpoints/step-NNNNNNNN."),
-    out: Path = typer.Option(..., "--out", help="Model directory to write (replaced if it exists)."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write (an adapter folder for a --lora run's checkpoint)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory at --out (written beside it, then swapped in)."),
 ) -> None:
     """Turn a training checkpoint into a model directory, to sample or evaluate it mid-run.
 
@@ -145,7 +148,7 @@ def checkpoint(
 
     check_folder_target(out, "--out")
     quiet_loading()
-    path = export_checkpoint(src, out)
+    path = export_checkpoint(src, out, overwrite=overwrite)
     console.print(f"wrote {path}")
 
 
@@ -156,6 +159,7 @@ def lora(
     out: Path = typer.Option(..., "--out", help="New model directory: the model with the adapter folded into its weights."),
     scale: float = typer.Option(1.0, "--scale", help="Strength of the adapter (as ADAPTER:SCALE in `nami sample --lora`)."),
     merge: bool = typer.Option(False, "--merge", help="Fold the adapter into the weights (the one conversion offered; required)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model directory at --out (written beside it, then swapped in)."),
 ) -> None:
     """Fold a LoRA adapter into a model: a model directory that samples as `--lora ADAPTER:SCALE` does, with no adapter to load.
 
@@ -175,5 +179,6 @@ def lora(
         raise NamiError("give --merge to fold the adapter into the model's weights "
                         "(`nami sample --model MODEL --lora ADAPTER` applies it without merging)")
     check_folder_target(out, "--out")
-    path = merge_lora(model, adapter, out, scale)
+    path = merge_lora(model, adapter, out, scale, overwrite=overwrite,
+                      on_warning=lambda text: typer.echo(f"warning: {text}", err=True))
     console.print(f"wrote {path}: {model} with {adapter} folded in at scale {scale:g}")

@@ -77,7 +77,8 @@ def sample(
     gc.disable()  # importing torch, diffusers and transformers allocates millions of objects: ~1 s of collections
     try:
         with StageProgress() as bars:
-            report = run_sample(req, on_step=bars.step, on_plan=lambda s: bars.plan(s, batches))
+            report = run_sample(req, on_step=bars.step, on_plan=lambda s: bars.plan(s, batches),
+                                on_warning=lambda text: typer.echo(f"warning: {text}", err=True))
     finally:
         gc.enable()
     if as_json:

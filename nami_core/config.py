@@ -24,7 +24,7 @@ TIMESTEP_ROUNDINGS = ("none", "fp16")
 JUMPS = ("renoise", "bridge")
 
 
-def _positive_int(name: str, value: Any) -> int:
+def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
@@ -59,7 +59,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("width", "heads", "in_channels", "text_dim", "pooled_dim"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("double_blocks", "single_blocks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -304,20 +304,32 @@ def parse_float_list(text: str, name: str) -> tuple[float, ...]:
     return values
 
 
+MAX_SAMPLING_STEPS = 10_000  # Euler steps of one sampling call, all stages together (usual: 10 to 100)
+
+
+def step_counts(steps: str | int | Sequence[int], name: str = "steps") -> tuple[int, ...]:
+    """The Euler step counts of `steps` (30, "30" or "10,10,10"): positive, and at most
+    `MAX_SAMPLING_STEPS` in all, checked before any model is loaded or any grid is built."""
+    if isinstance(steps, int):
+        counts: tuple[int, ...] = (steps,)
+    elif isinstance(steps, str):
+        counts = parse_int_list(steps, name)
+    else:
+        counts = tuple(int(s) for s in steps)
+    if any(c <= 0 for c in counts):
+        raise ConfigError(f"{name} must be positive, got {list(counts)}")
+    if sum(counts) > MAX_SAMPLING_STEPS:
+        raise ConfigError(f"{name} must be at most {MAX_SAMPLING_STEPS} in all (usual: 10 to 100), got {sum(counts)}")
+    return counts
+
+
 def split_steps(steps: str | int | Sequence[int], num_stages: int) -> tuple[int, ...]:
     """Per-stage Euler step counts.
 
     "10,10,10" is taken as is (one count per stage). A single number is split evenly,
     the remainder going to the earliest (cheapest) stages: 31 over 3 stages -> 11,10,10.
     """
-    if isinstance(steps, int):
-        counts: tuple[int, ...] = (steps,)
-    elif isinstance(steps, str):
-        counts = parse_int_list(steps, "steps")
-    else:
-        counts = tuple(int(s) for s in steps)
-    if any(c <= 0 for c in counts):
-        raise ConfigError(f"steps must be positive, got {list(counts)}")
+    counts = step_counts(steps)
     if len(counts) == 1 and num_stages > 1:
         total = counts[0]
         if total < num_stages:

@@ -14,6 +14,7 @@ from .sample_writer import write_sample
 
 
 MAX_SIDE = 65536  # pixels; a larger --width or --height is a typo, not an image
+MAX_IMAGES = 100_000  # images of one `nami sample` call (--n); checked before any seed list is built
 
 
 @dataclass
@@ -51,10 +52,14 @@ class SampleRequest:
         from .config import TIMESTEP_ROUNDINGS, check_mode, guidance_scales
         from .model.lora import parse_lora_spec
 
-        if self.n < 1:
-            raise NamiError(f"--n must be at least 1, got {self.n}")
+        from .config import step_counts
+
+        if not 1 <= self.n <= MAX_IMAGES:
+            raise NamiError(f"--n must be 1 to {MAX_IMAGES:,} images, got {self.n}")
         if self.batch_size < 1:
             raise NamiError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.steps is not None:
+            step_counts(self.steps, "--steps")
         if self.mode is not None:
             check_mode(self.mode)
         if not self.prompt.strip():
@@ -75,17 +80,24 @@ class SampleRequest:
         return [self.seed + i for i in range(self.n)]
 
     def check_out(self) -> None:
-        """`--out` is a folder or can be made one, or names PNGs that can be written."""
-        from .output_targets import check_folder_target, file_in_the_way
+        """`--out` names PNGs that can be written, or is a folder (or can be made one) for them, by
+        the output policy (`output_targets`): not the model or an adapter, nor inside or around them."""
+        from .model.lora import adapter_folder, parse_lora_spec
+        from .modeldir import resolve_model_dir
+        from .output_targets import SAMPLES, check_out_file, check_out_folder, file_in_the_way
 
         if not str(self.out).strip():
             raise NamiError("--out is empty; give a folder, or a .png file name for one image")
         out = Path(self.out)
+        if not out.exists() and out.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+            raise NamiError(f"--out {out}: nami sample writes PNG images; give a .png file name, or a folder")
+        inputs = {"--model": resolve_model_dir(self.model)}
+        inputs.update({f"--lora {spec}": adapter_folder(parse_lora_spec(spec)[0]) for spec in self.loras})
         named = named_paths(out, self.seeds())
         if named is None:
             if out.exists() and not out.is_dir():
                 raise NamiError(f"--out {out} is a file; give a folder, or a .png file name for one image")
-            check_folder_target(out, "--out")
+            check_out_folder(out, SAMPLES, inputs)
             return
         blocker = file_in_the_way(out)
         if blocker is not None:
@@ -93,6 +105,10 @@ class SampleRequest:
         for path in named:
             if path.is_dir():
                 raise NamiError(f"--out {path} is a folder; give a .png file name, or a folder for the images")
+            check_out_file(path, (".png",), "PNG image", inputs, make_folder=True)
+
+
+OTHER_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -133,8 +149,10 @@ def vocabulary_warning(req: SampleRequest) -> str | None:
 
 
 def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = None,
-               on_plan: Callable[[list[int]], None] | None = None) -> SampleReport:
-    """Generate `req.n` images of `req.prompt`; image i has seed `req.seed + i`."""
+               on_plan: Callable[[list[int]], None] | None = None,
+               on_warning: Callable[[str], None] | None = None) -> SampleReport:
+    """Generate `req.n` images of `req.prompt`; image i has seed `req.seed + i`. `on_warning`
+    receives one line for each adapter that only partly fits the model (Python's warnings by default)."""
     from .model.lora import apply_loras, parse_lora_spec
     from .modeldir import load_pipeline, resolve_model_dir
     from .runtime import dtype_name, resolve_device, resolve_dtype
@@ -148,7 +166,7 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
 
     t0 = time.perf_counter()
     pipe = load_pipeline(model_dir, device, dtype, req.attention)
-    loras = apply_loras(pipe, list(req.loras))
+    loras = apply_loras(pipe, list(req.loras), on_warning)
     if req.compile:
         pipe.compile()
     load_seconds = time.perf_counter() - t0

@@ -15,7 +15,7 @@ from diffusers.utils import BaseOutput
 # Every component class must be importable from sys.modules when diffusers loads a saved pipeline.
 from .codecs import flux_vae, pixel  # noqa: F401
 from .denoiser import Denoiser
-from .errors import ConfigError
+from .errors import ConfigError, NamiError
 from .flow.jump import RenoiseJump
 from .flow.plan import FlowPlan, fit_size
 from .flow.sampler import ProgressiveSampler, initial_noise
@@ -153,6 +153,10 @@ class NamiPipeline(DiffusionPipeline, FluxLoraLoaderMixin):
         self._onload("codec")
         pixels = self.codec.decode(latents)
         array = ((pixels.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        bad = int((~np.isfinite(array).reshape(len(array), -1).all(axis=1)).sum())  # on the host copy: no extra sync
+        if bad:
+            raise NamiError(f"{bad} of {len(array)} sampled image(s) came out non-finite (NaN or inf pixels) and "
+                            "were not written; the model's weights, a --lora scale or the guidance overflow")
         return array if output_type == "np" else self.numpy_to_pil(array)
 
     @torch.no_grad()

@@ -255,6 +255,9 @@ def test_a_merged_model_keeps_the_stored_dtype_vocabulary_and_file_modes(base, l
     from nami_core.vocabulary import Vocabulary
 
     Vocabulary(frozenset({"a", "photo"}), "two words").save(model)
+    from nami_core.checksums import write_record
+
+    write_record(model)  # edited on purpose: its integrity record written anew
     merged = tmp_path / "merged"
     code, _, err = run_cli(["convert", "lora", str(lora_run / "final"), "--model", str(model), "--out", str(merged),
                             "--merge"], capsys)

@@ -223,7 +223,7 @@ def test_convert_nami_t2i_gives_the_same_image(public_dir, reference, captured_f
     assert type(loaded) is NamiPipeline and loaded.scheduler.config.jump == "bridge"
     assert torch.equal(loaded.bridge.shift[1].data, torch.load(public_dir / "bridge_flow.bin")["shift.1"])
     code, _, err = cli(["convert", "nami-t2i", str(public_dir), "--out", str(tmp_path / "moved")], capsys)
-    assert code == 2 and "already exists" in err
+    assert code == 2 and "already holds a nami model directory; pass --overwrite to replace it" in err
 
 
 

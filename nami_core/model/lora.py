@@ -10,12 +10,12 @@ unchanged: an adapter on a block inside a stage's prefix is trained by that stag
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from ..errors import ConfigError, NamiError, first_line
 
@@ -72,6 +72,19 @@ def save_lora(transformer, folder: str | Path) -> Path:
     return folder
 
 
+MAX_LORA_SCALE = 100.0  # usual scales are 0 to 2; far larger ones overflow the weights
+
+
+def check_lora_scale(value: float, what: str) -> float:
+    """`value` as an adapter's scale: finite and at most `MAX_LORA_SCALE` in size; errors name `what`."""
+    if not math.isfinite(value):
+        raise NamiError(f"{what}: the scale must be a finite number, got {value}")
+    if abs(value) > MAX_LORA_SCALE:
+        raise NamiError(f"{what}: the scale must be at most {MAX_LORA_SCALE:g} in size (usual scales are 0 to 2), "
+                        f"got {value:g}")
+    return value
+
+
 def parse_lora_spec(spec: str) -> tuple[Path, float]:
     """`ADAPTER[:SCALE]` -> (folder or .safetensors file, scale; 1 by default)."""
     path, scale = spec, 1.0
@@ -82,9 +95,7 @@ def parse_lora_spec(spec: str) -> tuple[Path, float]:
         except ValueError:
             value = None
         if value is not None:
-            if not math.isfinite(value):
-                raise NamiError(f"--lora {spec}: the scale must be a finite number, got {tail}")
-            path, scale = head, value
+            path, scale = head, check_lora_scale(value, f"--lora {spec}")
     if not Path(path).exists():
         raise NamiError(f"--lora {spec}: {path} does not exist")
     if Path(path).is_dir() and not (Path(path) / LORA_WEIGHTS).is_file():
@@ -92,17 +103,28 @@ def parse_lora_spec(spec: str) -> tuple[Path, float]:
     return Path(path), scale
 
 
-def apply_loras(pipe, specs: list[str]) -> list[tuple[str, float]]:
-    """Load every `ADAPTER[:SCALE]` of `specs` into `pipe` and activate them together."""
+def apply_loras(pipe, specs: list[str], on_warning: Callable[[str], None] | None = None) -> list[tuple[str, float]]:
+    """Load every `ADAPTER[:SCALE]` of `specs` into `pipe` and activate them together. Each adapter
+    is checked first (`check_adapter`); what it and diffusers find amiss but loadable (modules the
+    model lacks) goes to `on_warning`, one line each (Python's warnings by default)."""
+    from .adapter_check import check_adapter
+
+    warn = on_warning or (lambda text: warnings.warn(text, UserWarning, stacklevel=3))
     loaded = []
     for i, spec in enumerate(specs):
         path, scale = parse_lora_spec(spec)
         name = f"lora{i}"
+        found = check_adapter(pipe, path, spec)
+        for line in found:
+            warn(line)
         try:
-            with quiet_peft():
+            with quiet_peft() as logged:
                 pipe.load_lora_weights(str(path), adapter_name=name)
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
             raise NamiError(f"--lora {spec}: cannot load it into this model ({why_not_loaded(exc, path)})") from None
+        if not found:  # what diffusers logged, unless the check above said it already
+            for line in logged:
+                warn(f"--lora {spec}: {line}")
         loaded.append((name, scale))
     if loaded:
         pipe.set_adapters([n for n, _ in loaded], [s for _, s in loaded])
@@ -112,16 +134,35 @@ def apply_loras(pipe, specs: list[str]) -> list[tuple[str, float]]:
 @contextmanager
 def quiet_peft():
     """Silence what diffusers logs and peft warns while an adapter loads: a failure is reported
-    once, as the error that follows."""
+    once, as the error that follows. Yields the list of warning lines diffusers logged (each
+    message's first line), for the caller to pass on."""
     logger = logging.getLogger("diffusers.loaders.peft")
     level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    lines: list[str] = []
+    handler = _Collect(lines)
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    propagate = logger.propagate
+    logger.propagate = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            yield
+            yield lines
     finally:
+        logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
+
+
+class _Collect(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().strip()
+        if text:
+            self.lines.append(text.splitlines()[0][:300])
 
 
 def why_not_loaded(exc: BaseException, adapter: Path) -> str:
@@ -140,5 +181,7 @@ def adapter_folder(path: Path) -> Path:
 
 def read_lora_info(folder: Path) -> dict:
     """An adapter folder's `nami_lora.json` ({} when it has none)."""
+    from ..user_files import read_json_object
+
     path = Path(folder) / LORA_INFO
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json_object(path, "adapter record") if path.is_file() else {}

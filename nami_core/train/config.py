@@ -13,6 +13,7 @@ from ..flow.objective import RATIO_SAMPLINGS
 from .checkpointing import CHECKPOINTING
 
 DTYPES = DTYPE_NAMES
+RESOLVED_PATHS = ("data", "init", "config_file")  # inputs recorded as absolute paths
 
 
 @dataclass
@@ -97,8 +98,23 @@ class TrainConfig:
             raise ConfigError(f"--text-positions must be one of {', '.join(TEXT_POSITIONS)}, got {self.text_positions!r}")
         if sum(x is not None for x in (self.preset, self.config_file, self.init)) > 1:
             raise ConfigError("give one of --preset, --config and --init")
+        if self.stage_loss_weights != "auto":
+            from .staged_loss import parse_fixed_weights
+
+            parse_fixed_weights(self.stage_loss_weights)
         if self.lora is not None:
             self._validate_lora()
+        self.check_out()
+
+    def inputs(self) -> dict[str, Path | None]:
+        """The run's inputs by option: its folder may not be, hold or lie inside any of them."""
+        return {"--data": self.data, "--init": self.init, "--config": self.config_file}
+
+    def check_out(self) -> None:
+        """The run folder: not empty or `.`, not an input, and a run folder (or a new or empty one)."""
+        from ..output_targets import RUN, check_out_folder
+
+        check_out_folder(self.out, RUN, self.inputs())
 
     def _validate_lora(self) -> None:
         from ..model.lora import lora_config
@@ -110,10 +126,12 @@ class TrainConfig:
         lora_config(self.lora, self.lora_alpha, self.lora_targets)  # checks rank, alpha and targets
 
     def to_json(self) -> dict[str, Any]:
+        """The settings as `train_config.json` records them: the inputs as absolute paths, so the
+        run can be read back (`nami convert checkpoint`) from any working folder."""
         data = asdict(self)
         for key, value in data.items():
             if isinstance(value, Path):
-                data[key] = str(value)
+                data[key] = str(value.resolve()) if key in RESOLVED_PATHS else str(value)
         data["stages"] = list(self.stages)
         return data
 

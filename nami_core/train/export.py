@@ -7,13 +7,12 @@ the text encoder the data was prepared with.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from ..checksums import new_artefact
 from ..errors import NamiError
-from ..files import fresh_temp_dir, publish_dir
 from ..flow.plan import FlowPlan
 from .integrity import verify_checkpoint
 from .sharded_ema import EMA_FOLDER, has_sharded_ema, is_sharded, read_sharded
@@ -42,48 +41,48 @@ def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | 
                                             default_mode=mode)
     codec = codec_from_record(manifest["codec"], patch)
     out = Path(out)
-    tmp = fresh_temp_dir(out)
-    NamiPipeline(transformer, scheduler, codec, encoder).save_pretrained(tmp)
-    if ema is not None:
-        transformer.load_state_dict(ema)
-        transformer.save_pretrained(tmp / "transformer", variant="ema")
-    publish_dir(tmp, out)
+    with new_artefact(out) as tmp:
+        NamiPipeline(transformer, scheduler, codec, encoder).save_pretrained(tmp)
+        if ema is not None:
+            transformer.load_state_dict(ema)
+            transformer.save_pretrained(tmp / "transformer", variant="ema")
     return out
 
 
-def export_checkpoint(checkpoint: Path, out: Path) -> Path:
-    """Turn RUN/checkpoints/step-N into a model directory (single-process or DDP checkpoints)."""
+def export_checkpoint(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
+    """Turn RUN/checkpoints/step-N into a model directory (single-process or DDP checkpoints), or
+    the adapter folder of a `--lora` run's checkpoint. `out` follows the output policy
+    (`output_targets`): not the checkpoint, its run's data or base model, nor around them; an
+    existing model directory (adapter) is replaced only with `overwrite`."""
     from safetensors.torch import load_file
 
     from ..config import FlowConfig, ModelConfig
     from ..data.store import load_manifest
+    from ..output_targets import ADAPTER, MODEL, check_out_folder
     from .checkpoint import load_checkpoint_file
 
     checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise NamiError(f"{checkpoint} does not exist (give a checkpoint folder RUN/checkpoints/step-N)"
+                        if not checkpoint.exists() else f"{checkpoint} is a file, not a checkpoint folder")
     if not (checkpoint / "trainer_state.json").is_file():
         raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing trainer_state.json)")
+    config_path = checkpoint.parent.parent / "train_config.json"
+    run_config = read_run_config(config_path, checkpoint)
+    train = run_config["train"]
+    inputs = {"checkpoint": checkpoint, "--data of the run": train.get("data"), "--init of the run": train.get("init")}
+    check_out_folder(out, ADAPTER if train.get("lora") else MODEL, inputs, overwrite)
     verify_checkpoint(checkpoint)  # a damaged one is named in one line, never half-read
-    run = checkpoint.parent.parent
-    config_path = run / "train_config.json"
     weights = checkpoint / "model.safetensors"
     sharded = checkpoint / FSDP_MODEL_FOLDER
     if not weights.is_file() and is_sharded(sharded):
         weights = sharded
-    for path in (config_path, checkpoint / "trainer_state.json"):
-        if not path.is_file():
-            raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing {path.name})")
     if not weights.exists():
         raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing model.safetensors)")
-    try:
-        run_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError:
-        run_config = None
-    if not isinstance(run_config, dict) or not {"train", "model", "flow", "patch_size"} <= run_config.keys():
-        raise NamiError(f"{config_path} is damaged (not the JSON `nami train` writes)")
-    train, model, flow = run_config["train"], ModelConfig.from_dict(run_config["model"]), run_config["flow"]
+    model, flow = ModelConfig.from_dict(run_config["model"]), run_config["flow"]
     if train.get("lora"):
-        return _export_adapter_checkpoint(checkpoint, out, train, weights if weights != sharded else None)
-    manifest = load_manifest(Path(train["data"]))
+        return _export_adapter_checkpoint(checkpoint, out, train, weights if weights != sharded else None, config_path)
+    manifest = load_manifest(stored_path(config_path, "--data", train.get("data")))
     patch = int(run_config["patch_size"])
     plan = FlowPlan(train["mode"], FlowConfig(**{**flow, "resolutions": tuple(flow["resolutions"]),
                                                   "window_ratios": tuple(flow["window_ratios"])}),
@@ -110,7 +109,37 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
                            train.get("sample_steps"), train.get("sample_cfg", 3.0))
 
 
-def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights: Path | None) -> Path:
+def read_run_config(config_path: Path, checkpoint: Path) -> dict:
+    """RUN/train_config.json, checked for the sections an export reads."""
+    from ..user_files import parse_json
+
+    if not config_path.is_file():
+        raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing {config_path.name})")
+    try:
+        run_config = parse_json(config_path.read_text(encoding="utf-8"), str(config_path))
+    except (NamiError, UnicodeDecodeError):
+        run_config = None
+    if (not isinstance(run_config, dict) or not {"train", "model", "flow", "patch_size"} <= run_config.keys()
+            or not isinstance(run_config["train"], dict)):
+        raise NamiError(f"{config_path} is damaged (not the JSON `nami train` writes)")
+    return run_config
+
+
+def stored_path(config_path: Path, option: str, value) -> Path:
+    """A path the run recorded (its `option`), which must exist; the error says where it came from.
+    Runs trained before paths were recorded absolute hold them relative to the folder they ran in."""
+    if not isinstance(value, str) or not value:
+        raise NamiError(f"{config_path} records no {option} (damaged?)")
+    path = Path(value)
+    if not path.exists():
+        relative = "" if path.is_absolute() else (", relative to the folder training ran in: run this command "
+                                                   "from there, or give the path absolute in that file")
+        raise NamiError(f"{path} does not exist: it is the {option} recorded in {config_path}{relative}")
+    return path
+
+
+def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights: Path | None,
+                               config_path: Path) -> Path:
     """A `nami train --lora` checkpoint as the adapter folder RUN/final would be at that step."""
     from types import SimpleNamespace
 
@@ -123,7 +152,7 @@ def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights
 
     if weights is None:
         raise NamiError(f"{checkpoint}: LoRA checkpoints are written by DDP runs; this one is sharded")
-    init = Path(train["init"])
+    init = stored_path(config_path, "--init", train.get("init"))
     try:
         transformer = NamiTransformer.from_pretrained(init / "transformer", variant=base_variant(init))
     except (OSError, ValueError, RuntimeError) as exc:
@@ -142,4 +171,4 @@ def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights
             raise NamiError(f"{ema_file} holds {len(ema)} tensors for {len(adapter)} adapter parameters")
     step = read_trainer_state(checkpoint)["step"]
     info = lora_info(init, settings.lora, settings.lora_alpha, settings.lora_targets, step, train.get("dtype", "fp32"))
-    return write_adapter_dir(out, transformer, ema, info, Path(train["data"]))
+    return write_adapter_dir(out, transformer, ema, info, stored_path(config_path, "--data", train.get("data")))

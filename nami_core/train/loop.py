@@ -20,7 +20,8 @@ from ..errors import NamiError, first_line
 from ..files import write_text_atomic
 from ..flow.plan import FlowPlan
 from .batches import BatchDrawer
-from .checkpoint import Note, load_checkpoint_file, list_checkpoints, read_trainer_state, resolve_resume, save_checkpoint
+from .checkpoint import (Note, load_checkpoint_file, list_checkpoints, read_trainer_state, refuse_unasked_restart,
+                         resolve_resume, save_checkpoint)
 from .config import TrainConfig, build_flow, build_model_config
 from .export import write_model_dir
 from .metrics import MetricsLog, MetricsWindow
@@ -216,6 +217,10 @@ class TrainingRun:
         source = resolve_resume(self.run_dir, settings.resume, self.note)
         if source is not None:
             state = read_trainer_state(source)
+            if state["step"] > settings.steps:
+                raise NamiError(f"--resume {source} is at step {state['step']}, past --steps {settings.steps}; "
+                                f"give --steps above {state['step']} to train on (`nami convert checkpoint` "
+                                "turns it into a model as it is)")
             if settings.lora:
                 check_adapter_checkpoint(source, self.transformer)
             try:
@@ -425,6 +430,7 @@ def train(settings: TrainConfig, on_log: Callable[[dict], None] | None = None,
     if lock is not None:
         lock.take()
     try:
+        refuse_unasked_restart(Path(settings.out), settings.resume)
         return _run(settings, on_log, on_step, on_note)
     finally:
         if lock is not None:

@@ -94,6 +94,17 @@ def stage_sums(groups: list[StageGroup], losses: list[torch.Tensor], num_windows
     return stats
 
 
+def parse_fixed_weights(spec: str) -> tuple[float, ...]:
+    """`--stage-loss-weights 1,0.5,1`: finite, non-negative, and not all 0 (that would train nothing)."""
+    values = parse_float_list(spec, "--stage-loss-weights")
+    if any(not v >= 0 for v in values):
+        raise ConfigError("--stage-loss-weights must be non-negative")
+    if not any(v > 0 for v in values):
+        raise ConfigError(f"--stage-loss-weights {spec} are all 0: no stage would train; give at least one "
+                          "positive weight, or auto")
+    return values
+
+
 class StageLossWeights:
     """Per-window loss weights, fixed or `auto` (module docstring), as a (K,) float32 device tensor."""
 
@@ -105,11 +116,9 @@ class StageLossWeights:
         if self.auto:
             fixed = [1.0] * num_stages
         else:
-            values = parse_float_list(spec, "--stage-loss-weights")
+            values = parse_fixed_weights(spec)
             if len(values) != num_stages:
                 raise ConfigError(f"--stage-loss-weights has {len(values)} values for {num_stages} stage window(s)")
-            if any(not v >= 0 for v in values):
-                raise ConfigError("--stage-loss-weights must be non-negative")
             fixed = list(values)
         self.fixed = torch.tensor(fixed, dtype=torch.float32, device=self.device)
         self.running = torch.zeros(num_stages, dtype=torch.float64, device=self.device)
