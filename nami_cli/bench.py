@@ -21,6 +21,17 @@ def _write_json(path: Path, report: dict) -> None:
     write_json_atomic(path, report)
 
 
+def check_report_paths(json_path: Path | None, plot: Path | None, inputs: dict) -> None:
+    """--json and --plot by the output policy, before any model is built: a file of the right kind
+    (`--json .` or `--plot x.txt` is one error line), never one of the inputs."""
+    from nami_core.output_targets import check_out_file
+
+    if json_path is not None:
+        check_out_file(json_path, (".json",), "JSON report", inputs, flag="--json", make_folder=True)
+    if plot is not None:
+        check_out_file(plot, (".png", ".pdf", ".svg"), "plot", inputs, flag="--plot", make_folder=True)
+
+
 def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:,.0f}"
 
@@ -97,6 +108,7 @@ def latency(
         from nami_core.bench.plot import check_plot_path
 
         check_plot_path(plot)
+    check_report_paths(json_path, plot, {"--model": model})
     mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
     backend_list = tuple(b.strip() for b in attention.split(",") if b.strip())
     req = LatencyRequest(
@@ -196,6 +208,8 @@ def train(
 
     from .aliases import renamed
     from .progress import console
+
+    check_report_paths(json_path, None, {})
 
     req = TrainBenchRequest(
         preset=preset, stages=parse_int_list(stages, "--stages") if stages else None, mode=mode, ratio=ratio,

@@ -132,11 +132,9 @@ def geneval(
 
       nami eval geneval --out eval/run1 --skip-generation --detector shapes
     """
-    from nami_core.errors import NamiError
     from nami_core.eval import geneval as ge
     from nami_core.eval.detectors import DetectorOptions, get_detector
     from nami_core.config import guidance_scales
-    from nami_core.output_targets import check_folder_target
 
     check_positive(images_per_prompt, "--images-per-prompt")
     check_positive(batch_size, "--batch-size")
@@ -150,10 +148,7 @@ def geneval(
             check_same_prompts(prompts, [line for _, line in suite_lines], str(metadata))
         scored_lines = [(f"{p.path / ge.METADATA_NAME}:1", p.metadata) for p in prompts]
     else:
-        check_folder_target(out, "--out")
-        if out.is_dir() and any(p.name.isdigit() for p in out.iterdir()):
-            raise NamiError(f"{out} already holds GenEval samples; score them with --skip-generation "
-                            f"or choose an empty --out")
+        ge.check_generation_folder(out, {"--metadata": metadata, "--model": model})
         if cfg is not None:  # before the model loads; the generator checks it too
             guidance_scales(cfg, "--cfg")
     ge.check_detector(suite_lines if suite_lines is not None else scored_lines, found)
@@ -248,7 +243,7 @@ def dpg(
         if prompts is None:
             raise NamiError("--prompts DIR is required to generate (or pass --skip-generation to score --out)")
         prompt_texts = dpg_run.read_prompt_dir(prompts)
-        dpg_run.check_new_grid_folder(out)
+        dpg_run.check_new_grid_folder(out, {"--prompts": prompts, "--csv": csv, "--vqa": vqa})
         if cfg is not None:  # before the VQA model loads; the generator checks it too
             guidance_scales(cfg, "--cfg")
     answerer = TransformersVQA(vqa, device_name(device), vqa_prompt)
@@ -308,17 +303,18 @@ def nami1k_build(
     from nami_core.eval.nami1k.build import build_prompt_set
     from nami_core.eval.nami1k.plots import topic_counts, write_histograms
     from nami_core.eval.nami1k.prompts import SOURCES, write_prompt_set
-    from nami_core.output_targets import check_file_target
+    from nami_core.output_targets import check_out_file
 
     if out.is_dir():
         raise NamiError(f"--out {out} is a folder; give the .jsonl file to write")
-    check_file_target(out, "--out")
+    inputs = {"--open": open_files, "--human": human_files, "--generated": generated_files}
+    check_out_file(out, (".jsonl",), "NAMI-1K prompt set", inputs)
     plot = plot if plot is not None else out.with_suffix(".png")
-    check_file_target(plot, "--plot")
+    check_out_file(plot, (".png",), "histogram PNG", inputs, flag="--plot")
     sources = {"open": open_files, "human": human_files, "generated": generated_files}
     records = build_prompt_set({k: v for k, v in sources.items() if v}, parse_counts(counts), seed, max_words)
-    write_histograms(records, plot)
-    write_prompt_set(out, records)
+    write_histograms(records, plot, inputs=inputs)
+    write_prompt_set(out, records, inputs)
     rows = [[s, str(sum(r.source == s for r in records)),
              str(max((r.words for r in records if r.source == s), default=0))] for s in SOURCES]
     print_table(f"NAMI-1K prompt set ({len(records)} prompts)", ["source", "prompts", "longest (words)"], rows)
@@ -348,17 +344,17 @@ def nami1k_generate(
       nami eval nami1k generate --prompts nami1k.jsonl --out eval/nami1k/default --seed 100
     """
     from nami_core.eval.generation import Generator
-    from nami_core.eval.nami1k.generate import generate_set
+    from nami_core.eval.nami1k.generate import check_image_folder, generate_set
     from nami_core.eval.nami1k.prompts import read_prompt_set
-    from nami_core.output_targets import check_folder_target
 
     check_positive(images_per_prompt, "--images-per-prompt")
     check_positive(batch_size, "--batch-size")
-    check_folder_target(out, "--out")
+    inputs = {"--prompts": prompts, "--model": model}
+    check_image_folder(out, inputs)
     records = read_prompt_set(prompts)
     generator = Generator(model, device, steps, cfg, dtype)
     with progress_bar("generating") as update:
-        manifest = generate_set(generator, records, out, images_per_prompt, seed, batch_size, update)
+        manifest = generate_set(generator, records, out, images_per_prompt, seed, batch_size, update, inputs)
     typer.echo(f"wrote {len(manifest)} images and {out / 'manifest.jsonl'}")
 
 
@@ -408,10 +404,10 @@ def nami1k_score(
     from nami_core.eval.nami1k.annotate import DIMENSIONS
     from nami_core.eval.nami1k.prompts import SOURCES
     from nami_core.eval.nami1k.score import read_annotations, score_annotations
-    from nami_core.output_targets import check_file_target
+    from nami_core.output_targets import check_out_file
 
     if json_out is not None:
-        check_file_target(json_out, "--json")
+        check_out_file(json_out, (".json",), "JSON scores", {"annotation file": list(annotations)}, flag="--json")
     chosen = [m.strip() for m in models.split(",") if m.strip()] if models else None
     result = score_annotations(read_annotations(annotations), chosen)
     print_table(f"NAMI-1K ({len(result['annotators'])} annotators)", ["model", *DIMENSIONS, "overall", "images"],
@@ -449,11 +445,11 @@ def clipscore(
     from nami_core.eval.clip_model import ClipEncoder
     from nami_core.eval.clipscore import prompted_images, score_images
     from nami_core.files import write_json_atomic
-    from nami_core.output_targets import check_file_target
+    from nami_core.output_targets import check_out_file
 
     check_positive(batch_size, "--batch-size")
     if json_out is not None:
-        check_file_target(json_out, "--json")
+        check_out_file(json_out, (".json",), "JSON scores", {"--clip": clip}, flag="--json")
     pairs = prompted_images(images)
     encoder = ClipEncoder(clip, device_name(device))
     with warnings_as_lines(), progress_bar("scoring") as update:
@@ -487,11 +483,11 @@ def fid(
     """
     from nami_core.eval.fid import InceptionFeatures, folder_fid
     from nami_core.files import write_json_atomic
-    from nami_core.output_targets import check_file_target
+    from nami_core.output_targets import check_out_file
 
     check_positive(batch_size, "--batch-size")
     if json_out is not None:
-        check_file_target(json_out, "--json")
+        check_out_file(json_out, (".json",), "JSON result", {"--inception": inception}, flag="--json")
     extractor = InceptionFeatures(inception, device_name(device))
     result = folder_fid(real, fake, extractor, batch_size)
     if json_out is not None:

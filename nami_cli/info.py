@@ -66,7 +66,7 @@ def info(
             raise NamiError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --train-memory")
     elif steps is not None:
         raise NamiError("--steps does not apply to --train-memory")
-    resolutions = parse_int_list(stages, "--stages") if stages else None
+    resolutions = parse_int_list(stages, "--stages") if stages is not None else None
     final = parse_size(size) if size is not None else None
     if model:
         desc = describe_model_dir(model, resolutions, final)

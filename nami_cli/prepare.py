@@ -81,7 +81,7 @@ def prepare_data(
         from nami_core.data.sources import refuse_columns
 
         refuse_columns(image_column, caption_column, "the shapes source")
-        mix = parse_scene_mix(scene_mix) if scene_mix else None
+        mix = parse_scene_mix(scene_mix) if scene_mix is not None else None
         style = SceneStyle(usual_color=DEFAULT_STYLE.usual_color if usual_color is None else usual_color,
                            gap=DEFAULT_STYLE.gap if gap is None else gap)
         src = ShapesSource(n=n, seed=seed, size=resolutions[-1], images_dir=images_dir, mix=mix, style=style)

@@ -110,12 +110,15 @@ def temp_sibling(path: str | Path, shared: bool = False) -> Path:
     return path.with_name(f"{TEMP_PREFIX}{path.name}{suffix}")
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` to write the file, then rename it to `path`; `tmp` never outlives the call."""
+def write_atomic(path: str | Path, write: Callable[[Path], None], needed: int | None = None) -> None:
+    """Call `write(tmp)` to write the file, then rename it to `path`; `tmp` never outlives the call.
+    A failed write is one error line naming `path` (`writing`; `needed`: bytes, if known)."""
     path = Path(path)
+    if path.name in ("", ".", "..") or path.is_dir():
+        raise NamiError(f"{path} is a folder; a file was to be written there (give a file name)")
     tmp = temp_sibling(path)
     try:
-        with writing(path):
+        with writing(path, needed):
             write(tmp)
             os.replace(tmp, path)
     finally:

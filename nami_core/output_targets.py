@@ -70,7 +70,7 @@ SAMPLES = Kind("folder of images", (), foreign_ok=True)
 # Recognised in this order: a checkpoint before the run folder it sits in.
 KINDS = (CHECKPOINT, MODEL, ADAPTER, FLUX_INIT, RUN, DATA, RELEASE, GENEVAL, DPG, NAMI1K_IMAGES)
 
-Inputs = Mapping[str, "str | Path | None"]
+Inputs = Mapping[str, "str | Path | list[str | Path] | None"]  # option -> path(s), None when not given
 
 
 def recognise(folder: str | Path) -> Kind | None:
@@ -108,7 +108,9 @@ def check_inputs(path: Path, inputs: Inputs, flag: str, file: bool = False) -> N
     """Refuse `path` when it is an input, holds one, or lies inside an input folder (for a file
     output: inside an input that is a nami artefact, whose folder would then hold a stranger)."""
     target = _resolved(path)
-    for name, value in inputs.items():
+    given = [(name, value) for name, values in inputs.items()
+             for value in (values if isinstance(values, (list, tuple)) else [values])]
+    for name, value in given:
         if value is None or not str(value).strip():
             continue
         source = _resolved(value)

@@ -59,7 +59,8 @@ def parse_json(text: str, where: str) -> Any:
     except DuplicateKey as exc:
         raise NamiError(f"{where}: the key {exc.key!r} appears twice in one object (which one is meant?)") from None
     except json.JSONDecodeError as exc:
-        raise NamiError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        at = f"column {exc.colno}" if "\n" not in text.strip() else f"line {exc.lineno} column {exc.colno}"
+        raise NamiError(f"{where}: not valid JSON ({exc.msg} at {at})") from None
     except ValueError as exc:
         raise NamiError(f"{where}: not valid JSON ({exc})") from None
 

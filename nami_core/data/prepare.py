@@ -21,17 +21,18 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ..checksums import file_sha256
 from ..codecs.spec import build_codec, codec_record
 from ..config import validate_resolutions
 from ..errors import NamiError
-from ..files import disk_full, is_disk_full, write_json_atomic
+from ..files import write_json_atomic, writing
 from ..text.embeddings import TextEmbeddings
 from ..text.encoder import NamiTextEncoder
 from .buckets import Bucket, bucket_table, covered_level, nearest_bucket
 from .images import SkipImage, center_crop_resize, cover_crop_resize, load_image, target_resolution, to_tensor
 from .prepare_state import STATE_FILE, check_previous
 from .sources import Source, SourceItem
-from .store import FORMAT, VERSION, load_manifest, shard_nbytes, write_shard
+from .store import FORMAT, NULL_TEXT, VERSION, load_manifest, shard_nbytes, write_shard
 from .units import finished_unit, has_finished_units, marker_path, shard_name
 
 DEFAULT_MAX_TOKENS = {"minilm": 32}
@@ -218,7 +219,8 @@ class Preparer:
             text = self.encode_text(captions)
             name = shard_name(unit, res, bucket)
             size = _write_shard(shard_dir / name, latents, text, [it.key for it, _ in entries], captions)
-            record = {"file": f"shards/{name}", "resolution": res, "count": len(entries), "bytes": size}
+            record = {"file": f"shards/{name}", "resolution": res, "count": len(entries), "bytes": size,
+                      "sha256": file_sha256(shard_dir / name)}
             files.append(record if bucket is None else {**record, "bucket": bucket})
             counts[str(res)] = counts.get(str(res), 0) + len(entries)
         marker = {"unit": unit, "items": len(items), "files": files, "counts": counts,
@@ -229,12 +231,8 @@ class Preparer:
 
 def _write_shard(path: Path, latents: torch.Tensor, text: TextEmbeddings, keys: list[str], captions: list[str]) -> int:
     """`write_shard`, with a full disk reported as one line naming `path` and the bytes it needs."""
-    try:
+    with writing(path, shard_nbytes(latents, text)):
         return write_shard(path, latents, text, keys, captions)
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full(path, shard_nbytes(latents, text)) from None
-        raise
 
 
 def prepare(
@@ -250,9 +248,9 @@ def prepare(
     errors) before any progress display starts. `on_notice` is told, in one line, of each
     finished unit found damaged and redone.
     """
-    out = Path(req.out)
-    if out.exists() and not out.is_dir():
-        raise NamiError(f"--out {out} exists and is not a folder")
+    from ..output_targets import DATA, check_out_folder
+
+    out = check_out_folder(req.out, DATA, {"source": source.input_paths()})
     preparer = preparer or Preparer(req)
     settings = _settings(req, preparer.max_tokens, source, preparer.buckets)
     shard_dir = out / "shards"
@@ -263,7 +261,7 @@ def prepare(
     shard_dir.mkdir(exist_ok=True)
 
     null = preparer.encode_text([""])
-    write_shard(out / "null_text.safetensors", torch.zeros(1, 1), null, [""], [""])
+    write_shard(out / NULL_TEXT, torch.zeros(1, 1), null, [""], [""])
 
     try:
         total = len(source)
@@ -292,6 +290,10 @@ def prepare(
         report.seconds = time.perf_counter() - t0
         if on_progress is not None:
             on_progress(seen, total, report)
+    if report.images == 0:
+        reasons = ", ".join(f"{k} x{v}" for k, v in report.skipped.items()) or "the source gave no items"
+        raise NamiError(f"none of the {seen} source items could be used ({reasons}); {out / 'manifest.json'} "
+                        "was not written")
     write_manifest(out, req, preparer, source, markers)
     report.seconds = time.perf_counter() - t0
     return report
@@ -335,7 +337,9 @@ def write_manifest(out: Path, req: PrepareRequest, preparer: Preparer, source: S
         },
         "counts": {str(r): counts.get(str(r), 0) for r in req.stages},
         "total": sum(counts.values()),
-        "null_text": "null_text.safetensors",
+        "null_text": NULL_TEXT,
+        "null_text_bytes": (out / NULL_TEXT).stat().st_size,
+        "null_text_sha256": file_sha256(out / NULL_TEXT),
         "shards": shards,
         "skipped": skipped,
         "skipped_by_reason": dict(Counter(s["reason"].split(" (")[0] for s in skipped)),

@@ -267,6 +267,8 @@ def parse_scene_mix(text: str) -> dict[str, float]:
     """'objects:3,relation:1' -> {kind: weight}; every kind must be in SCENE_KINDS."""
     from ..errors import NamiError
 
+    if not text.strip():
+        raise NamiError("--scene-mix is empty; leave it out for the default (relation:1,objects:3)")
     mix: dict[str, float] = {}
     for part in text.split(","):
         kind, sep, weight = part.strip().partition(":")

@@ -138,14 +138,9 @@ class TrainConfig:
 
 def read_model_file(path: Path) -> tuple[ModelConfig | None, dict[str, Any]]:
     """A `--config` JSON: model fields (ModelConfig) plus optional "flow" settings."""
-    if not path.is_file():
-        raise NamiError(f"--config {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NamiError(f"--config {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, dict):
-        raise NamiError(f"--config {path} must hold a JSON object")
+    from ..user_files import read_json_object
+
+    data = read_json_object(path, "--config")  # strict JSON: a key given twice is refused
     flow = data.pop("flow", {}) or {}
     data.pop("comment", None)
     return data, flow

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from ...errors import NamiError
 from ...files import write_text_atomic
+from ...output_targets import check_out_file
 from ..io import read_rgb
 from .generate import read_manifest
 from .page import render_page
@@ -73,11 +74,7 @@ def page_data(models: Sequence[tuple[str, Path]], page_path: str | Path, embed: 
 def write_page(models: Sequence[tuple[str, Path]], out: str | Path, embed: bool = True, max_side: int = MAX_SIDE,
                seed: int = 0, title: str = "NAMI-1K annotation") -> dict:
     """Write the page to `out` (atomically); returns its data."""
-    out = Path(out)
-    if out.is_dir():
-        raise NamiError(f"--out {out} is a folder; give the path of the .html page to write")
-    if not out.parent.is_dir():
-        raise NamiError(f"the folder of --out {out} does not exist")
+    out = check_out_file(out, (".html", ".htm"), "annotation page", {"--images": [folder for _, folder in models]})
     data = page_data(models, out, embed, max_side, seed, title)
     write_text_atomic(out, render_page(data))
     return data
