@@ -82,8 +82,10 @@ def recognise(folder: str | Path) -> Kind | None:
 
 
 def entries_of(folder: Path) -> list[str]:
-    """The names in `folder` that count: temporary `.tmp-` names and `IGNORED` ones left out."""
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".tmp-") and p.name not in IGNORED)
+    """The names in `folder` that count: temporary `.tmp-` names, `IGNORED` ones and empty folders
+    (which hold nothing to lose) left out."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".tmp-") and p.name not in IGNORED
+                  and not (p.is_dir() and next(p.iterdir(), None) is None))
 
 
 def file_in_the_way(path: str | Path) -> Path | None:
