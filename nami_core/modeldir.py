@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from .checksums import verify_artefact
-from .errors import NamiError, first_line
+from .errors import ConfigError, NamiError, first_line
 
 DEFAULT_MODEL_NAME = "nami-shapes"
 COMPONENTS = ("transformer", "scheduler", "codec", "text_encoder")
@@ -111,6 +111,8 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     try:
         pipe = load_public_pipeline(path) if public else NamiPipeline.from_pretrained(path, variant=variant)
         pipe.settings()  # the saved flow settings make a plan (a damaged config fails here, not mid-run)
+    except ConfigError as exc:  # a config value out of range (codec patch_size 0): name the directory
+        raise NamiError(f"cannot load the model in {path}: {exc}") from None
     except NamiError:
         raise
     except UNREADABLE as exc:

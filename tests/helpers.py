@@ -156,3 +156,16 @@ def torchrun_nami(args: list[str], ranks: int = 2) -> subprocess.CompletedProces
     command = [str(torchrun), "--standalone", "--nproc-per-node", str(ranks), "--no-python", str(nami), *args]
     return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           timeout=600)
+
+
+def save_tiny_adapter(folder: Path, rank: int = 4, seed: int = 0) -> Path:
+    """A LoRA adapter of `rank` for `build_tiny_pipeline()`'s transformer, with random non-zero
+    weights (a trained one's stand-in), saved as `nami train --lora` saves one (no record)."""
+    from nami_core.model.lora import add_lora, lora_config, save_lora
+
+    pipe = build_tiny_pipeline()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in add_lora(pipe.transformer, lora_config(rank)):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return save_lora(pipe.transformer, folder)
