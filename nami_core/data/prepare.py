@@ -290,7 +290,9 @@ def prepare(
         report.seconds = time.perf_counter() - t0
         if on_progress is not None:
             on_progress(seen, total, report)
-    if report.images == 0:
+    if report.images == 0:  # the units hold no shards: forget them, so a fixed source is read again
+        for marker in markers:
+            marker_path(shard_dir, marker["unit"]).unlink(missing_ok=True)
         reasons = ", ".join(f"{k} x{v}" for k, v in report.skipped.items()) or "the source gave no items"
         raise NamiError(f"none of the {seen} source items could be used ({reasons}); {out / 'manifest.json'} "
                         "was not written")

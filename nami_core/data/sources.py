@@ -210,8 +210,6 @@ class WebDatasetSource(Source):
     name = "webdataset"
 
     def __init__(self, pattern: str) -> None:
-        import tarfile
-
         from braceexpand import braceexpand
 
         self.urls = [u for p in braceexpand(pattern) for u in (sorted(glob.glob(p)) or [p])]
@@ -219,8 +217,7 @@ class WebDatasetSource(Source):
         if missing:
             raise NamiError(f"webdataset shard {missing[0]} does not exist")
         for url in self.urls:
-            if not tarfile.is_tarfile(url):
-                raise NamiError(f"webdataset shard {url} is not a tar file (damaged, or another format)")
+            check_tar(url)
         self.pattern = pattern
 
     def input_paths(self) -> list[Path]:
@@ -258,6 +255,29 @@ class WebDatasetSource(Source):
 
     def fingerprint(self) -> dict:
         return listing_fingerprint(None, [f"{url}\t{Path(url).stat().st_size}" for url in self.urls])
+
+
+TAR_TAIL = 1 << 20  # bytes after a tar's last member that are read to tell its zero padding from garbage
+
+
+def check_tar(url: str) -> None:
+    """NamiError unless `url` is a whole tar file: its member headers read to the end, and only zero
+    padding after the last one. (`tarfile` takes a damaged header after the first member for the
+    end of the archive, so a damaged shard would otherwise lose its later samples without a word.)"""
+    import tarfile
+
+    try:
+        with tarfile.open(url) as tar:
+            members = len(tar.getmembers())
+            end = tar.offset
+    except (tarfile.TarError, OSError, EOFError):
+        raise NamiError(f"webdataset shard {url} is not a tar file (damaged, or another format)") from None
+    with open(url, "rb") as f:
+        f.seek(end)
+        tail = f.read(TAR_TAIL)
+    if tail.strip(b"\0"):
+        raise NamiError(f"webdataset shard {url} is damaged after its member {members} (byte {end:,} of "
+                        f"{Path(url).stat().st_size:,}): its later samples cannot be read")
 
 
 def _missing_image():
