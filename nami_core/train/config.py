@@ -156,7 +156,11 @@ def build_model_config(settings: TrainConfig, manifest: dict[str, Any], patch_si
     }
     flow: dict[str, Any] = {}
     if settings.init is not None:
+        from ..checksums import verify_artefact
+
         path = Path(settings.init) / "transformer" / "config.json"
+        if Path(settings.init).is_dir():
+            verify_artefact(settings.init, "--init model")  # its record, when it has one (cached)
         if not path.is_file():
             raise NamiError(f"--init {settings.init} has no transformer/config.json (a model directory, e.g. from `nami convert flux`)")
         try:
