@@ -146,15 +146,14 @@ def check_finite_weights(pipe, path: Path) -> None:
     draws black or noisy pictures without a word. One host sync per device."""
     from .runtime import non_finite
 
-    for name in ("transformer", "codec", "bridge"):
-        module = getattr(pipe, name, None)
-        if module is None:
-            continue
-        tensors = dict(module.named_parameters())
-        bad = non_finite(tensors)
-        if bad:
-            raise NamiError(f"model directory {path}: the {name} weights hold non-finite values "
-                            f"({len(bad)} of {len(tensors)} tensors, e.g. {bad[0]}); the model is damaged")
+    parts = {name: dict(module.named_parameters()) for name in ("transformer", "codec", "bridge")
+             if (module := getattr(pipe, name, None)) is not None}
+    bad = non_finite({f"{part}/{name}": t for part, tensors in parts.items() for name, t in tensors.items()})
+    if bad:
+        part, name = bad[0].split("/", 1)
+        count = sum(b.startswith(f"{part}/") for b in bad)
+        raise NamiError(f"model directory {path}: the {part} weights hold non-finite values "
+                        f"({count} of {len(parts[part])} tensors, e.g. {name}); the model is damaged")
 
 
 def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0, overwrite: bool = False,

@@ -169,3 +169,23 @@ def save_tiny_adapter(folder: Path, rank: int = 4, seed: int = 0) -> Path:
         for p in add_lora(pipe.transformer, lora_config(rank)):
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return save_lora(pipe.transformer, folder)
+
+
+def one_error(err: str) -> str:
+    """The one `error:` line of a command's stderr, its last line (progress lines may come before),
+    with no traceback."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative name) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def finished_run(root: Path, out: Path, *extra: str) -> Path:
+    """`out` after a `nami train` on `prepare_train_data(root)` with batch 4 and `extra` succeeded."""
+    code, _, err = run_cli(train_cli_args(root, out, *extra, batch_size=4))
+    assert code == 0, err
+    return out

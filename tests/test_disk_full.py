@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import prepare_train_data, run_cli, train_cli_args
+from tests.helpers import finished_run, prepare_train_data, run_cli, train_cli_args
 
 FULL = re.compile(r"error: no space left on device writing (?P<path>\S+?);( it needs [\d,.]+ [KMG]iB;)? "
                   r"[\d,.]+ [KMG]iB free \(files written before are intact\)")
@@ -61,11 +61,7 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(root):
     """A finished 2-step run (checkpoint at step 2, a final model with EMA)."""
-    out = root / "run"
-    code, _, _ = run_cli(train_cli_args(root, out, "--steps", "2", "--save-every", "2", "--ema-decay", "0.9",
-                                        batch_size=4))
-    assert code == 0
-    return out
+    return finished_run(root, root / "run", "--steps", "2", "--save-every", "2", "--ema-decay", "0.9")
 
 
 def test_prepare_data_keeps_its_finished_units(tmp_path, capsys):

@@ -22,15 +22,9 @@ from nami_core import checksums
 from nami_core.checksums import read_record, write_record
 from nami_core.errors import NamiError
 from nami_core.model.lora import LORA_WEIGHTS
-from tests.helpers import build_tiny_pipeline, prepare_train_data, run_cli, save_tiny_adapter, train_cli_args
+from tests.helpers import build_tiny_pipeline, one_error, prepare_train_data, run_cli, save_tiny_adapter, train_cli_args
 
 WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
-
-
-def one_error(err: str) -> str:
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
-    return errors[0]
 
 
 def flip_bytes(path: Path) -> None:
@@ -276,3 +270,20 @@ def test_a_manifest_that_contradicts_itself_is_refused(root, tmp_path, capsys, c
     code, _, err = run_cli(train_cli_args(root, tmp_path / "run", "--steps", "1"), capsys)
     assert code == 2 and one_error(err) == f"error: {path}{' ' if 'says' in message else ': '}{message}" + (
         "; the manifest contradicts itself (edited by hand?)" if "says" in message else " (damaged?)")
+
+
+def test_the_finite_check_reads_the_device_once(monkeypatch):
+    """`runtime.non_finite`, run on every model load: one flag per tensor, read back in one transfer."""
+    from nami_core.runtime import non_finite
+
+    pipe = build_tiny_pipeline()
+    tensors = dict(pipe.transformer.named_parameters())
+    reads = []
+    real_tolist, real_item = torch.Tensor.tolist, torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(self.shape) or real_tolist(self))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append("item") or real_item(self))
+    assert non_finite(tensors) == []
+    assert reads == [torch.Size([len(tensors)])]
+    with torch.no_grad():
+        tensors[sorted(tensors)[5]][0] = float("inf")
+    assert non_finite(tensors) == [sorted(tensors)[5]]

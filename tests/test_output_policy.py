@@ -16,29 +16,15 @@ from nami_core.errors import NamiError
 from nami_core.output_names import safe_name
 from nami_core.output_targets import (ADAPTER, DATA, MODEL, RUN, SAMPLES, check_out_file, check_out_folder,
                                       recognise)
-from tests.helpers import build_tiny_pipeline, prepare_train_data, run_cli, save_tiny_adapter, train_cli_args
-
-
-def one_error(err: str) -> str:
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
-    return errors[0]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under `folder` with its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+from tests.helpers import (build_tiny_pipeline, finished_run, one_error, prepare_train_data, run_cli,
+                          save_tiny_adapter, snapshot, train_cli_args)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 4-step run with checkpoints at steps 2 and 4."""
     root = prepare_train_data(tmp_path_factory.mktemp("policy"))
-    out = root / "run"
-    code, _, _ = run_cli(train_cli_args(root, out, "--steps", "4", "--save-every", "2", "--keep", "0",
-                                        "--ema-decay", "0", batch_size=4))
-    assert code == 0
-    return out
+    return finished_run(root, root / "run", "--steps", "4", "--save-every", "2", "--keep", "0", "--ema-decay", "0")
 
 
 def checkpoint(run: Path, step: int = 4) -> Path:

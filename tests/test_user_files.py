@@ -16,15 +16,9 @@ import pytest
 
 from nami_core.errors import NamiError
 from nami_core.user_files import parse_json, read_json_object, read_jsonl, read_text
-from tests.helpers import run_cli
+from tests.helpers import one_error, run_cli
 
 BOM = "\ufeff"
-
-
-def one_error(err: str) -> str:
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
-    return errors[0]
 
 
 def test_the_rules(tmp_path):
