@@ -115,16 +115,14 @@ def apply_loras(pipe, specs: list[str], on_warning: Callable[[str], None] | None
         path, scale = parse_lora_spec(spec)
         name = f"lora{i}"
         found = check_adapter(pipe, path, spec)
-        for line in found:
-            warn(line)
         try:
             with quiet_peft() as logged:
                 pipe.load_lora_weights(str(path), adapter_name=name)
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
             raise NamiError(f"--lora {spec}: cannot load it into this model ({why_not_loaded(exc, path)})") from None
-        if not found:  # what diffusers logged, unless the check above said it already
-            for line in logged:
-                warn(f"--lora {spec}: {line}")
+        # once it is applied: the check's warnings, else what diffusers logged (the same finding otherwise)
+        for line in found or [f"--lora {spec}: {text}" for text in logged]:
+            warn(line)
         loaded.append((name, scale))
     if loaded:
         pipe.set_adapters([n for n, _ in loaded], [s for _, s in loaded])
