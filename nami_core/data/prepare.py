@@ -235,6 +235,20 @@ def _write_shard(path: Path, latents: torch.Tensor, text: TextEmbeddings, keys: 
         return write_shard(path, latents, text, keys, captions)
 
 
+def _holds(path: Path, text: TextEmbeddings) -> bool:
+    """Whether the shard at `path` holds exactly `text` as `write_shard` stores it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            stored = {name: f.get_tensor(name) for name in ("text", "mask", "pooled")}
+    except Exception:  # missing, damaged, or another layout: written anew
+        return False
+    wanted = {"text": text.sequence.to(torch.float16), "mask": text.mask.to(torch.bool),
+              "pooled": text.pooled.to(torch.float16)}
+    return all(stored[k].shape == v.shape and torch.equal(stored[k], v) for k, v in wanted.items())
+
+
 def prepare(
     source: Source,
     req: PrepareRequest,
@@ -261,7 +275,8 @@ def prepare(
     shard_dir.mkdir(exist_ok=True)
 
     null = preparer.encode_text([""])
-    write_shard(out / NULL_TEXT, torch.zeros(1, 1), null, [""], [""])
+    if not _holds(out / NULL_TEXT, null):  # kept when equal: safetensors orders its header anew each write
+        write_shard(out / NULL_TEXT, torch.zeros(1, 1), null, [""], [""])
 
     try:
         total = len(source)
