@@ -67,8 +67,9 @@ GENEVAL = Kind("GenEval folder", ("[0-9]*/metadata.jsonl", "results.jsonl", "sum
 DPG = Kind("DPG-Bench folder", ("dpg_results.jsonl", "dpg_summary.json"))
 NAMI1K_IMAGES = Kind("NAMI-1K image folder", ("manifest.jsonl",))
 SAMPLES = Kind("folder of images", (), foreign_ok=True)
+SCENES = Kind("folder of rendered shapes scenes", ("[0-9]" * 7 + ".png",))  # prepare-data shapes --images-dir
 # Recognised in this order: a checkpoint before the run folder it sits in.
-KINDS = (CHECKPOINT, MODEL, ADAPTER, FLUX_INIT, RUN, DATA, RELEASE, GENEVAL, DPG, NAMI1K_IMAGES)
+KINDS = (CHECKPOINT, MODEL, ADAPTER, FLUX_INIT, RUN, DATA, RELEASE, GENEVAL, DPG, NAMI1K_IMAGES, SCENES)
 
 Inputs = Mapping[str, "str | Path | list[str | Path] | None"]  # option -> path(s), None when not given
 

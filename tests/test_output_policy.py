@@ -258,3 +258,19 @@ def test_dpg_item_ids_are_safe_grid_names(tmp_path):
     dpg_run.generate_grids(FakeGenerator(), prompts, out, seed=0, batch_size=8)
     assert sorted(p.name for p in out.iterdir()) == sorted(dpg_run.grid_name(i) for i in HOSTILE)
     assert os.listdir(tmp_path) == ["grids"]
+
+
+def test_rendered_scenes_go_into_a_new_folder_or_their_own(tmp_path):
+    from nami_core.data.shapes import ShapesSource
+
+    scenes = tmp_path / "scenes"
+    source = ShapesSource(n=2, images_dir=scenes)
+    for item in source:
+        item.load()
+    assert sorted(p.name for p in scenes.iterdir()) == ["0000000.png", "0000000.txt", "0000001.png", "0000001.txt"]
+    ShapesSource(n=2, images_dir=scenes)  # the same folder again: its own kind
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "holiday.png").write_bytes(b"a photo")
+    with pytest.raises(NamiError, match="holds files that are not a folder of rendered shapes scenes"):
+        ShapesSource(n=2, images_dir=mine)

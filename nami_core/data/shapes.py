@@ -318,8 +318,11 @@ class ShapesSource(Source):
         self.n, self.seed, self.size = n, seed, size
         self.mix = dict(mix or DEFAULT_SCENE_MIX)
         self.style = style
-        self.images_dir = Path(images_dir) if images_dir else None
-        if self.images_dir:
+        self.images_dir = Path(images_dir) if images_dir is not None else None
+        if self.images_dir is not None:
+            from ..output_targets import SCENES, check_out_folder
+
+            check_out_folder(self.images_dir, SCENES, flag="--images-dir")  # new, empty, or scenes written before
             self.images_dir.mkdir(parents=True, exist_ok=True)
 
     def __len__(self) -> int:
