@@ -311,8 +311,8 @@ def nami1k_build(
     check_out_file(out, (".jsonl",), "NAMI-1K prompt set", inputs)
     plot = plot if plot is not None else out.with_suffix(".png")
     check_out_file(plot, (".png",), "histogram PNG", inputs, flag="--plot")
-    sources = {"open": open_files, "human": human_files, "generated": generated_files}
-    records = build_prompt_set({k: v for k, v in sources.items() if v}, parse_counts(counts), seed, max_words)
+    sources = {flag.removeprefix("--"): files for flag, files in inputs.items() if files}
+    records = build_prompt_set(sources, parse_counts(counts), seed, max_words)
     write_histograms(records, plot, inputs=inputs)
     write_prompt_set(out, records, inputs)
     rows = [[s, str(sum(r.source == s for r in records)),
