@@ -163,7 +163,7 @@ def _print_memory(report: dict) -> None:
            f"{' in ' + report['dtype'] if report['dtype'] != 'fp32' else ''} (activations as full training: an upper bound)"
            if "lora" in report else "")
     )
-    windows = Table(title="activations per stage window (samples: batch x mix share, rounded up)")
+    windows = Table(title="activations per stage window (samples: the mix's shares of the batch, largest remainder)")
     for col in ("window", "res", "tokens", "blocks", "samples", "recomputed blocks", "GiB"):
         windows.add_column(col, justify="right")
     for w in report["windows"]:
@@ -184,8 +184,9 @@ def _print_memory(report: dict) -> None:
     table.add_row("[bold]peak[/bold]", f"[bold]{_gib(report['peak_bytes'])}[/bold]")
     console.print(table)
     worst = report["worst_draw"]
+    split = ":".join(map(str, worst["samples_per_window"]))
     console.print(
-        f"peak {_gib(report['peak_bytes'])} GiB per GPU (in {report['peak_phase']}); a step whose random draw puts all "
-        f"{worst['samples']} samples into window {worst['window'] + 1}: {_gib(worst['peak_bytes'])} GiB. "
+        f"peak {_gib(report['peak_bytes'])} GiB per GPU (in {report['peak_phase']}); the costliest random draw of "
+        f"stages ({split} samples per window, what `nami train` checks): {_gib(worst['peak_bytes'])} GiB. "
         "Not counted: CUDA context, kernel workspaces, allocator fragmentation."
     )

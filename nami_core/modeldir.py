@@ -124,7 +124,7 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     if pipe.bridge is not None:
         pipe.bridge.to(device)
     check_finite_weights(pipe, path)
-    apply_backend(pipe.transformer, attention, device.type)
+    apply_backend(pipe.transformer, attention)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -242,7 +242,7 @@ def test_settings_are_checked_before_any_step(root, tmp_path, capsys, monkeypatc
 def test_a_batch_that_cannot_fit_is_refused_with_the_estimate(root, tmp_path, capsys, monkeypatch):
     from nami_core.train import memory_guard
 
-    monkeypatch.setattr(memory_guard, "available_bytes", lambda device: 4 << 30)
+    monkeypatch.setattr(memory_guard, "available_bytes", lambda device: (4 << 30, 0))
     out = tmp_path / "huge"
     code, _, err = run_cli(train_args(root, out, "--steps", "2", "--batch-size", "100000"), capsys)
     line = one_error(err)

@@ -153,15 +153,19 @@ def test_recomputation_gives_the_same_gradients(data, tmp_path):
 
 def test_ddp_trains_the_blocks_a_step_touches_without_searching_unused_ones(data, tmp_path):
     """Two gloo ranks, DDP with find_unused_parameters=False: a run of stage-1 samples only (1 of 3
-    blocks) trains and leaves the other blocks exactly as they were; a mixed run trains every block."""
+    blocks) trains and leaves the other blocks exactly as they were; a mixed run trains every block
+    in steps 0-1, then stage 1 alone in steps 2-3, which must leave the later blocks as step 2 left
+    them, as one process does (AdamW's momentum moved them while DDP gave them zero gradients)."""
     finals = {}
-    for name, mix in (("stage1", "0:1:0:0"), ("mixed", "0:1:1:1")):
+    for name, mix, steps in (("stage1", "0:1:0:0", 3), ("mixed", "0:1:1:1,2:1:0:0", 4)):
         out = tmp_path / name
         result = torchrun_nami(["train", "--data", str(data / "data"), "--out", str(out), "--config", str(data / "model.json"),
-                                "--stages", "16,32,64", "--batch-size", "4", "--lr", "1e-2", "--steps", "3",
-                                "--save-every", "3", "--ratio-schedule", mix, "--ema-decay", "0", "--seed", "1"])
+                                "--stages", "16,32,64", "--batch-size", "4", "--lr", "1e-2", "--steps", str(steps),
+                                "--save-every", "2", "--keep", "0", "--ratio-schedule", mix, "--ema-decay", "0",
+                                "--seed", "1"])
         assert result.returncode == 0, result.stderr[-2000:]
         finals[name] = load_file(out / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
+    step2 = load_file(tmp_path / "mixed" / "checkpoints" / "step-00000002" / "model.safetensors")
     torch.manual_seed(1)  # the initial weights of both runs (--seed 1)
     from nami_core.config import ModelConfig
     from nami_core.model.transformer import NamiTransformer
@@ -178,6 +182,8 @@ def test_ddp_trains_the_blocks_a_step_touches_without_searching_unused_ones(data
     assert all(torch.equal(finals["stage1"][k], initial[k]) for k in initial if k.startswith(text_out))
     assert all(not torch.equal(finals["stage1"][k], initial[k]) for k in first if k.endswith("weight"))
     assert all(not torch.equal(finals["mixed"][k], initial[k]) for k in later if k.endswith("weight"))
+    assert all(torch.equal(step2["transformer." + k], finals["mixed"][k]) for k in later)
+    assert all(not torch.equal(step2["transformer." + k], finals["mixed"][k]) for k in first if k.endswith("weight"))
 
 
 @pytest.mark.parametrize("num_blocks", [1, 2, 3])

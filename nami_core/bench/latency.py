@@ -316,7 +316,7 @@ def run_latency(req: LatencyRequest, on_run: RunCallback | None = None) -> dict:
     req.validate()
     device = resolve_device(req.device)
     dtype_name = resolved_dtype_name(req.dtype, device)
-    backends = [resolve_backend(name, device.type) for name in req.attention]
+    backends = [resolve_backend(name, device, resolve_dtype(dtype_name)) for name in req.attention]
     bench = load_bench_model(req.preset, req.model_dir)
     flows = {res: bench.flow(res) for res in req.resolutions}  # checks every resolution before any work
     plans = {
@@ -338,7 +338,7 @@ def run_latency(req: LatencyRequest, on_run: RunCallback | None = None) -> dict:
     schedule = interleaved_schedule(req.modes, req.warmup, req.repeats)
     results, by_attention = [], {}
     for backend in backends:
-        apply_backend(runner.denoiser.transformer, backend, device.type)
+        apply_backend(runner.denoiser.transformer, backend)
         for res in req.resolutions:
             report_run = (lambda item, r=res: on_run(r, item.mode, item.round, item.timed)) if on_run else (lambda item: None)
             timed, peaks = time_modes(runner, plans[res], steps[res], schedule, device, report_run)

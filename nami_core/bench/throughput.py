@@ -161,14 +161,16 @@ def time_steps(clock, step: Callable[[], None], warmup: int, repeats: int,
     return Summary.of(clock.spans_ms(marks))
 
 
-def _training_run(req: TrainBenchRequest, dtype_name: str, flow, data: Path, out: Path):
-    """A `TrainingRun` on synthetic data, set up as `nami train` would be (no checkpoints or logs)."""
+def _training_run(req: TrainBenchRequest, flow, data: Path, out: Path):
+    """A `TrainingRun` on synthetic data, set up as `nami train` would be with the same options
+    (dtype and attention resolved by it, not here; no checkpoints or logs)."""
     from ..train.config import TrainConfig
     from ..train.loop import TrainingRun
 
     settings = TrainConfig(
         data=data, out=out, stages=flow.resolutions, preset=req.preset or "nami-2b", mode=req.mode, steps=10**9,
-        batch_size=req.batch_size, lr=1e-4, dtype=dtype_name, grad_checkpointing=req.grad_checkpointing,
+        batch_size=req.batch_size, lr=1e-4, dtype=req.dtype, attention=req.attention,
+        grad_checkpointing=req.grad_checkpointing,
         compile=req.compile, save_every=10**9, log_every=10**9, keep=0, preload="yes", seed=req.seed,
         stage_draw="split",
     )
@@ -215,7 +217,9 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
     from ..model.attention import apply_backend, resolve_backend
     from ..runtime import dtype_name as resolved_dtype_name
     from ..runtime import resolve_device, resolve_dtype
+    from ..train.memory_guard import train_device
     from ..train.metrics import MetricsWindow
+    from ..train.precision import run_dtype
     from ..train.phases import parse_phases
     from ..train.prefetch import Prefetcher
     from .gpus import device_label, device_peak_tflops
@@ -225,9 +229,12 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
 
     req.validate()
     device = resolve_device(req.device)
-    dtype_name = resolved_dtype_name(req.dtype, device)
+    if req.realistic and device.type != train_device().type:
+        raise NamiError(f"--device {req.device}: `nami train`'s step runs on {train_device()}; "
+                        "use --no-realistic to time the network elsewhere")
+    dtype_name = run_dtype(req.dtype, device.type) if req.realistic else resolved_dtype_name(req.dtype, device)
     dtype = resolve_dtype(dtype_name)
-    backend = resolve_backend(req.attention, device.type)
+    backend = resolve_backend(req.attention, device, dtype)
     bench = load_bench_model(req.preset, None)
     flow = FlowConfig(resolutions=tuple(req.stages)) if req.stages else bench.description.flow
     plan = FlowPlan(req.mode, flow, bench.model.stage_ends, bench.pixels_per_token)
@@ -240,13 +247,13 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
         if req.realistic:
             data = write_synthetic_data(Path(tmp) / "data", bench, flow.resolutions, max(64, 4 * req.batch_size),
                                         req.text_tokens, req.real_tokens, req.seed)
-            run = _training_run(req, dtype_name, flow, data, Path(tmp) / "run")
-            apply_backend(run.transformer, backend, device.type)
+            run = _training_run(req, flow, data, Path(tmp) / "run")
+            backend, dtype_name = run.attention, run.settings.dtype  # what it resolved, as `nami train` does
             run.objective.train()
             window = MetricsWindow(len(run.plan), run.device)
         else:
             transformer, make_step = _network_step(req, bench, plan, device, dtype)
-            apply_backend(transformer, backend, device.type)
+            apply_backend(transformer, backend, dtype)
         for config in configs:
             if req.realistic:
                 if len(plan) > 1:  # this configuration's split, exactly, every step

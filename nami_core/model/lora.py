@@ -24,8 +24,20 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 LORA_INFO = "nami_lora.json"  # what `nami train --lora` records: base model, rank, steps
 ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
              "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out")
+# the feed-forward layers: a single-stream block's proj_out takes [attention, MLP]; the model's own
+# final `proj_out` (the output head, outside every block) is not one of them
 MLP = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out")
-LORA_TARGETS = {"attn": ATTENTION, "attn+mlp": ATTENTION + MLP}  # module-name suffixes peft matches
+LORA_TARGETS = {"attn": ATTENTION, "attn+mlp": ATTENTION + MLP}  # module-name suffixes inside the blocks
+
+
+def target_pattern(targets: str) -> str:
+    """peft's `target_modules` as a regular expression (matched against whole module names): the
+    suffixes of `LORA_TARGETS[targets]` inside a transformer block, so the output head `proj_out`
+    never matches."""
+    import re
+
+    names = "|".join(re.escape(name) for name in LORA_TARGETS[targets])
+    return rf"(?:.*\.)?(?:transformer_blocks|single_transformer_blocks)\.\d+\.(?:{names})"
 
 
 def lora_config(rank: int, alpha: float | None = None, targets: str = "attn"):
@@ -39,8 +51,7 @@ def lora_config(rank: int, alpha: float | None = None, targets: str = "attn"):
     alpha = float(rank if alpha is None else alpha)
     if alpha <= 0:
         raise ConfigError(f"--lora-alpha must be above 0, got {alpha:g}")
-    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(LORA_TARGETS[targets]),
-                      init_lora_weights=True)
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_pattern(targets), init_lora_weights=True)
 
 
 def add_lora(transformer, config) -> list:

@@ -30,6 +30,14 @@ from ..config import ModelConfig
 from .ragged_attention import RaggedAttnProcessor, RaggedText
 
 
+def joint_views(text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, D) text and (B, N, D) image tokens as views of one (B, T + N, D) tensor: the layout a
+    single-stream block returns, so the first single block gets inputs with the strides of the
+    others and a compiled block (`compile_blocks(dynamic=False)`) compiles once per shape, not twice."""
+    joint = torch.cat([text, image], dim=1)
+    return joint[:, : text.shape[1]], joint[:, text.shape[1]:]
+
+
 @dataclass
 class StageInputs:
     """What every step through one block prefix shares, built once per stage by
@@ -136,6 +144,11 @@ class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             unused += list(last.attn.to_add_out.parameters()) + list(last.ff_context.parameters())
         return [p for p in unused if p.requires_grad]
 
+    def attention_backend(self):
+        """The dispatcher backend the attention modules use (`model.attention.apply_backend`)."""
+        first = self.blocks()[0]
+        return getattr(first.attn.processor, "_attention_backend", None)
+
     def compile_blocks(self, dynamic: bool | None = False, mode: str | None = None) -> None:
         """Regional compilation: `torch.compile` each block in place (state-dict keys unchanged).
 
@@ -186,7 +199,8 @@ class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             longest = max(max(lengths), 1)
             encoder_hidden_states, txt_ids = encoder_hidden_states[:, :longest], txt_ids[:longest]
             if min(lengths) < longest:
-                ragged = RaggedText(lengths, longest)
+                ragged = RaggedText(lengths, longest).build(img_ids.shape[0], encoder_hidden_states.device,
+                                                            self.attention_backend())
         return StageInputs(
             text=self.context_embedder(encoder_hidden_states),
             pooled=self.time_text_embed.text_embedder(pooled_projections),
@@ -198,15 +212,19 @@ class NamiTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     def forward_prepared(self, hidden_states: torch.Tensor, timestep: torch.Tensor, inputs: StageInputs) -> torch.Tensor:
         """One step: image tokens (B, N, in_channels) and model timesteps tau (B,) in [0, 1]
-        (x1000 inside) through the prepared block prefix and the final layer -> (B, N, out_channels)."""
+        (x1000 inside, in float32, and so the sinusoidal embedding) through the prepared block prefix and the final layer -> (B, N, out_channels)."""
         hidden_states = self.x_embedder(hidden_states)
-        timestep = timestep.to(hidden_states.dtype) * 1000
+        # in float32: bf16 holds x1000 timesteps only to 4 units (diffusers' FLUX casts first)
+        timestep = timestep.float() * 1000
         embed = self.time_text_embed
         temb = embed.timestep_embedder(embed.time_proj(timestep).to(dtype=inputs.pooled.dtype)) + inputs.pooled
         encoder_hidden_states = inputs.text
         joint_kwargs = {"ragged": inputs.ragged} if inputs.ragged is not None else None
         recompute = inputs.recompute_from if torch.is_grad_enabled() else None
+        first_single = len(self.transformer_blocks)
         for index, block in enumerate(self.blocks()[: inputs.num_blocks]):
+            if index == first_single:
+                encoder_hidden_states, hidden_states = joint_views(encoder_hidden_states, hidden_states)
             if recompute is not None and index >= recompute:
                 encoder_hidden_states, hidden_states = checkpoint(
                     block, hidden_states, encoder_hidden_states, temb, inputs.rotary, joint_kwargs, use_reentrant=False

@@ -27,20 +27,7 @@ from ..flow.objective import sample_ratios
 from ..flow.pyramid import down_to
 from ..flow.plan import FlowPlan
 from ..text.embeddings import TextEmbeddings
-
-
-def split_batch(batch: int, ratios: Sequence[float]) -> list[int]:
-    """Samples per stage for a batch mixed by `ratios`: proportional counts, rounded by largest
-    remainder so they sum to `batch`. split_batch(7, (4, 2, 1)) == [4, 2, 1]."""
-    total = float(sum(ratios))
-    if total <= 0 or any(w < 0 for w in ratios):
-        raise NamiError(f"--ratio must be non-negative with a positive sum, got {':'.join(map(str, ratios))}")
-    exact = [batch * w / total for w in ratios]
-    counts = [int(x) for x in exact]
-    order = sorted(range(len(ratios)), key=lambda k: (counts[k] - exact[k], k))
-    for k in order[: batch - sum(counts)]:
-        counts[k] += 1
-    return counts
+from .phases import split_batch
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:

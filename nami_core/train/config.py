@@ -34,7 +34,8 @@ class TrainConfig:
     stage_loss_weights: str = "auto"
     cfg_dropout: float = 0.1
     ema_decay: float = 0.9999
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto: accelerate's mixed precision, else bf16 on CUDA, fp32 on the CPU (train/precision.py)
+    attention: str = "auto"  # auto | native | xformers | flash (model/attention.py)
     grad_checkpointing: str = "none"
     compile: bool = False
     fsdp: bool = False
@@ -68,8 +69,12 @@ class TrainConfig:
             raise ConfigError("--keep must be 0 (keep all) or more")
         if self.timestep_sampling not in RATIO_SAMPLINGS:
             raise ConfigError(f"--timestep-sampling must be one of {', '.join(RATIO_SAMPLINGS)}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ConfigError(f"--dtype must be one of auto, {', '.join(DTYPES)}, got {self.dtype!r}")
+        from ..model.attention import BACKENDS
+
+        if self.attention not in BACKENDS:
+            raise ConfigError(f"--attention must be one of {', '.join(BACKENDS)}, got {self.attention!r}")
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ConfigError("--cfg-dropout must be in [0, 1)")
         if not 0.0 <= self.ema_decay < 1.0:

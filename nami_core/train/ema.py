@@ -5,7 +5,7 @@ the same keys, so checkpoints of either resume with the other. The update is a f
 toward the weights: one pass over the parameters and no temporary (diffusers' foreach update
 takes three passes and a model-sized difference); the averages agree to float rounding. A step
 whose gradients were not finite (`gate` 0, decided on the device) leaves the average as it was,
-without the host reading the gate.
+without the host reading the gate (the weight stays a device tensor; see `update`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,14 @@ class EMA:
         shadow's device (1 = take the step, 0 = keep the average)."""
         self.optimization_step += 1
         weight = 1.0 - self.decay_at(self.optimization_step)
-        if gate is not None:
-            weight = gate.to(self.shadow_params[0].dtype) * weight
-        torch._foreach_lerp_(self.shadow_params, [p.detach() for p in params], weight)
+        targets = [p.detach() for p in params]
+        if gate is None:
+            torch._foreach_lerp_(self.shadow_params, targets, weight)
+            return
+        # a 0-dim device weight goes in as a tensor list (one per parameter): the Scalar overload
+        # would read it back to the host (`.item()`), a sync every step
+        weight = gate.to(self.shadow_params[0].dtype) * weight
+        torch._foreach_lerp_(self.shadow_params, targets, [weight] * len(targets))
 
     def to(self, device) -> "EMA":
         self.shadow_params = [s.to(device) for s in self.shadow_params]

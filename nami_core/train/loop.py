@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +19,9 @@ from ..data.store import LatentStore
 from ..errors import NamiError, first_line
 from ..files import write_text_atomic
 from ..flow.plan import FlowPlan
+from ..model.attention import apply_backend, resolve_backend
+from ..runtime import DTYPES as COMPUTE_DTYPES
+from ..runtime import use_fast_matmul
 from .batches import BatchDrawer
 from .checkpoint import (Note, load_checkpoint_file, list_checkpoints, read_trainer_state, refuse_unasked_restart,
                          resolve_resume, save_checkpoint)
@@ -33,7 +36,9 @@ from .sharded_ema import has_sharded_ema, load_sharded_ema, save_sharded_ema
 from .adapters import (attach_lora, base_variant, check_adapter_checkpoint, keep_adapter_weights, lora_info,
                        trainable, write_adapter_dir)
 from .checkpointing import CheckpointPolicy
-from .memory_guard import check_fits
+from .memory_guard import check_fits, data_text_tokens, train_device
+from .precision import run_dtype
+from .ranks import on_any_rank
 from .run_lock import RunLock, is_main_rank
 from .staged_loss import StagedObjective, StageLossWeights, stage_losses, stage_sums, weighted_loss
 
@@ -145,8 +150,12 @@ class TrainingRun:
     def setup(cls, settings: TrainConfig, note: Note | None = None) -> "TrainingRun":
         """Check the settings against the data and the memory a step needs, then build plan, model,
         optimizer and EMA on accelerate. `note` receives one-line notices (a damaged checkpoint
-        skipped on resume)."""
+        skipped on resume, an attention backend passed over). `--dtype auto` and `--attention`
+        are resolved first: an explicit backend that cannot run is refused before any work."""
         settings.validate()
+        device = train_device()
+        settings = replace(settings, dtype=run_dtype(settings.dtype, device.type))
+        attention = resolve_backend(settings.attention, device, COMPUTE_DTYPES[settings.dtype], note)
         manifest = check_data_stages(Path(settings.data), settings.stages)
         record = manifest["codec"]
         patch = int(settings.patch_size or record["patch_size"])
@@ -163,8 +172,9 @@ class TrainingRun:
                 raise NamiError(f"--sample-steps {settings.sample_steps}: {exc}") from None
         schedules = Schedules.parse(settings, flow.num_stages)
         check_fits(settings, model_cfg, plan, [p.values for p in schedules.stage_mix],
-                   int(manifest["text_encoder"].get("max_tokens", 256)))
+                   data_text_tokens(Path(settings.data), manifest, model_cfg.text_padding))
         run = cls(settings, manifest, model_cfg, flow, plan, patch, schedules, note)
+        run.attention = attention
         run._start(int(record["downsample"]))
         return run
 
@@ -173,6 +183,7 @@ class TrainingRun:
         self.downsample = downsample
         self.accelerator = accelerator = _accelerator(settings)
         self.device = accelerator.device
+        use_fast_matmul(self.device)
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +195,7 @@ class TrainingRun:
         self.transformer = transformer = _load_transformer(settings, self.model_cfg)
         if settings.lora:
             attach_lora(transformer, settings)
+        apply_backend(transformer, self.attention, COMPUTE_DTYPES[settings.dtype], device=self.device)
         if settings.compile:
             transformer.compile_blocks(dynamic=None)
         optimizer = torch.optim.AdamW(trainable(transformer), lr=value_at(self.schedules.lr, 0)[0],
@@ -289,6 +301,7 @@ class TrainingRun:
         losses = stage_losses(self.objective, groups, self.plan, self.model_cfg.prediction)
         loss = weighted_loss(groups, losses, stage_weights, settings.batch_size) + self._touch_unused(groups)
         self.guard.backward(loss)
+        self._untouch_unused(groups)
         grad_norm = self.guard.clip(self.params, settings.grad_clip)
         taken = self.guard.step(grad_norm)
         if self.ema is not None:
@@ -303,16 +316,28 @@ class TrainingRun:
         if self.step_count % settings.log_every == 0 or self.step_count == settings.steps:
             self.log_step(window, lr, stage_weights, mix)
 
-    def _touch_unused(self, groups) -> torch.Tensor | float:
-        """Under DDP, a zero loss term over the blocks no group of this step runs, so every parameter
-        gets a (zero) gradient and DDP need not look for unused ones; 0 otherwise."""
+    def _unused_parameters(self, groups) -> list:
+        """Under DDP, the parameters no group of this step reaches; [] otherwise (one process and
+        FSDP leave them without a gradient by themselves)."""
         if self.world == 1 or self.settings.fsdp:  # FSDP reduces what backward reaches; no DDP search to avoid
-            return 0.0
+            return []
         deepest = max(self.plan[g.window].blocks for g in groups)
         if deepest not in self._unused:  # one of K depths, and what trains never changes in a run
             self._unused[deepest] = self.transformer.unused_parameters(deepest)
-        unused = self._unused[deepest]
+        return self._unused[deepest]
+
+    def _touch_unused(self, groups) -> torch.Tensor | float:
+        """Under DDP, a zero loss term over the blocks no group of this step runs, so every parameter
+        gets a (zero) gradient and DDP need not look for unused ones; 0 otherwise."""
+        unused = self._unused_parameters(groups)
         return 0.0 * sum(p.reshape(-1)[0] for p in unused) if unused else 0.0
+
+    def _untouch_unused(self, groups) -> None:
+        """Drop the zero gradients `_touch_unused` gave, so AdamW leaves those parameters alone
+        (no momentum step, no weight decay) as a one-process run does: training does not depend
+        on the number of GPUs. DDP makes the bucket views again in the next backward."""
+        for p in self._unused_parameters(groups):
+            p.grad = None
 
     def _record(self, window: MetricsWindow, groups, losses, loss, sums, taken) -> None:
         plan = self.plan
@@ -358,14 +383,17 @@ class TrainingRun:
 
     # -- export ----------------------------------------------------------------------------------
     def _refuse_non_finite(self, state: dict, what: str) -> None:
+        """Raise, on every rank, when `state` holds a non-finite tensor on any rank (under FSDP
+        only rank 0 holds the gathered weights: the others must not wait for it forever)."""
         bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-        if not bad:
+        if not on_any_rank(bool(bad), self.accelerator):
             return
         intact = list_checkpoints(self.run_dir)
         where = f"; the checkpoints in {self.run_dir / 'checkpoints'} hold the run" if intact else ""
+        which = f"{len(bad)} of {len(state)} tensors, e.g. {bad[0]}" if bad else "found on another process"
         raise NamiError(
-            f"training ended at step {self.step_count} with non-finite {what} ({len(bad)} of {len(state)} tensors, "
-            f"e.g. {bad[0]}); {self.run_dir / 'final'} was not written{where}; "
+            f"training ended at step {self.step_count} with non-finite {what} ({which}); "
+            f"{self.run_dir / 'final'} was not written{where}; "
             f"{int(self.nan_skipped.item())} non-finite steps were skipped; try a lower --lr or --dtype fp32"
         )
 

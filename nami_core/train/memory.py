@@ -11,9 +11,13 @@ change this module too.
   weights); gradients are fp32; AdamW keeps two fp32 states; the EMA (on when `--ema-decay > 0`,
   the default) keeps one fp32 copy. That is 4 + 4 + 8 + 4 = 20 bytes per parameter, 16 without
   EMA (`--ema-decay 0`).
-  - DDP (the default, any number of GPUs): every GPU holds all of it. Gradients stay allocated
-    between steps and DDP's buckets are views of them (`gradient_as_bucket_view=True`), so there
-    is no second copy and no communication buffer to count.
+  - One process (one GPU, no DDP): the optimizer step frees the gradients (`zero_grad` sets them
+    to None), so the forward holds none; backward creates them block by block while it frees
+    activations, so at its peak (its start) only those of the output head and the deepest block
+    run exist; all of them exist at the optimizer step.
+  - DDP (`gpus > 1`): every GPU holds all of it. Gradients stay allocated between steps as DDP's
+    persistent buckets (`gradient_as_bucket_view=True`), so they count in every phase, with no
+    second copy and no communication buffer to count.
   - FSDP (`--fsdp --gpus N`, full sharding over transformer blocks): parameters, gradients,
     AdamW state and EMA are divided by N. Communication buffers: the unsharded parameters and
     gradients of the largest block, twice (the block being computed and the prefetched next one),
@@ -30,9 +34,10 @@ change this module too.
   lists there name every tensor a diffusers `FluxTransformerBlock` / `FluxSingleTransformerBlock`
   keeps for backward), plus a few bytes per head (norm statistics and the attention's
   logsumexp). Attention keeps its output and logsumexp, never the L x L matrix (SDPA's flash /
-  memory-efficient kernels). Autocast keeps most activations in 2 bytes but runs LayerNorm and
-  RMSNorm in fp32 on CUDA (`AT_FORALL_FP32` in ATen's autocast), and the RMS-normed q and k are
-  fp32 (their weights are), so a bf16 step keeps about 2/3 of an fp32 one, not half. Around the
+  memory-efficient kernels). Autocast keeps most activations in 2 bytes but runs LayerNorm in
+  fp32 on CUDA (`AT_FORALL_FP32` in ATen's autocast), and the q and k RMS norms run in fp32 on
+  every device (`ragged_attention.qk_rms_norm`: one fused kernel that keeps its fp32 input), so
+  a bf16 step keeps about 2/3 of an fp32 one, not half. Around the
   blocks each sample keeps its batch tensors (clean grid, noise, text), the loss's squared error,
   the embedders' inputs and the output head's norm.
 * **Checkpointing** (`--grad-checkpointing`), as `staged_loss.CheckpointPolicy` runs it: a
@@ -41,12 +46,16 @@ change this module too.
   `stage_ends[-2]`) wherever they run; `auto` every block, but only for the samples of the
   full-resolution (last) window. Backward then recomputes one block at a time, for one window's
   samples: that block's activations come back for a moment (`WindowMemory.workspace_bytes`).
-* **Stage mix.** Window k gets `ceil(B * p_k)` samples, p_k its share of the mix: the expected
-  counts, rounded up (so they may add up to more than B: 2 + 3 + 1 for B = 4 at 2:4:1). Without
-  `--stage-mix` the estimate takes the phase of the default schedule (docs/method.md §4) with the
-  highest peak: for three stages 1:2:4, or 2:4:1 when the last window is recomputed (`auto`).
-  Random stage draws can put every sample of a step into one window; `worst_draw` gives that peak
-  too (all B samples in the window where they cost the most).
+* **Stage mix.** Window k gets its share of the B samples, rounded by largest remainder so they
+  add up to B (`split_batch`: 1 + 1 + 2 for B = 4 at 1:2:4), as `nami bench train` splits them.
+  Without `--stage-mix` the estimate takes the phase of the default schedule (docs/method.md §4)
+  with the highest peak. `nami train` draws each sample's window at random, so any split of the B
+  samples over the windows the schedule draws can happen (all four at 1024 px in 10.7% of the
+  steps at 1:2:4 with B = 4): `worst_draw` is the split that costs the most, and it is what
+  `nami train` checks before it starts (`memory_guard`). The estimate is linear in each window's
+  samples but for terms that depend only on which windows have samples (autocast copies of the
+  deepest prefix) or take a maximum over windows (transients), so that worst split is one of a
+  few: for each set of windows with samples, one sample in each but one, which takes the rest.
 * **Phases of a step.** Forward end: everything above, all autocast copies and the last block's
   forward temporaries. Backward: the copies of recomputed-only blocks are gone, a backward
   transient comes in (the gradients of one block's activations, or a recomputed block and its
@@ -58,13 +67,13 @@ Not counted: the CUDA context and kernels' workspaces (cuBLAS, flash-attention),
 buffers, allocator fragmentation (plan 5-15% headroom), text encoders (training reads encoded
 text), per-sample tensors of size O(D) (modulation vectors) and dataloader pinned memory.
 
-`backend="cpu"` gives what the same step keeps on the CPU, where autocast leaves the norms in
-the low precision and RMSNorm has no fused kernel (its composite also keeps the normalised q and
-k). The tests measure CPU steps both as they are and with CUDA's norms put in.
+`backend="cpu"` gives what the same step keeps on the CPU, where autocast leaves LayerNorm in the
+low precision. The tests measure CPU steps both as they are and with CUDA's LayerNorm put in.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -75,7 +84,7 @@ from ..errors import ConfigError
 from ..flow.plan import FlowPlan, runnable_modes
 from ..model.params import block_params, shared_params
 from .checkpointing import CHECKPOINTING, CheckpointPolicy
-from .phases import default_ratios, parse_phases
+from .phases import default_ratios, parse_phases, split_batch
 
 BACKENDS = ("cuda", "cpu")
 GIB = 2**30
@@ -83,20 +92,16 @@ GIB = 2**30
 
 @dataclass(frozen=True)
 class Precision:
-    """Bytes per value: `act` of autocast's low-precision activations (4 under fp32), `norm` of
-    what LayerNorm/RMSNorm compute in (fp32 on CUDA, `act` on the CPU), and whether RMSNorm is one
-    fused kernel that keeps only its fp32 input (CUDA) or a composite that also keeps its output."""
+    """Bytes per value: `act` of autocast's low-precision activations (4 under fp32) and `norm` of
+    what LayerNorm computes in (fp32 on CUDA, `act` on the CPU)."""
 
     act: int
     norm: int
-    fused_rms: bool
 
     @classmethod
     def of(cls, dtype: str, backend: str = "cuda") -> "Precision":
         act = 4 if dtype == "fp32" else 2
-        if backend == "cuda":
-            return cls(act, 4, True)
-        return cls(act, act, False)
+        return cls(act, 4 if backend == "cuda" else act)
 
     @property
     def half(self) -> bool:
@@ -111,10 +116,9 @@ def _modulated_copies(p: Precision, consumers: int) -> int:
 
 
 def _qk_norms(p: Precision) -> int:
-    """Bytes per D kept by the RMS norms of q and k: CUDA's fused kernel keeps its input, which
-    autocast has cast to fp32 (4 + 4); the CPU's composite upcasts to fp32 and keeps that and the
-    normalised product (2 x (4 + 4))."""
-    return 2 * 4 if p.fused_rms else 2 * 2 * 4
+    """Bytes per D kept by the RMS norms of q and k: the fused kernel keeps its input, cast to
+    fp32 (4 + 4), whatever the activations' dtype."""
+    return 2 * 4
 
 
 def double_block_bytes(width: int, heads: int, p: Precision) -> int:
@@ -138,8 +142,7 @@ def single_block_bytes(width: int, heads: int, p: Precision) -> int:
 
     norm input (n), norm output (n), modulated input of proj_mlp/to_q/to_k/to_v
     (`_modulated_copies`), MLP hidden before GELU (4a), q and k before their norms (`_qk_norms`),
-    attention q, k, v and output (4a), [attention, MLP] into proj_out (5a; on CUDA one cast of an
-    fp32 concatenation, as the normed q and so the attention output are fp32), proj_out's output
+    attention q, k, v and output (4a), [attention, MLP] into proj_out (5a), proj_out's output
     (a); per head 12 bytes, LayerNorm statistics 8.
     """
     a, n = p.act, p.norm
@@ -262,17 +265,48 @@ class TrainMemory:
 
 
 def window_samples(batch_size: int, mix: Sequence[float]) -> list[int]:
-    """Samples per window: the expected counts `batch_size * p_k`, rounded up."""
+    """Samples per window: the mix's shares of `batch_size`, rounded by largest remainder (they add up to it)."""
     total = float(sum(mix))
     if total <= 0 or any(w < 0 for w in mix):
         raise ConfigError(f"the stage mix must be non-negative with a positive sum, got {':'.join(f'{w:g}' for w in mix)}")
-    return [math.ceil(batch_size * w / total - 1e-9) for w in mix]
+    return split_batch(batch_size, mix)
+
+
+def candidate_draws(batch_size: int, windows: Sequence[int], num_windows: int) -> list[list[int]]:
+    """The splits of `batch_size` samples over `windows` (indices of `num_windows`) among which the
+    costliest random draw is (module doc: for each set of windows that get samples, one in each but
+    one, which takes the rest)."""
+    draws = []
+    for size in range(1, min(len(windows), batch_size) + 1):
+        for chosen in itertools.combinations(windows, size):
+            for heavy in chosen:
+                samples = [0] * num_windows
+                for k in chosen:
+                    samples[k] = 1
+                samples[heavy] += batch_size - size
+                draws.append(samples)
+    return draws
+
+
+def worst_draw(model: ModelConfig, windows: Sequence[WindowShape], batch_size: int, drawn: Sequence[int],
+               **options: Any) -> tuple[list[int], "TrainMemory"]:
+    """The split of `batch_size` samples over the windows `drawn` whose step costs the most, and its estimate."""
+    best = None
+    for samples in candidate_draws(batch_size, list(drawn), len(windows)):
+        memory = estimate(model, windows, samples, **options)
+        if best is None or memory.peak > best[1].peak:
+            best = (samples, memory)
+    if best is None:
+        raise ConfigError("no stage window is ever drawn")
+    return best
 
 
 def estimate(model: ModelConfig, windows: Sequence[WindowShape], samples: Sequence[int], *, dtype: str = "fp32",
              text_tokens: int = 256, grad_checkpointing: str = "none", fsdp: bool = False, gpus: int = 1,
              ema: bool = True, backend: str = "cuda", trainable: int | None = None) -> TrainMemory:
-    """Peak memory per GPU of one training step with `samples[k]` samples in window k (module doc).
+    """Peak memory per GPU of one training step with `samples[k]` samples in window k (module doc),
+    in a run of `gpus` processes (one: gradients are freed between steps; several: DDP's buckets
+    keep them, or FSDP shards them).
 
     `trainable`: the number of parameters that train (a LoRA adapter's, `nami train --lora`); the
     rest are frozen, stored in the run's dtype (2 bytes under bf16/fp16, so autocast makes no
@@ -342,11 +376,16 @@ def estimate(model: ModelConfig, windows: Sequence[WindowShape], samples: Sequen
     gradients, adamw = per_param(4), per_param(8)
     ema_bytes = per_param(4) if ema else 0
     fixed = parameters + gradients + adamw + ema_bytes
+    if gpus == 1:  # gradients freed between steps; backward's peak holds the head's and a block's
+        between_steps = fixed - gradients
+        in_backward = between_steps + min(gradients, math.ceil(4 * (shared + max(blocks)) * trained / total))
+    else:
+        between_steps = in_backward = fixed
     activations = sum(w.activation_bytes for w in result_windows)
     workspace = max((w.workspace_bytes for w in result_windows), default=0)
     phases = {
-        "forward": fixed + communication + activations + copies_all + forward_ws,
-        "backward": fixed + communication + activations + copies_kept + workspace,
+        "forward": between_steps + communication + activations + copies_all + forward_ws,
+        "backward": in_backward + communication + activations + copies_kept + workspace,
         "optimizer": fixed + batch,
     }
     return TrainMemory(parameters, gradients, adamw, ema_bytes, communication, copies_all, result_windows, phases)
@@ -395,14 +434,8 @@ def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_
         if best is None or memory.peak > best[0].peak:
             best = (memory, mix, source)
     memory, mix, source = best
-    worst = None
-    for k, share in enumerate(plan.stage_mix(mix)):
-        if share <= 0:
-            continue
-        samples = [batch_size if j == k else 0 for j in range(len(shapes))]
-        candidate = estimate(model, shapes, samples, **options)
-        if worst is None or candidate.peak > worst[1].peak:
-            worst = (k, candidate)
+    drawn = sorted({k for values, _ in candidates for k, share in enumerate(plan.stage_mix(values)) if share > 0})
+    worst_samples, worst = worst_draw(model, shapes, batch_size, drawn, **options)
     report = memory.to_dict()
     for window, entry in zip(plan, report["windows"]):
         entry["width"] = window.size[1]  # "resolution" is the window's height
@@ -426,6 +459,5 @@ def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_
         "stage_mix_source": source,
         "backend": backend,
         **report,
-        "worst_draw": {"window": worst[0], "samples": batch_size, "peak_bytes": worst[1].peak,
-                       "peak_gib": worst[1].peak / GIB},
+        "worst_draw": {"samples_per_window": worst_samples, "peak_bytes": worst.peak, "peak_gib": worst.peak / GIB},
     }

@@ -1,8 +1,11 @@
 """One optimizer step that skips non-finite gradients on the device, never asking the host.
 
 * fp16: a `GradScaler` scales the loss; a step whose unscaled gradients hold inf or NaN is
-  skipped and the scale backs off, as torch.amp intends, and the run goes on. On CUDA the
-  scaler is accelerate's; on the CPU (where accelerate builds none) it is our own.
+  skipped and the scale backs off, as torch.amp intends, and the run goes on. So is a step whose
+  gradients are finite but whose norm is not (huge gradients whose squares overflow float32):
+  the scaler is told (`_flag_non_finite_norm`), so it skips the step the loop counts as skipped,
+  instead of stepping AdamW with gradients clipped to zero. On CUDA the scaler is accelerate's;
+  on the CPU (where accelerate builds none) it is our own.
 * bf16 and fp32: no scaling; the step is skipped the same way, by handing fused AdamW the
   "found inf" flag (its device-side skip, the one GradScaler uses), computed from the gradient norm.
 
@@ -41,7 +44,18 @@ class GuardedStep:
         """Unscale (fp16) and clip the gradients; the total norm as a device tensor."""
         if self.own_scaler is not None:
             self.own_scaler.unscale_(self.inner)
-        return self.accelerator.clip_grad_norm_(parameters, max_norm)
+        norm = self.accelerator.clip_grad_norm_(parameters, max_norm)
+        if self.scaler is not None:
+            self._flag_non_finite_norm(norm)
+        return norm
+
+    def _flag_non_finite_norm(self, norm: torch.Tensor) -> None:
+        """Add "the norm is not finite" to the scaler's found-inf flags of this step (on the device),
+        which its `step` reads to skip and `update` to back the scale off."""
+        state = self.scaler._per_optimizer_states[id(self.inner)]
+        bad = (~torch.isfinite(norm)).float()
+        for found in state["found_inf_per_device"].values():
+            torch.maximum(found, bad.to(found.device), out=found)
 
     def step(self, grad_norm: torch.Tensor) -> torch.Tensor:
         """Take the optimizer step unless the gradients are not finite; returns 1.0 / 0.0 on the device."""

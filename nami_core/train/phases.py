@@ -20,6 +20,20 @@ PAPER_RATIOS = "0:4:2:1,120000:2:4:1,200000:1:2:4"
 PAPER_LR = "0:1e-4,200000:5e-5"
 
 
+def split_batch(batch: int, ratios: Sequence[float]) -> list[int]:
+    """Samples per stage for a batch mixed by `ratios`: proportional counts, rounded by largest
+    remainder so they sum to `batch`. split_batch(7, (4, 2, 1)) == [4, 2, 1]."""
+    total = float(sum(ratios))
+    if total <= 0 or any(w < 0 for w in ratios):
+        raise ConfigError(f"--ratio must be non-negative with a positive sum, got {':'.join(map(str, ratios))}")
+    exact = [batch * w / total for w in ratios]
+    counts = [int(x) for x in exact]
+    order = sorted(range(len(ratios)), key=lambda k: (counts[k] - exact[k], k))
+    for k in order[: batch - sum(counts)]:
+        counts[k] += 1
+    return counts
+
+
 @dataclass(frozen=True)
 class Phase:
     start: int
