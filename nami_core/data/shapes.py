@@ -9,13 +9,14 @@ GenEval's position rule. Scenes are deterministic by (seed, index).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..config import at_least, check_fields
 from ..geometry import OPPOSITE, RELATIONS, relative_position
 from .sources import Source, SourceItem
 
@@ -300,6 +301,31 @@ def random_scene(rng: np.random.Generator, size: int = 64, mix: dict[str, float]
 
 def scene_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
+
+
+@dataclass
+class SceneSettings:
+    """The options of `nami prepare-data shapes`: `n` scenes from `seed` (also written as PNGs to
+    `images_dir` when given), their kinds drawn by `scene_mix` ("relation:2,objects:2" is parsed)
+    and what captions leave open by `usual_color` and `gap` (`SceneStyle`)."""
+
+    n: int = field(default=10000, metadata=at_least(1))
+    seed: int = 0
+    images_dir: Path | None = None
+    scene_mix: dict[str, float] | str | None = field(
+        default=None, metadata={"shown": ",".join(f"{k}:{v:g}" for k, v in DEFAULT_SCENE_MIX.items())})
+    usual_color: float = DEFAULT_STYLE.usual_color
+    gap: float = DEFAULT_STYLE.gap
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if isinstance(self.scene_mix, str):
+            self.scene_mix = parse_scene_mix(self.scene_mix)
+        self.style = SceneStyle(usual_color=self.usual_color, gap=self.gap)
+
+    def source(self, size: int) -> "ShapesSource":
+        """The scenes at final side `size` in pixels (creates `images_dir`)."""
+        return ShapesSource(self.n, self.seed, size, self.images_dir, self.scene_mix, self.style)
 
 
 class ShapesSource(Source):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..config import ATTENTION_BACKENDS as BACKENDS
 from ..errors import NamiError
-
-BACKENDS = ("auto", "native", "xformers", "flash")
 
 
 def _installed(module: str) -> bool:

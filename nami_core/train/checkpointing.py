@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import CHECKPOINTING
 from ..errors import ConfigError
-
-CHECKPOINTING = ("none", "full", "last-stage", "auto")
 
 
 @dataclass(frozen=True)

@@ -66,16 +66,17 @@ k). The tests measure CPU steps both as they are and with CUDA's norms put in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..config import BASELINE_MODE, FlowConfig, ModelConfig, parse_float_list
-from ..config import DTYPE_NAMES as DTYPES
+from ..config import (BASELINE_MODE, FlowConfig, ModelConfig, at_least, check_at_least, check_fields, field_default,
+                      one_of)
 from ..errors import ConfigError
 from ..flow.plan import FlowPlan, runnable_modes
 from ..model.params import block_params, shared_params
 from .checkpointing import CHECKPOINTING, CheckpointPolicy
-from .phases import default_ratios, parse_phases
+from .config import DTYPES, TrainConfig
+from .phases import default_ratios, parse_stage_mix
 
 BACKENDS = ("cuda", "cpu")
 GIB = 2**30
@@ -369,22 +370,22 @@ def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_
                         ema: bool = True, backend: str = "cuda", trainable: int | None = None) -> dict[str, Any]:
     """The JSON of `nami info --train-memory`: the estimate for the stage mix given, or for the
     default schedule's most expensive phase, plus the worst single draw."""
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    check_at_least("--batch-size", batch_size, 1)
     if grad_checkpointing not in CHECKPOINTING:
         raise ConfigError(f"--grad-checkpointing must be one of {', '.join(CHECKPOINTING)}, got {grad_checkpointing!r}")
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     plan, shapes = plan_windows(model, flow, pixels_per_token, mode)
-    if stage_mix is None:
-        phases = parse_phases(default_ratios(flow.num_stages), "--ratio-schedule", flow.num_stages)
-        candidates = [(phase.values, f"the costliest phase of the default schedule, from step {phase.start}"
-                       if len(phases) > 1 else "the default schedule") for phase in phases]
+    K = flow.num_stages
+    if stage_mix is None or isinstance(stage_mix, str):
+        what = "the default schedule" if stage_mix is None else "--stage-mix"
+        phases = parse_stage_mix(stage_mix or default_ratios(K), K)
+        candidates = [(phase.values, f"the costliest phase of {what}, from step {phase.start}"
+                       if len(phases) > 1 else what) for phase in phases]
     else:
-        values = parse_float_list(stage_mix, "--stage-mix") if isinstance(stage_mix, str) else tuple(stage_mix)
-        if len(values) != flow.num_stages:
-            raise ConfigError(f"--stage-mix has {len(values)} weights for {flow.num_stages} stages")
-        candidates = [(tuple(float(v) for v in values), "--stage-mix")]
+        if len(stage_mix) != K:
+            raise ConfigError(f"--stage-mix has {len(stage_mix)} weights for {K} stages")
+        candidates = [(tuple(float(v) for v in stage_mix), "--stage-mix")]
     options: dict[str, Any] = {"dtype": dtype, "text_tokens": text_tokens, "grad_checkpointing": grad_checkpointing,
                                "fsdp": fsdp, "gpus": gpus, "ema": ema, "backend": backend, "trainable": trainable}
     best = None
@@ -429,3 +430,70 @@ def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_
         "worst_draw": {"window": worst[0], "samples": batch_size, "peak_bytes": worst[1].peak,
                        "peak_gib": worst[1].peak / GIB},
     }
+
+
+@dataclass
+class TrainMemoryRequest:
+    """`nami info --train-memory`: the `nami train` settings the estimate is for. Batch size,
+    dtype, checkpointing, EMA and LoRA targets default to `TrainConfig`'s, so the estimate is of
+    the run `nami train` would start; `stage_mix` None takes the costliest phase of the default
+    schedule; `gpus` share the weights under `fsdp`."""
+
+    batch_size: int = field(default=field_default(TrainConfig, "batch_size"), metadata=at_least(1))
+    dtype: str = field(default=field_default(TrainConfig, "dtype"), metadata=one_of(DTYPES))
+    grad_checkpointing: str = field(default=field_default(TrainConfig, "grad_checkpointing"),
+                                    metadata=one_of(CHECKPOINTING))
+    fsdp: bool = False
+    gpus: int | None = field(default=None, metadata={**at_least(1), "shown": "1"})
+    stage_mix: str | None = field(default=None, metadata={"shown": "the costliest phase of the default schedule"})
+    ema_decay: float = field_default(TrainConfig, "ema_decay")
+    lora: int | None = None
+    lora_targets: str | None = field(default=None, metadata={"shown": field_default(TrainConfig, "lora_targets")})
+
+    def __post_init__(self) -> None:
+        from ..model.lora import check_lora_settings
+
+        check_fields(self)
+        if self.stage_mix is not None and not self.stage_mix.strip():
+            raise ConfigError("--stage-mix is empty; leave it out for the default")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError("--ema-decay must be in [0, 1)")
+        if self.lora is None and self.lora_targets is not None:
+            raise ConfigError("--lora-targets needs --lora")
+        if self.lora is not None:
+            check_lora_settings(self.lora, None, self.targets)
+        if self.fsdp and self.gpus is None:
+            raise ConfigError("--fsdp needs --gpus N (the GPUs that share the weights)")
+
+    @property
+    def targets(self) -> str:
+        return self.lora_targets or field_default(TrainConfig, "lora_targets")
+
+    def report(self, description, text_tokens: int) -> dict[str, Any]:
+        """The estimate for `description` (`info.ModelDescription`); with `lora`, the adapter's
+        parameters are counted on a meta-device model (imports torch)."""
+        trainable = None
+        if self.lora is not None:
+            from .adapters import lora_parameter_count
+
+            trainable = lora_parameter_count(description.model, self.lora, self.targets)
+        report = train_memory_report(
+            description.name, description.model, description.flow, description.pixels_per_token,
+            description.default_mode, batch_size=self.batch_size, dtype=self.dtype, text_tokens=text_tokens,
+            grad_checkpointing=self.grad_checkpointing, stage_mix=self.stage_mix, fsdp=self.fsdp,
+            gpus=self.gpus or 1, ema=self.ema_decay > 0, trainable=trainable)
+        if self.lora is not None:
+            report["lora"] = {"rank": self.lora, "targets": self.targets, "trainable_params": report["trainable_params"]}
+        return report
+
+
+def train_memory_request(enabled: bool, **options: Any) -> TrainMemoryRequest | None:
+    """The request of `--train-memory` from the options given (None: not given); without
+    `enabled`, any option given is refused as needing --train-memory."""
+    given = {name: value for name, value in options.items() if value is not None and value is not False}
+    if not enabled:
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConfigError(f"{flags} {'needs' if len(given) == 1 else 'need'} --train-memory")
+        return None
+    return TrainMemoryRequest(**given)
