@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 
@@ -44,38 +43,31 @@ def _pct(x: float | None) -> str:
 def latency(
     preset: o.Preset = None,
     model: o.model("A saved model directory: its configs (the weights stay random).", o.MODEL) = None,
-    modes: Annotated[Optional[str], typer.Option(
-        "--modes", metavar=o.choices(MODES) + "[,...]", rich_help_panel=o.MODEL,
-        help="Modes, run interleaved in this order.")] = None,
-    resolutions: Annotated[Optional[str], typer.Option(
-        "--resolutions", help="Final resolutions; 3 stages run at (res/4, res/2, res).",
-        rich_help_panel=o.WORKLOAD)] = None,
+    modes: o.own(str, "--modes", metavar=o.choices(MODES) + "[,...]", panel=o.MODEL,
+        help="Modes, run interleaved in this order.") = None,
+    resolutions: o.own(str, "--resolutions", help="Final resolutions; 3 stages run at (res/4, res/2, res).",
+        panel=o.WORKLOAD) = None,
     steps: o.EulerSteps = None,
     cfg: o.Guidance = None,
     text_tokens: o.text_tokens("Text slot: random text tokens padded to this length, as a tokenizer pads.",
                                o.WORKLOAD) = None,
     prompt_tokens: o.PromptTokens = None,
-    text_padding: Annotated[Optional[str], typer.Option(
-        "--text-padding", metavar=o.choices(TEXT_PADDINGS), rich_help_panel=o.WORKLOAD,
-        help="mask (cut to the longest prompt), or none (attend to the whole slot, as the public release).")] = None,
+    text_padding: o.own(str, "--text-padding", metavar=o.choices(TEXT_PADDINGS), panel=o.WORKLOAD,
+        help="How attention treats the padded text slot; none attends to all of it, as the public release does.") = None,
     batch_size: o.batch_size("Images per sampler call; times are reported per image.", o.WORKLOAD) = None,
     batch: o.OldBatchSize = None,
-    include_codec: Annotated[Optional[bool], typer.Option(
-        "--include-codec", help="Also time decoding (presets: a random FLUX-sized VAE).",
-        rich_help_panel=o.WORKLOAD)] = None,
-    include_text: Annotated[Optional[bool], typer.Option(
-        "--include-text", help="Also time the text encoder (needs --model).", rich_help_panel=o.WORKLOAD)] = None,
+    include_codec: o.own(bool, "--include-codec", help="Also time decoding (presets: a random FLUX-sized VAE).",
+        panel=o.WORKLOAD) = None,
+    include_text: o.own(bool, "--include-text", help="Also time the text encoder (needs --model).", panel=o.WORKLOAD) = None,
     seed: o.seed("Seed of the random weights and noise.", o.WORKLOAD) = None,
     device: o.Device = None,
     dtype: o.Dtype = None,
     attention: o.AttentionList = None,
     compile_: o.Compile = None,
     warmup: o.warmup("Untimed rounds (every mode once) before timing.", o.TIMING) = None,
-    repeats: Annotated[Optional[int], typer.Option(
-        "--repeats", help="Timed rounds; median, min and max are over these.", rich_help_panel=o.TIMING)] = None,
-    count_ops: Annotated[Optional[bool], typer.Option(
-        "--count-ops/--no-count-ops", rich_help_panel=o.TIMING,
-        help="Count kernel launches (CUDA) or ATen ops (CPU) per step and stage with the profiler.")] = None,
+    repeats: o.own(int, "--repeats", help="Timed rounds; median, min and max are over these.", panel=o.TIMING) = None,
+    count_ops: o.own(bool, "--count-ops/--no-count-ops", panel=o.TIMING,
+        help="Count kernel launches (CUDA) or ATen ops (CPU) per step and stage with the profiler.") = None,
     json_path: o.json_file("Write the JSON report to this file.", o.OUTPUT) = None,
     plot: o.plot("Write a latency-vs-resolution plot (.png, .pdf, .svg).", o.OUTPUT) = None,
 ) -> None:
@@ -180,9 +172,8 @@ def train(
     batch: o.OldBatchSize = None,
     text_tokens: o.text_tokens("Text slot of each synthetic caption.", o.WORKLOAD) = None,
     prompt_tokens: o.PromptTokens = None,
-    realistic: Annotated[Optional[bool], typer.Option(
-        "--realistic/--no-realistic", rich_help_panel=o.WORKLOAD,
-        help="Time `nami train`'s own step (data, EMA, DDP); --no-realistic: the network alone, an upper bound.")] = None,
+    realistic: o.own(bool, "--realistic/--no-realistic", panel=o.WORKLOAD,
+        help="Time `nami train`'s own step (data, EMA, DDP); --no-realistic: the network alone, an upper bound.") = None,
     seed: o.seed("Seed of the random weights and data.", o.WORKLOAD) = None,
     device: o.Device = None,
     dtype: o.Dtype = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,8 +26,7 @@ app = typer.Typer(
 def nami_t2i(
     src: Annotated[Path, typer.Argument(help="Public NAMI-T2I directory: transformer/, bridge_flow.bin, vae/, mclip/, mt5/.")],
     out: o.out("New model directory (must not exist or be empty).", o.OUTPUT),
-    link_text: Annotated[Optional[bool], typer.Option(
-        "--link-text", help="Symlink mt5/ and mclip/ instead of copying them.", rich_help_panel=o.CONVERSION)] = None,
+    link_text: o.own(bool, "--link-text", help="Symlink mt5/ and mclip/ instead of copying them.", panel=o.CONVERSION) = None,
     as_json: o.PrintJson = None,
 ) -> None:
     """Rewrite the public NAMI-T2I checkpoint as a nami model directory (safetensors + configs).
@@ -74,16 +73,12 @@ def flux(
     src: Annotated[Path, typer.Argument(
         help="diffusers FluxTransformer2DModel folder (or a pipeline folder with transformer/), or a single checkpoint file.")],
     out: o.out("New folder; the model goes to OUT/transformer (for `nami train --model OUT`).", o.OUTPUT),
-    stage_ends: Annotated[str, typer.Option(
-        "--stage-ends", help="Cumulative block ends per stage over the kept blocks, e.g. 9,16,22.",
-        rich_help_panel=o.CONVERSION)],
-    keep_blocks: Annotated[Optional[str], typer.Option(
-        "--keep-blocks", help="Blocks to keep, in source order: dI / sI or ranges dI-J, e.g. d0-7,s0-13 "
-        "(default: every block).", rich_help_panel=o.CONVERSION)] = None,
-    double: Annotated[Optional[int], typer.Option(
-        "--double", help="Keep the first N double-stream blocks (with --single).", rich_help_panel=o.CONVERSION)] = None,
-    single: Annotated[Optional[int], typer.Option(
-        "--single", help="Keep the first M single-stream blocks (with --double).", rich_help_panel=o.CONVERSION)] = None,
+    stage_ends: o.own(str, "--stage-ends", help="Cumulative block ends per stage over the kept blocks, e.g. 9,16,22.",
+        panel=o.CONVERSION),
+    keep_blocks: o.own(str, "--keep-blocks", help="Blocks to keep, in source order: dI / sI or ranges dI-J, e.g. d0-7,s0-13 "
+        "(default: every block).", panel=o.CONVERSION) = None,
+    double: o.own(int, "--double", help="Keep the first N double-stream blocks (with --single).", panel=o.CONVERSION) = None,
+    single: o.own(int, "--single", help="Keep the first M single-stream blocks (with --double).", panel=o.CONVERSION) = None,
     as_json: o.PrintJson = None,
 ) -> None:
     """Initialise a NAMI transformer from a FLUX-family transformer: keep a subset of its blocks.
@@ -163,12 +158,10 @@ def lora(
         help="A LoRA adapter folder (pytorch_lora_weights.safetensors), e.g. RUN/final of `nami train --lora`.")],
     model: o.model("The model directory the adapter was trained on.", o.MODEL),
     out: o.out("New model directory: the model with the adapter folded into its weights.", o.OUTPUT),
-    scale: Annotated[Optional[float], typer.Option(
-        "--scale", help="Strength of the adapter (as ADAPTER:SCALE in `nami sample --lora`).",
-        show_default=number_text(LORA_SCALE), rich_help_panel=o.CONVERSION)] = None,
-    merge: Annotated[Optional[bool], typer.Option(
-        "--merge", help="Fold the adapter into the weights (the one conversion offered; required).",
-        rich_help_panel=o.CONVERSION)] = None,
+    scale: o.own(float, "--scale", help="Strength of the adapter (as ADAPTER:SCALE in `nami sample --lora`).",
+        show_default=number_text(LORA_SCALE), panel=o.CONVERSION) = None,
+    merge: o.own(bool, "--merge", help="Fold the adapter into the weights (the one conversion offered; required).",
+        panel=o.CONVERSION) = None,
 ) -> None:
     """Fold a LoRA adapter into a model: a model directory that samples as `--lora ADAPTER:SCALE` does, with no adapter to load.
 

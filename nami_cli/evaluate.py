@@ -10,11 +10,11 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, List
 
 import typer
 
-from nami_core.config import DEVICES
+from nami_core.eval.detectors import DETECTORS
 from nami_core.eval.dpg import ANSWER_MATCHES
 from nami_core.eval.dpg_run import DpgRequest
 from nami_core.eval.geneval_run import GenevalRequest
@@ -101,16 +101,14 @@ def fmt(value: float, digits: int = 2) -> str:
 def geneval(
     out: o.out("GenEval folder: <out>/00000/metadata.jsonl + samples/0000.png, then results.jsonl and summary.json.",
                o.OUTPUT),
-    metadata: Annotated[Optional[Path], typer.Option(
-        "--metadata", help="GenEval metadata .jsonl.", rich_help_panel=o.PROMPTS)] = None,
+    metadata: o.own(Path, "--metadata", help="GenEval metadata .jsonl.", panel=o.PROMPTS) = None,
     model: EvalModel = None,
     images_per_prompt: o.ImagesPerPrompt = None,
     seed: o.seed("Image j of prompt i has seed S + i x images-per-prompt + j.", o.SAMPLING) = None,
     steps: o.EulerSteps = None,
     cfg: o.Guidance = None,
-    detector: Annotated[Optional[str], typer.Option(
-        "--detector", metavar="shapes|mask2former:PATH", rich_help_panel=o.SCORING,
-        help="Object detector: shapes, or mask2former:PATH (a transformers Mask2Former COCO-instance folder).")] = None,
+    detector: o.own(str, "--detector", metavar="NAME[:PATH]", panel=o.SCORING,
+        help="Object detector: " + "; ".join(f"{name}: {what}" for name, (_, what) in DETECTORS.items()) + ".") = None,
     clip: o.clip("Folder of a transformers CLIP model (GenEval uses ViT-L/14) naming object colours for "
                  "mask2former.", o.SCORING) = None,
     skip_generation: o.SkipGeneration = None,
@@ -174,11 +172,9 @@ def geneval(
 @app.command("dpg")
 @o.defaults_from(DpgRequest)
 def dpg(
-    csv: Annotated[Path, typer.Option(
-        "--csv", help="DPG-Bench questions (dpg_bench.csv of the ELLA repository).", rich_help_panel=o.PROMPTS)],
-    vqa: Annotated[str, typer.Option(
-        "--vqa", help="Folder of a transformers VQA model + processor (e.g. BLIP-VQA, ViLT).",
-        rich_help_panel=o.SCORING)],
+    csv: o.own(Path, "--csv", help="DPG-Bench questions (dpg_bench.csv of the ELLA repository).", panel=o.PROMPTS),
+    vqa: o.own(str, "--vqa", help="Folder of a transformers VQA model + processor (e.g. BLIP-VQA, ViLT).",
+        panel=o.SCORING),
     out: o.out("Folder for the <item_id>.png grids, dpg_results.jsonl and dpg_summary.json.", o.OUTPUT),
     prompts: o.prompts("Folder of DPG-Bench <item_id>.txt prompts (needed unless --skip-generation).",
                        o.PROMPTS) = None,
@@ -187,16 +183,13 @@ def dpg(
     steps: o.EulerSteps = None,
     cfg: o.Guidance = None,
     skip_generation: o.SkipGeneration = None,
-    vqa_prompt: Annotated[Optional[str], typer.Option(
-        "--vqa-prompt", rich_help_panel=o.SCORING,
-        help="How a question is put to a generative VQA model, e.g. 'Question: {question} Answer:' for BLIP-2.")] = None,
-    keep_first_row: Annotated[Optional[bool], typer.Option(
-        "--keep-first-row", rich_help_panel=o.SCORING,
-        help="Also use the csv's first question (ELLA's script skips it; off = ELLA's numbers).")] = None,
-    answer_match: Annotated[Optional[str], typer.Option(
-        "--answer-match", metavar=o.choices(ANSWER_MATCHES), rich_help_panel=o.SCORING,
-        help="exact: only the answer 'yes' scores (ELLA's rule); lenient: the answer is stripped and lower-cased "
-             "first, so ' Yes' scores too (not comparable to ELLA's numbers).")] = None,
+    vqa_prompt: o.own(str, "--vqa-prompt", panel=o.SCORING,
+        help="How a question is put to a generative VQA model, e.g. 'Question: {question} Answer:' for BLIP-2.") = None,
+    keep_first_row: o.own(bool, "--keep-first-row", panel=o.SCORING,
+        help="Also use the csv's first question (ELLA's script skips it; off = ELLA's numbers).") = None,
+    answer_match: o.own(str, "--answer-match", metavar=o.choices(ANSWER_MATCHES), panel=o.SCORING,
+        help="How an answer is read: ELLA's rule scores the answer 'yes' exactly; lenient strips and lower-cases "
+             "it first, so ' Yes' scores too (not comparable to ELLA's numbers).") = None,
     device: o.Device = None,
     dtype: o.Dtype = None,
     batch_size: EvalBatch = None,
@@ -250,19 +243,14 @@ def dpg(
 @o.defaults_from(nami1k_build_core.build_prompt_set)
 def nami1k_build(
     out: o.out("The prompt set to write (.jsonl: id, prompt, source, topic, words).", o.OUTPUT),
-    open_files: Annotated[Optional[List[Path]], typer.Option(
-        "--open", rich_help_panel=o.PROMPTS,
+    open_files: o.own(List[Path], "--open", panel=o.PROMPTS,
         help="Short prompts from open benchmarks: .txt (one per line) or .jsonl with \"prompt\" (GenEval's "
-             "metadata works). Repeatable.")] = None,
-    human_files: Annotated[Optional[List[Path]], typer.Option(
-        "--human", help="Human-written prompts (.txt or .jsonl). Repeatable.", rich_help_panel=o.PROMPTS)] = None,
-    generated_files: Annotated[Optional[List[Path]], typer.Option(
-        "--generated", help="Long generated captions (.txt or .jsonl). Repeatable.", rich_help_panel=o.PROMPTS)] = None,
-    counts: Annotated[Optional[str], typer.Option(
-        "--counts", help="Prompts drawn per source: open,human,generated (the paper's).", rich_help_panel=o.PROMPTS,
-        show_default=",".join(map(str, nami1k_build_core.DEFAULT_COUNTS.values())))] = None,
-    max_words: Annotated[Optional[int], typer.Option(
-        "--max-words", help="Longer prompts are left out.", rich_help_panel=o.PROMPTS)] = None,
+             "metadata works). Repeatable.") = None,
+    human_files: o.own(List[Path], "--human", help="Human-written prompts (.txt or .jsonl). Repeatable.", panel=o.PROMPTS) = None,
+    generated_files: o.own(List[Path], "--generated", help="Long generated captions (.txt or .jsonl). Repeatable.", panel=o.PROMPTS) = None,
+    counts: o.own(str, "--counts", help="Prompts drawn per source: open,human,generated (the paper's).", panel=o.PROMPTS,
+        show_default=",".join(map(str, nami1k_build_core.DEFAULT_COUNTS.values()))) = None,
+    max_words: o.own(int, "--max-words", help="Longer prompts are left out.", panel=o.PROMPTS) = None,
     seed: o.seed("Seed of the draw; the same files and seed give the same set.", o.PROMPTS) = None,
     plot: o.plot("Histogram PNG (lengths by source, topics).", o.OUTPUT, show_default="OUT with .png") = None,
 ) -> None:
@@ -337,17 +325,14 @@ def nami1k_generate(
 @nami1k_app.command("annotate")
 @o.defaults_from(nami1k_annotate_core.write_page)
 def nami1k_annotate(
-    images: Annotated[List[str], typer.Option(
-        "--images", help="A folder from `generate` (one model), as DIR or NAME=DIR. Repeatable.",
-        rich_help_panel=o.PROMPTS)],
+    images: o.own(List[str], "--images", help="A folder from `generate` (one model), as DIR or NAME=DIR. Repeatable.",
+        panel=o.PROMPTS),
     out: o.out("The HTML page to write.", o.OUTPUT),
-    link: Annotated[Optional[bool], typer.Option(
-        "--link", help="Refer to the images by relative paths instead of embedding them.", rich_help_panel=o.PAGE)] = None,
-    max_side: Annotated[Optional[int], typer.Option(
-        "--max-side", rich_help_panel=o.PAGE,
-        help="Embedded images are JPEGs at most this many pixels wide/high; 0 embeds the PNGs as they are.")] = None,
+    link: o.own(bool, "--link", help="Refer to the images by relative paths instead of embedding them.", panel=o.PAGE) = None,
+    max_side: o.own(int, "--max-side", panel=o.PAGE,
+        help="Embedded images are JPEGs at most this many pixels wide/high; 0 embeds the PNGs as they are.") = None,
     seed: o.seed("Seed of the blind shuffle of the images.", o.PAGE) = None,
-    title: Annotated[Optional[str], typer.Option("--title", help="Page title.", rich_help_panel=o.PAGE)] = None,
+    title: o.own(str, "--title", help="Page title.", panel=o.PAGE) = None,
 ) -> None:
     """Write ONE self-contained HTML page on which annotators score every image 0-100 on relevance, coherence, aesthetics and realism.
 
@@ -369,9 +354,8 @@ def nami1k_annotate(
 @nami1k_app.command("score")
 def nami1k_score(
     annotations: Annotated[List[Path], typer.Argument(help="Exported nami1k-<annotator>.json files, one per annotator.")],
-    models: Annotated[Optional[str], typer.Option(
-        "--models", help="Comma-separated models to report, in this order.", show_default="all, sorted",
-        rich_help_panel=o.SCORING)] = None,
+    models: o.own(str, "--models", help="Comma-separated models to report, in this order.", show_default="all, sorted",
+        panel=o.SCORING) = None,
     json_out: o.json_file("Also write the scores as JSON to this file.", o.OUTPUT) = None,
 ) -> None:
     """Average the annotators and print Table-4-style scores per model and per source, with inter-annotator agreement.
@@ -452,9 +436,8 @@ def clipscore(
 def fid(
     real: Annotated[Path, typer.Argument(help="Folder of reference images (searched recursively).")],
     fake: Annotated[Path, typer.Argument(help="Folder of generated images (searched recursively).")],
-    inception: Annotated[str, typer.Option(
-        "--inception", rich_help_panel=o.SCORING,
-        help="Path of inception-2015-12-05.pt (the TorchScript FID Inception of StyleGAN2-ADA / clean-fid).")],
+    inception: o.own(str, "--inception", panel=o.SCORING,
+        help="Path of inception-2015-12-05.pt (the TorchScript FID Inception of StyleGAN2-ADA / clean-fid)."),
     json_out: o.json_file("Also write the result as JSON.", o.OUTPUT) = None,
     device: o.Device = None,
     batch_size: o.batch_size("Images per Inception call.", o.PRECISION) = None,

@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
-
 import typer
 
 from nami_core.info import InfoRequest
 from nami_core.train.memory import TrainMemoryRequest
 
 from . import options as o
-from .output import log, print_table, stdout
+from . import output
+from .output import log, print_table
 
 
 @o.defaults_from(InfoRequest, TrainMemoryRequest)
@@ -22,17 +21,15 @@ def info(
     size: o.ImageSize = None,
     steps: o.EulerSteps = None,
     text_tokens: o.text_tokens("Text tokens counted in attention and FLOPs.", o.WORKLOAD) = None,
-    train_memory: Annotated[Optional[bool], typer.Option(
-        "--train-memory", help="Estimate the peak memory per GPU of one `nami train` step instead.",
-        rich_help_panel=o.MEMORY)] = None,
+    train_memory: o.own(bool, "--train-memory", help="Estimate the peak memory per GPU of one `nami train` step instead.",
+        panel=o.MEMORY) = None,
     batch_size: o.batch_size("Samples per step per GPU.", o.MEMORY) = None,
     dtype: o.TrainDtype = None,
     precision: o.OldDtype = None,
     grad_checkpointing: o.GradCheckpointing = None,
     fsdp: o.Fsdp = None,
-    gpus: Annotated[Optional[int], typer.Option(
-        "--gpus", help="GPUs the run uses (FSDP divides the weights and optimizer state by it).",
-        rich_help_panel=o.MEMORY)] = None,
+    gpus: o.own(int, "--gpus", help="GPUs the run uses (FSDP divides the weights and optimizer state by it).",
+        panel=o.MEMORY) = None,
     stage_mix: o.StageMix = None,
     ema_decay: o.EmaDecay = None,
     lora: o.lora_rank("A LoRA adapter of this rank trains, the model is frozen (as `nami train --lora`).",
@@ -135,7 +132,7 @@ def _print_memory(report: dict) -> None:
         + (f"; LoRA rank {report['lora']['rank']} on {report['lora']['targets']}: "
            f"{report['lora']['trainable_params'] / 1e6:.1f}M parameters train, the model is frozen"
            f"{' in ' + report['dtype'] if report['dtype'] != 'fp32' else ''} (activations as full training: an upper bound)"
-           if "lora" in report else ""), stdout
+           if "lora" in report else ""), output.stdout
     )
     windows = Table(title="activations per stage window (samples: batch x mix share, rounded up)")
     for col in ("window", "res", "tokens", "blocks", "samples", "recomputed blocks", "GiB"):
@@ -161,5 +158,5 @@ def _print_memory(report: dict) -> None:
     log(
         f"peak {_gib(report['peak_bytes'])} GiB per GPU (in {report['peak_phase']}); a step whose random draw puts all "
         f"{worst['samples']} samples into window {worst['window'] + 1}: {_gib(worst['peak_bytes'])} GiB. "
-        "Not counted: CUDA context, kernel workspaces, allocator fragmentation.", stdout
+        "Not counted: CUDA context, kernel workspaces, allocator fragmentation.", output.stdout
     )

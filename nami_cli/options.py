@@ -65,8 +65,14 @@ class Declared:
         self.annotation, self.info, self.factory = annotation, info, factory
 
     @property
+    def spellings(self) -> tuple[str, ...]:
+        """Its flags (in `Annotated`, typer takes the first positional argument as a flag too)."""
+        first = self.info.default
+        return ((first,) if isinstance(first, str) and first.startswith("-") else ()) + tuple(self.info.param_decls)
+
+    @property
     def flag(self) -> str:
-        return max(self.info.param_decls, key=len)
+        return max(self.spellings, key=len)
 
 
 DECLARED: list[Declared] = []
@@ -80,6 +86,11 @@ def option(annotation: Any, *flags: str, help: str, panel: str, metavar: str | N
     if _register is not None:
         DECLARED.append(Declared(annotation, info, factory=_register))
     return Annotated[Optional[annotation], info]
+
+
+def own(annotation: Any, *flags: str, help: str, panel: str, **settings) -> Any:
+    """An option one command alone takes: the same form as a shared one, not registered."""
+    return option(annotation, *flags, help=help, panel=panel, _register=None, **settings)
 
 
 def factory(make: Callable[..., Any]) -> Callable[..., Any]:
@@ -103,8 +114,8 @@ def old_spelling(annotation: Any, flag: str, new_flag: str) -> Any:
 Preset = option(str, "--preset", metavar=choices(PRESETS), panel=MODEL,
                 help="A named model shape (`nami info --preset NAME` describes it).")
 Mode = option(str, "--mode", metavar=choices(MODES), panel=MODEL,
-              help="What runs: nami (stage k runs its block prefix), flow-only (every block at every stage), "
-                   "flux-base (one full-resolution window, all blocks).")
+              help="What runs: nami gives stage k its block prefix; the baselines run every block (`nami info` "
+                   "compares their FLOPs).")
 Stages = option(str, "--stages", panel=STAGES,
                 help="Stage resolutions in pixels, low to high, each twice the last, e.g. 256,512,1024.")
 EulerSteps = option(str, "--steps", panel=SAMPLING,
@@ -119,28 +130,28 @@ ImageSize = option(str, "--size", panel=IMAGE,
                    help="Final image size WIDTHxHEIGHT in pixels, e.g. 1024x576: every stage at that aspect "
                         "ratio, each half the next.")
 Device = option(str, "--device", metavar=choices(DEVICES), panel=PRECISION,
-                help="Where to run: auto (the first CUDA GPU, else the CPU), cpu, cuda, or cuda:N.")
+                help="Where to run; auto: the first CUDA GPU, else the CPU; cuda:N: GPU N.")
 Dtype = option(str, "--dtype", metavar=choices(DTYPE_CHOICES), panel=PRECISION,
-               help="Precision of the transformer: auto (bf16 on CUDA, fp32 on the CPU), fp32, bf16 or fp16.")
+               help="Precision of the transformer; auto: bf16 on CUDA, fp32 on the CPU.")
 TrainDtype = option(str, "--dtype", metavar=choices(TRAIN_DTYPES), panel=PRECISION,
-                    help="Training precision: fp32, or bf16 / fp16 autocast over fp32 weights.")
+                    help="Training precision; a half precision autocasts over full-precision weights.")
 Attention = option(str, "--attention", metavar=choices(ATTENTION_BACKENDS), panel=PRECISION,
-                   help="Attention backend: auto (xformers on CUDA when installed, else native SDPA), native, "
-                        "xformers or flash.")
+                   help="Attention backend; auto: xformers on CUDA when installed, else native (PyTorch SDPA).")
 AttentionList = option(str, "--attention", metavar=choices(ATTENTION_BACKENDS) + "[,...]", panel=PRECISION,
                        help="Attention backends, each timed in turn, e.g. native,xformers,flash.")
 Compile = option(bool, "--compile", panel=PRECISION,
                  help="torch.compile every transformer block (CUDA graphs when sampling on a GPU); the first "
                       "steps pay the compile time (on the CPU it needs a C++ compiler).")
 GradCheckpointing = option(str, "--grad-checkpointing", metavar=choices(CHECKPOINTING), panel=PRECISION,
-                           help="Recompute activations in backward: none, full (also the bare flag), last-stage "
-                                "(the last stage module's blocks), auto (every block, full-resolution samples only).")
+                           help="Recompute activations in backward: full (also the bare flag) every block, "
+                                "last-stage the last stage module's blocks, auto every block of full-resolution "
+                                "samples only.")
 Fsdp = option(bool, "--fsdp", panel=PRECISION,
               help="Shard the model with FSDP, wrapping transformer blocks (default: DDP).")
 EmaDecay = option(float, "--ema-decay", panel=OPTIMISATION, help="EMA decay of the weights (0 = no EMA).")
 LoraTargets = option(str, "--lora-targets", metavar=choices(LORA_TARGETS), panel=LORA,
-                     help="What the adapter adapts: attn (attention projections) or attn+mlp (also the "
-                          "feed-forward layers).")
+                     help="What the adapter adapts: the attention projections (attn), with +mlp also the "
+                          "feed-forward layers.")
 LoraAdapters = option(list[str], "--lora", panel=MODEL,
                       help="A LoRA adapter folder (as `nami train --lora` writes RUN/final) with an optional "
                            "scale, ADAPTER[:SCALE]; repeat to stack adapters.")
@@ -154,7 +165,7 @@ ImageCount = option(int, "--n", panel=SAMPLING, help="Number of images; image i 
 SceneCount = option(int, "--n", panel=SHAPES, help="Number of scenes.")
 PrintJson = option(bool, "--json", panel=OUTPUT, help="Print the result as JSON instead of the summary.")
 TimestepRounding = option(str, "--timestep-rounding", metavar=choices(TIMESTEP_ROUNDINGS), panel=SAMPLING,
-                          help="none, or fp16: round model timesteps as the public release's float16 pipeline does.")
+                          help="fp16: round model timesteps as the public release's float16 pipeline does.")
 
 # -- old spellings -----------------------------------------------------------------------------------
 

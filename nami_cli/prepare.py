@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -20,41 +20,30 @@ def prepare_data(
     out: o.out("Output folder (re-running resumes it; finished units are checked and a damaged one is redone).",
                o.OUTPUT),
     stages: o.Stages,
-    buckets: Annotated[Optional[bool], typer.Option(
-        "--buckets", rich_help_panel=o.STAGES,
+    buckets: o.own(bool, "--buckets", panel=o.STAGES,
         help="Store each image in its aspect-ratio bucket (1:2 to 2:1, about each stage's area; only the excess "
              "over the bucket's ratio is cropped) instead of a centre square crop; `nami train` then draws each "
-             "step from one bucket.")] = None,
-    codec: Annotated[Optional[str], typer.Option(
-        "--codec", metavar="pixel|pixel:PATCH|flux-vae:PATH", rich_help_panel=o.MODEL,
-        help="The image codec: pixels (in PATCH x PATCH tokens), or a FLUX VAE folder.")] = None,
-    text_encoder: Annotated[Optional[str], typer.Option(
-        "--text-encoder", metavar="minilm|t5:PATH|mt5:PATH,mclip:PATH|PATH", rich_help_panel=o.MODEL,
-        help="The text encoder whose embeddings are stored.")] = None,
-    max_text_tokens: Annotated[Optional[int], typer.Option(
-        "--max-text-tokens", help="Text length in tokens.", rich_help_panel=o.MODEL)] = None,
-    image_column: Annotated[Optional[str], typer.Option(
-        "--image-column", help="datasets/parquet only: the image column.", rich_help_panel=o.SOURCE)] = None,
-    caption_column: Annotated[Optional[str], typer.Option(
-        "--caption-column", help="datasets/parquet only: the caption column.", rich_help_panel=o.SOURCE)] = None,
+             "step from one bucket.") = None,
+    codec: o.own(str, "--codec", metavar="pixel|pixel:PATCH|flux-vae:PATH", panel=o.MODEL,
+        help="The image codec: pixels (in PATCH x PATCH tokens), or a FLUX VAE folder.") = None,
+    text_encoder: o.own(str, "--text-encoder", metavar="minilm|t5:PATH|mt5:PATH,mclip:PATH|PATH", panel=o.MODEL,
+        help="The text encoder whose embeddings are stored.") = None,
+    max_text_tokens: o.own(int, "--max-text-tokens", help="Text length in tokens.", panel=o.MODEL) = None,
+    image_column: o.own(str, "--image-column", help="datasets/parquet only: the image column.", panel=o.SOURCE) = None,
+    caption_column: o.own(str, "--caption-column", help="datasets/parquet only: the caption column.", panel=o.SOURCE) = None,
     n: o.SceneCount = None,
     seed: o.seed("Seed of the scene generator.", o.SHAPES) = None,
-    images_dir: Annotated[Optional[Path], typer.Option(
-        "--images-dir", help="Also write the scenes as PNGs (with captions) here.", rich_help_panel=o.SHAPES)] = None,
-    scene_mix: Annotated[Optional[str], typer.Option(
-        "--scene-mix", help="Weights of the scene kinds relation, objects, pair, count.",
-        rich_help_panel=o.SHAPES)] = None,
-    usual_color: Annotated[Optional[float], typer.Option(
-        "--usual-color", rich_help_panel=o.SHAPES,
+    images_dir: o.own(Path, "--images-dir", help="Also write the scenes as PNGs (with captions) here.", panel=o.SHAPES) = None,
+    scene_mix: o.own(str, "--scene-mix", help="Weights of the scene kinds relation, objects, pair, count.",
+        panel=o.SHAPES) = None,
+    usual_color: o.own(float, "--usual-color", panel=o.SHAPES,
         help="Chance that an object whose caption names no colour takes its class's usual colour (circle red, "
-             "square blue, triangle yellow, diamond green) instead of a random one.")] = None,
-    gap: Annotated[Optional[float], typer.Option(
-        "--gap", help="Least distance between two objects, in pixels of a 64 px image.",
-        rich_help_panel=o.SHAPES)] = None,
+             "square blue, triangle yellow, diamond green) instead of a random one.") = None,
+    gap: o.own(float, "--gap", help="Least distance between two objects, in pixels of a 64 px image.",
+        panel=o.SHAPES) = None,
     device: o.Device = None,
     batch_size: o.batch_size("Images per codec / text-encoder batch.", o.PRECISION) = None,
-    shard_size: Annotated[Optional[int], typer.Option(
-        "--shard-size", help="Source items per work unit / shard.", rich_help_panel=o.PRECISION)] = None,
+    shard_size: o.own(int, "--shard-size", help="Source items per work unit / shard.", panel=o.PRECISION) = None,
 ) -> None:
     """Prepare training data once: codec latents at the largest stage each image fills, plus text embeddings.
 

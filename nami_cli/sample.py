@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,18 +22,14 @@ def sample(
     seed: o.seed("Seed of the first image.", o.SAMPLING) = None,
     steps: o.EulerSteps = None,
     cfg: o.Guidance = None,
-    negative: Annotated[Optional[str], typer.Option(
-        "--negative", help="Negative prompt for guidance.", rich_help_panel=o.SAMPLING)] = None,
-    prompt_style: Annotated[Optional[str], typer.Option(
-        "--prompt-style", metavar=o.choices(PROMPT_STYLES), rich_help_panel=o.SAMPLING,
-        help="plain, or nami-t2i-demo: the public NAMI-T2I demo's quality suffix and default negative prompt.")] = None,
+    negative: o.own(str, "--negative", help="Negative prompt for guidance.", panel=o.SAMPLING) = None,
+    prompt_style: o.own(str, "--prompt-style", metavar=o.choices(PROMPT_STYLES), panel=o.SAMPLING,
+        help="nami-t2i-demo: the public NAMI-T2I demo's quality suffix and default negative prompt.") = None,
     timestep_rounding: o.TimestepRounding = None,
     size: o.ImageSize = None,
-    width: Annotated[Optional[int], typer.Option(
-        "--width", help="Image width in pixels (instead of --size; the height is then the model's side).",
-        rich_help_panel=o.IMAGE)] = None,
-    height: Annotated[Optional[int], typer.Option(
-        "--height", help="Image height in pixels (instead of --size).", rich_help_panel=o.IMAGE)] = None,
+    width: o.own(int, "--width", help="Image width in pixels (instead of --size; the height is then the model's side).",
+        panel=o.IMAGE) = None,
+    height: o.own(int, "--height", help="Image height in pixels (instead of --size).", panel=o.IMAGE) = None,
     device: o.Device = None,
     dtype: o.Dtype = None,
     attention: o.Attention = None,

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
 
 import typer
 
-from nami_core.config import TIMESTEP_SAMPLINGS, TEXT_POSITIONS, PREDICTIONS
+from nami_core.config import PREDICTIONS, TEXT_POSITIONS, TIMESTEP_SAMPLINGS
 from nami_core.train.config import PRELOADS, TrainConfig
 
 from . import options as o
@@ -16,85 +15,64 @@ from .options import choices
 
 @o.defaults_from(TrainConfig)
 def train(
-    data: Annotated[Path, typer.Option("--data", help="Folder written by `nami prepare-data`.", rich_help_panel=o.DATA)],
+    data: o.own(Path, "--data", help="Folder written by `nami prepare-data`.", panel=o.DATA),
     out: o.out("Run folder: checkpoints/, metrics.jsonl, train_config.json and final/ (the model, or the "
                "adapter with --lora).", o.DATA),
     stages: o.Stages,
     preset: o.Preset = None,
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", help="Model config JSON: ModelConfig fields, optionally \"flow\" (window_ratios, gamma).",
-        rich_help_panel=o.MODEL)] = None,
+    config: o.own(Path, "--config", help="Model config JSON: ModelConfig fields, optionally \"flow\" (window_ratios, gamma).",
+        panel=o.MODEL) = None,
     model: o.model("Start from this model directory (e.g. from `nami convert flux`); with --lora, the frozen "
                    "model the adapter trains on.", o.MODEL) = None,
     init: o.OldInit = None,
     mode: o.Mode = None,
-    prediction: Annotated[Optional[str], typer.Option(
-        "--prediction", metavar=choices(PREDICTIONS), rich_help_panel=o.MODEL,
-        help="What the network outputs: velocity, or sample (x0).")] = None,
-    text_positions: Annotated[Optional[str], typer.Option(
-        "--text-positions", metavar=choices(TEXT_POSITIONS), rich_help_panel=o.MODEL,
-        help="Rotary ids of the text tokens: none (all at zero, as FLUX), or ordered (token k at (k, 0, 0)); "
-             "may change a --model's.")] = None,
-    patch_size: Annotated[Optional[int], typer.Option(
-        "--patch-size", help="Pixel codec only: tokens are PxP patches.", rich_help_panel=o.MODEL)] = None,
+    prediction: o.own(str, "--prediction", metavar=choices(PREDICTIONS), panel=o.MODEL,
+        help="What the network outputs; sample: the clean image x0.") = None,
+    text_positions: o.own(str, "--text-positions", metavar=choices(TEXT_POSITIONS), panel=o.MODEL,
+        help="Rotary ids of the text tokens; ordered puts token k at (k, 0, 0), so attention tells the words' "
+             "order apart (FLUX puts them all at zero); may change a --model's.") = None,
+    patch_size: o.own(int, "--patch-size", help="Pixel codec only: tokens are PxP patches.", panel=o.MODEL) = None,
     stage_mix: o.StageMix = None,
     ratio_schedule: o.OldRatioSchedule = None,
-    window_ratios: Annotated[Optional[str], typer.Option(
-        "--window-ratios", help="Flow window lengths, low to high resolution, e.g. 1:1:1.",
-        rich_help_panel=o.STAGES)] = None,
-    timestep_sampling: Annotated[Optional[str], typer.Option(
-        "--timestep-sampling", metavar=choices(TIMESTEP_SAMPLINGS), rich_help_panel=o.STAGES,
-        help="How the local time r inside a window is drawn.")] = None,
-    stage_loss_weights: Annotated[Optional[str], typer.Option(
-        "--stage-loss-weights", rich_help_panel=o.STAGES,
-        help="auto (balance the stages by their running loss), or fixed weights, e.g. 1,1,1.")] = None,
-    sample_steps: Annotated[Optional[str], typer.Option(
-        "--sample-steps", help="Euler steps per stage the model samples with by default (saved with it).",
-        rich_help_panel=o.STAGES)] = None,
-    sample_cfg: Annotated[Optional[str], typer.Option(
-        "--sample-cfg", help="Guidance scale the model samples with by default, or one per stage such as 15,3,3.",
-        rich_help_panel=o.STAGES)] = None,
+    window_ratios: o.own(str, "--window-ratios", help="Flow window lengths, low to high resolution, e.g. 1:1:1.",
+        panel=o.STAGES) = None,
+    timestep_sampling: o.own(str, "--timestep-sampling", metavar=choices(TIMESTEP_SAMPLINGS), panel=o.STAGES,
+        help="How the local time r inside a window is drawn.") = None,
+    stage_loss_weights: o.own(str, "--stage-loss-weights", panel=o.STAGES,
+        help="auto (balance the stages by their running loss), or fixed weights, e.g. 1,1,1.") = None,
+    sample_steps: o.own(str, "--sample-steps", help="Euler steps per stage the model samples with by default (saved with it).",
+        panel=o.STAGES) = None,
+    sample_cfg: o.own(str, "--sample-cfg", help="Guidance scale the model samples with by default, or one per stage such as 15,3,3.",
+        panel=o.STAGES) = None,
     steps: o.optimizer_steps("Optimizer steps in all.", o.OPTIMISATION) = None,
     batch_size: o.batch_size("Samples per optimizer step per process.", o.OPTIMISATION) = None,
     batch: o.OldBatchSize = None,
-    lr: Annotated[Optional[float], typer.Option(
-        "--lr", help="A constant learning rate instead of --lr-schedule.", rich_help_panel=o.OPTIMISATION)] = None,
-    lr_schedule: Annotated[Optional[str], typer.Option(
-        "--lr-schedule", help="Learning-rate phases STEP:LR, e.g. 0:1e-4,200000:5e-5.",
-        rich_help_panel=o.OPTIMISATION)] = None,
-    cfg_dropout: Annotated[Optional[float], typer.Option(
-        "--cfg-dropout", help="Probability of training on the empty prompt (what makes guidance work).",
-        rich_help_panel=o.OPTIMISATION)] = None,
+    lr: o.own(float, "--lr", help="A constant learning rate instead of --lr-schedule.", panel=o.OPTIMISATION) = None,
+    lr_schedule: o.own(str, "--lr-schedule", help="Learning-rate phases STEP:LR, e.g. 0:1e-4,200000:5e-5.",
+        panel=o.OPTIMISATION) = None,
+    cfg_dropout: o.own(float, "--cfg-dropout", help="Probability of training on the empty prompt (what makes guidance work).",
+        panel=o.OPTIMISATION) = None,
     ema_decay: o.EmaDecay = None,
-    grad_clip: Annotated[Optional[float], typer.Option(
-        "--grad-clip", help="Gradient norm clip.", rich_help_panel=o.OPTIMISATION)] = None,
-    max_nan_steps: Annotated[Optional[int], typer.Option(
-        "--max-nan-steps", help="Stop after this many non-finite steps in a row.", rich_help_panel=o.OPTIMISATION)] = None,
+    grad_clip: o.own(float, "--grad-clip", help="Gradient norm clip.", panel=o.OPTIMISATION) = None,
+    max_nan_steps: o.own(int, "--max-nan-steps", help="Stop after this many non-finite steps in a row.", panel=o.OPTIMISATION) = None,
     seed: o.seed("Seed of the initialisation and of the data order.", o.OPTIMISATION) = None,
     dtype: o.TrainDtype = None,
     precision: o.OldDtype = None,
     grad_checkpointing: o.GradCheckpointing = None,
     compile_: o.Compile = None,
     fsdp: o.Fsdp = None,
-    preload: Annotated[Optional[str], typer.Option(
-        "--preload", metavar=choices(PRELOADS), rich_help_panel=o.PRECISION,
-        help="Hold the prepared data in memory: auto (when it is small), yes or no.")] = None,
-    save_every: Annotated[Optional[int], typer.Option(
-        "--save-every", help="Checkpoint every N steps.", rich_help_panel=o.CHECKPOINTS)] = None,
-    keep: Annotated[Optional[int], typer.Option(
-        "--keep", help="Checkpoints kept (0 = all).", rich_help_panel=o.CHECKPOINTS)] = None,
-    resume: Annotated[Optional[str], typer.Option(
-        "--resume", help="latest, or the PATH of a checkpoint.", rich_help_panel=o.CHECKPOINTS)] = None,
-    time_budget: Annotated[Optional[float], typer.Option(
-        "--time-budget", help="Stop after this many minutes of training (checkpoint + final model); resumable.",
-        rich_help_panel=o.CHECKPOINTS)] = None,
+    preload: o.own(str, "--preload", metavar=choices(PRELOADS), panel=o.PRECISION,
+        help="Hold the prepared data in memory; auto: when it is small.") = None,
+    save_every: o.own(int, "--save-every", help="Checkpoint every N steps.", panel=o.CHECKPOINTS) = None,
+    keep: o.own(int, "--keep", help="Checkpoints kept (0 = all).", panel=o.CHECKPOINTS) = None,
+    resume: o.own(str, "--resume", help="latest, or the PATH of a checkpoint.", panel=o.CHECKPOINTS) = None,
+    time_budget: o.own(float, "--time-budget", help="Stop after this many minutes of training (checkpoint + final model); resumable.",
+        panel=o.CHECKPOINTS) = None,
     lora: o.lora_rank("Train a LoRA adapter of this rank on the frozen --model (RUN/final is the adapter, "
                       "for `nami sample --lora`).", o.LORA) = None,
     lora_targets: o.LoraTargets = None,
-    lora_alpha: Annotated[Optional[float], typer.Option(
-        "--lora-alpha", help="LoRA alpha (the adapter's scale is alpha / rank).", rich_help_panel=o.LORA)] = None,
-    log_every: Annotated[Optional[int], typer.Option(
-        "--log-every", help="Steps per metrics line.", rich_help_panel=o.LOGGING)] = None,
+    lora_alpha: o.own(float, "--lora-alpha", help="LoRA alpha (the adapter's scale is alpha / rank).", panel=o.LORA) = None,
+    log_every: o.own(int, "--log-every", help="Steps per metrics line.", panel=o.LOGGING) = None,
 ) -> None:
     """Train a NAMI model: each sample trains one stage, drawn by the stage mix in force.
 

@@ -15,7 +15,7 @@ from ..errors import NamiError
 
 DEFAULT_PRESET = "nami-2b"  # the model shape benchmarked without --preset or --model
 DEFAULT_RESOLUTIONS = (256, 512, 1024, 2048)
-DEFAULT_MODES = ("flux-base", "flow-only", "nami")
+DEFAULT_MODES = tuple(reversed(MODES))  # the baseline first: flux-base, flow-only, nami
 DEFAULT_STAGE_MIX = (4.0, 2.0, 1.0)
 DEFAULT_PROMPT_TOKENS = 12  # real tokens of a benchmark prompt, as a short caption has
 
