@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from pathlib import Path
 from typing import Any, Iterator
 
 try:  # typer >= 0.20 vendors click
@@ -121,8 +120,6 @@ def default_text(value: Any) -> str | None:
         return number_text(value)
     if isinstance(value, (tuple, list)):
         return ",".join(number_text(v) if isinstance(v, float) else str(v) for v in value)
-    if isinstance(value, Path):
-        return str(value)
     return str(value)
 
 

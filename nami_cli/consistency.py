@@ -70,7 +70,7 @@ def differences(param, declared) -> list[str]:
         found.append("hidden-ness")
     if not param.is_flag and param.metavar != info.metavar:
         found.append(f"metavar {param.metavar!r} instead of {info.metavar!r}")
-    if not declared.factory and param.help != info.help:
+    if not declared.help_varies and param.help != info.help:
         found.append("help")
     return found
 
@@ -102,7 +102,7 @@ def problems(root, declared: Sequence[Any], choices: dict[str, list[tuple[str, .
         for param in options_of(command):
             flag = flag_of(param)
             uses[flag].append((name, param))
-            if param.default is not None and not (param.is_flag and param.default is False and param.hidden):
+            if param.default is not None:
                 found.append(f"{flag} of `{name}` has the default {param.default!r} in the CLI; the core owns defaults")
             if not getattr(param, "rich_help_panel", None) and not param.hidden:
                 found.append(f"{flag} of `{name}` is in no help panel")

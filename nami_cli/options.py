@@ -59,10 +59,10 @@ T = TypeVar("T")
 
 
 class Declared:
-    """One declaration: a shared type (`factory` False), or a factory's (the help varies)."""
+    """One declaration: a shared type, or a factory's (`help_varies`: each command gives its help)."""
 
-    def __init__(self, annotation: Any, info: Any, factory: bool) -> None:
-        self.annotation, self.info, self.factory = annotation, info, factory
+    def __init__(self, annotation: Any, info: Any, help_varies: bool = False) -> None:
+        self.annotation, self.info, self.help_varies = annotation, info, help_varies
 
     @property
     def spellings(self) -> tuple[str, ...]:
@@ -79,28 +79,28 @@ DECLARED: list[Declared] = []
 
 
 def option(annotation: Any, *flags: str, help: str, panel: str, metavar: str | None = None,
-           hidden: bool = False, _register: bool | None = False, **settings) -> Any:
-    """`Annotated[Optional[annotation], typer.Option(*flags, ...)]`, registered in `DECLARED`
-    (`_register`: None for a factory's own calls, True for its registered sample)."""
+           hidden: bool = False, register: str | None = "shared", **settings) -> Any:
+    """`Annotated[Optional[annotation], typer.Option(*flags, ...)]`, registered in `DECLARED` as
+    `register` says: "shared" (one help everywhere), "help varies" (a factory's), None (not at all)."""
     info = typer.Option(*flags, help=help, rich_help_panel=panel, metavar=metavar, hidden=hidden, **settings)
-    if _register is not None:
-        DECLARED.append(Declared(annotation, info, factory=_register))
+    if register is not None:
+        DECLARED.append(Declared(annotation, info, help_varies=register == "help varies"))
     return Annotated[Optional[annotation], info]
 
 
 def own(annotation: Any, *flags: str, help: str, panel: str, **settings) -> Any:
     """An option one command alone takes: the same form as a shared one, not registered."""
-    return option(annotation, *flags, help=help, panel=panel, _register=None, **settings)
+    return option(annotation, *flags, help=help, panel=panel, register=None, **settings)
 
 
 def factory(make: Callable[..., Any]) -> Callable[..., Any]:
     """A factory of one option whose help differs by command: every call has the same flag and
-    type; one sample declaration is registered for the check."""
+    type; one declaration of it is registered for the check."""
     def declare(help: str, panel: str, **settings) -> Any:
-        return make(help, panel, _register=None, **settings)
+        return make(help, panel, register=None, **settings)
 
     declare.__doc__ = make.__doc__
-    make("(the help differs by command)", OUTPUT, _register=True)
+    make("(the help differs by command)", OUTPUT, register="help varies")
     return declare
 
 

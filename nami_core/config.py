@@ -85,8 +85,14 @@ def check_fields(obj: Any) -> None:
         for item in value if isinstance(value, tuple) else (value,):
             if "at_least" in f.metadata:
                 check_at_least(option_of(f), item, f.metadata["at_least"])
-            if "one_of" in f.metadata and not is_choice(item, f.metadata["one_of"]):
-                raise ConfigError(f"{option_of(f)} must be one of {', '.join(f.metadata['one_of'])}, got {item!r}")
+            if "one_of" in f.metadata:
+                check_choice(option_of(f), item, f.metadata["one_of"])
+
+
+def check_choice(option: str, value: Any, choices: Sequence[str]) -> None:
+    """ConfigError unless `value` is one of `choices` (for `DEVICES`, "cuda:N" too), naming `option`."""
+    if not is_choice(value, choices):
+        raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def check_at_least(option: str, value: Any, low: int) -> None:

@@ -40,8 +40,8 @@ def test_the_app_declares_every_shared_option_once():
     assert all(n >= 3 for n in uses.values()), uses  # still used by 3 or more commands each
 
 
-TOY_SEED = options.option(int, "--seed", help="Seed.", panel="P", _register=None)  # a toy declaration, unregistered
-TOY_DECLARED = options.Declared(int, TOY_SEED.__metadata__[0], factory=False)
+TOY_SEED = options.own(int, "--seed", help="Seed.", panel="P")  # a toy declaration, not the app's
+TOY_DECLARED = options.Declared(int, TOY_SEED.__metadata__[0])
 
 
 def toy(*commands_of_app):

@@ -69,8 +69,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..config import (BASELINE_MODE, FlowConfig, ModelConfig, at_least, check_at_least, check_fields, field_default,
-                      one_of)
+from ..config import (BASELINE_MODE, FlowConfig, ModelConfig, at_least, check_at_least, check_choice, check_fields,
+                      field_default, one_of)
 from ..errors import ConfigError
 from ..flow.plan import FlowPlan, runnable_modes
 from ..model.params import block_params, shared_params
@@ -279,12 +279,9 @@ def estimate(model: ModelConfig, windows: Sequence[WindowShape], samples: Sequen
     rest are frozen, stored in the run's dtype (2 bytes under bf16/fp16, so autocast makes no
     copies of them) with no gradient, AdamW state or EMA. Activations are counted as for full
     training: backward still runs through every block (an upper bound)."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if gpus < 1:
-        raise ConfigError(f"--gpus must be at least 1, got {gpus}")
+    check_choice("--dtype", dtype, DTYPES)
+    check_choice("backend", backend, BACKENDS)
+    check_at_least("--gpus", gpus, 1)
     if text_tokens < 0:
         raise ConfigError(f"text tokens must not be negative, got {text_tokens}")
     if len(samples) != len(windows):
@@ -365,16 +362,15 @@ def plan_windows(model: ModelConfig, flow: FlowConfig, pixels_per_token: int, mo
 
 
 def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_per_token: int, mode: str | None, *,
-                        batch_size: int, dtype: str = "fp32", text_tokens: int = 256, grad_checkpointing: str = "none",
+                        batch_size: int, dtype: str = field_default(TrainConfig, "dtype"), text_tokens: int = 256,
+                        grad_checkpointing: str = field_default(TrainConfig, "grad_checkpointing"),
                         stage_mix: str | Sequence[float] | None = None, fsdp: bool = False, gpus: int = 1,
                         ema: bool = True, backend: str = "cuda", trainable: int | None = None) -> dict[str, Any]:
     """The JSON of `nami info --train-memory`: the estimate for the stage mix given, or for the
     default schedule's most expensive phase, plus the worst single draw."""
     check_at_least("--batch-size", batch_size, 1)
-    if grad_checkpointing not in CHECKPOINTING:
-        raise ConfigError(f"--grad-checkpointing must be one of {', '.join(CHECKPOINTING)}, got {grad_checkpointing!r}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_choice("--grad-checkpointing", grad_checkpointing, CHECKPOINTING)
+    check_choice("--dtype", dtype, DTYPES)
     plan, shapes = plan_windows(model, flow, pixels_per_token, mode)
     K = flow.num_stages
     if stage_mix is None or isinstance(stage_mix, str):
