@@ -14,7 +14,6 @@ from typing import Annotated, List
 
 import typer
 
-from nami_core.eval.detectors import DETECTORS
 from nami_core.eval.dpg import ANSWER_MATCHES
 from nami_core.eval.dpg_run import DpgRequest
 from nami_core.eval.geneval_run import GenevalRequest
@@ -107,8 +106,9 @@ def geneval(
     seed: o.seed("Image j of prompt i has seed S + i x images-per-prompt + j.", o.SAMPLING) = None,
     steps: o.EulerSteps = None,
     cfg: o.Guidance = None,
-    detector: o.own(str, "--detector", metavar="NAME[:PATH]", panel=o.SCORING,
-        help="Object detector: " + "; ".join(f"{name}: {what}" for name, (_, what) in DETECTORS.items()) + ".") = None,
+    detector: o.own(str, "--detector", metavar="shapes|mask2former:PATH", panel=o.SCORING,
+        help="Object detector: the shapes world's own, or GenEval's Mask2Former (a transformers COCO-instance "
+             "folder at PATH; colours by CLIP with --clip).") = None,
     clip: o.clip("Folder of a transformers CLIP model (GenEval uses ViT-L/14) naming object colours for "
                  "mask2former.", o.SCORING) = None,
     skip_generation: o.SkipGeneration = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from nami_core.info import InfoRequest
-from nami_core.train.memory import TrainMemoryRequest
+from nami_core.train.config import TrainMemoryRequest
 
 from . import options as o
 from . import output
@@ -61,7 +61,7 @@ def info(
     """
     import json
 
-    from nami_core.train.memory import train_memory_request
+    from nami_core.train.config import train_memory_request
 
     from .aliases import renamed
 

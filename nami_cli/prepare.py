@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from nami_core.data.prepare_request import PrepareRequest
-from nami_core.data.shapes import SceneSettings
+from nami_core.data.scene_settings import SceneSettings
 
 from . import options as o
 

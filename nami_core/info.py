@@ -1,4 +1,7 @@
-"""`nami info`: the plan of a model before any weights are loaded or GPU hours spent."""
+"""`nami info`: the plan of a model before any weights are loaded or GPU hours spent.
+
+`InfoRequest` checks what was asked for without numpy; the plan and the FLOP model load when a
+description is fitted to a size or a report is made."""
 
 from __future__ import annotations
 
@@ -7,14 +10,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .flow.flops import plan_flops
 from .config import (BASELINE_MODE, PAPER_TOTAL_STEPS, FlowConfig, ModelConfig, at_least, check_fields, get_preset,
                      parse_int_list, parse_size, split_steps)
 from .errors import NamiError
-from .flow.plan import FlowPlan, fit_size, runnable_modes
 from .flow.saved import read_saved_flow
 from .model_paths import resolve_model_dir
-from .model.params import count_parameters
 
 FLUX_VAE_PIXELS_PER_TOKEN = 16  # f8 VAE, 2x2 packing
 
@@ -48,6 +48,8 @@ def at_size(desc: ModelDescription, size: tuple[int, int] | None) -> ModelDescri
     if size is None:
         return desc
     width, height = size
+    from .flow.plan import fit_size
+
     return replace(desc, flow=fit_size(desc.flow, height, width, desc.pixels_per_token))
 
 
@@ -122,6 +124,10 @@ class InfoRequest:
 
 def plan_report(desc: ModelDescription, steps: Sequence[int] | str | None, text_tokens: int) -> dict[str, Any]:
     """The JSON of `nami info`: params, stages, flops per mode, reduction vs flux-base."""
+    from .flow.flops import plan_flops
+    from .flow.plan import FlowPlan, runnable_modes
+    from .model.params import count_parameters
+
     model, flow = desc.model, desc.flow
     total, per_block = count_parameters(model)
     shared = total - sum(per_block)

@@ -26,6 +26,17 @@ SHARED = {"--out": 1, "--batch-size": 1, "--seed": 1, "--json": 2, "--device": 1
           "--grad-checkpointing": 1, "--lora": 2, "--attention": 2, "--text-tokens": 1}
 
 
+def test_building_the_command_line_imports_no_numeric_library():
+    """The requests whose defaults the help shows are light: `nami --help` stays instant."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom nami_cli.main import command\ncommand()\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'diffusers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr + out.stdout
+
+
 def test_the_app_declares_every_shared_option_once():
     assert problems(command(), options.DECLARED) == []
     declared = {}

@@ -82,7 +82,7 @@ def test_the_training_run_takes_the_parsed_schedules():
 
 
 def test_train_memory_defaults_are_train_config_defaults():
-    from nami_core.train.memory import TrainMemoryRequest, train_memory_request
+    from nami_core.train.config import TrainMemoryRequest, train_memory_request
 
     request = TrainMemoryRequest()
     for name in ("batch_size", "dtype", "grad_checkpointing", "ema_decay"):

@@ -50,12 +50,12 @@ class PrepareRequest:
 def open_prepare_source(spec: str, size: int, image_column: str | None = None, caption_column: str | None = None,
                         **scene_options):
     """The source `spec` names: "shapes" (the shapes world at final side `size`, with
-    `scene_options`, the fields of `shapes.SceneSettings`), else `sources.open_source`; a scene
+    `scene_options`, the fields of `scene_settings.SceneSettings`), else `sources.open_source`; a scene
     option given for another source is refused."""
     from .sources import open_source, refuse_columns
 
     if spec == "shapes":
-        from .shapes import SceneSettings
+        from .scene_settings import SceneSettings
 
         refuse_columns(image_column, caption_column, "the shapes source")
         return SceneSettings(**{k: v for k, v in scene_options.items() if v is not None}).source(size)

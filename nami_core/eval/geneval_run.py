@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..config import at_least
 from ..errors import NamiError
 from ..output_targets import check_folder_target
-from ..png import save_png
-from . import geneval as ge
 from .generation import GenerationSettings, Generator
+
+if TYPE_CHECKING:
+    from .geneval import PromptFolder
 
 
 def default_suite() -> Path:
@@ -45,9 +46,11 @@ class GenevalRequest(GenerationSettings):
     def suite_lines(self) -> list[tuple[str, dict]] | None:
         """(where, metadata line) of the prompts to generate or to compare with; None when only
         the folder's own prompts are scored."""
+        from .geneval import read_metadata_lines
+
         if self.metadata is None and self.skip_generation:
             return None
-        return ge.read_metadata_lines(self.metadata if self.metadata is not None else default_suite())
+        return read_metadata_lines(self.metadata if self.metadata is not None else default_suite())
 
     def check_out(self) -> None:
         """Before generating: `out` can be a folder and holds no GenEval samples yet."""
@@ -57,7 +60,7 @@ class GenevalRequest(GenerationSettings):
                             f"or choose an empty --out")
 
 
-def check_same_prompts(prompts: Sequence[ge.PromptFolder], suite: list[dict], source: str) -> None:
+def check_same_prompts(prompts: Sequence[PromptFolder], suite: list[dict], source: str) -> None:
     """With --skip-generation and --metadata: the folder must hold exactly the file's prompts, in order."""
     if len(prompts) != len(suite):
         raise NamiError(f"{source} has {len(suite)} prompts but the folder has {len(prompts)} prompt folders")
@@ -69,6 +72,9 @@ def check_same_prompts(prompts: Sequence[ge.PromptFolder], suite: list[dict], so
 def generate_samples(generator: Generator, suite: list[dict], req: GenerationSettings, out: str | Path,
                      on_image: Callable[[int, int], None] | None = None) -> None:
     """Write GenEval's layout for `suite` under `out`: every prompt's folder, then its images."""
+    from ..png import save_png
+    from . import geneval as ge
+
     ge.write_prompt_folders(out, suite)
     total = len(suite) * req.images_per_prompt
     images = generator.images([line["prompt"] for line in suite], req.images_per_prompt, req.seed, req.batch_size)

@@ -1,4 +1,5 @@
-"""`nami train` settings and the model they build, checked against the prepared data.
+"""`nami train` settings and the model they build, checked against the prepared data; the settings
+`nami info --train-memory` estimates a step of (`TrainMemoryRequest`).
 
 `TrainConfig` is the one owner of `nami train`'s defaults and of the checks that need no data: the
 command line passes what was given (None for the rest), Python callers construct it the same way,
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import (CHECKPOINTING, DTYPE_NAMES, MODES, PREDICTIONS, TEXT_POSITIONS, TIMESTEP_SAMPLINGS, FlowConfig,
-                      ModelConfig, at_least, check_at_least, check_fields, get_preset, guidance_scales, number_text, one_of,
-                      parse_float_list, parse_int_list, validate_resolutions)
+                      ModelConfig, at_least, check_at_least, check_fields, field_default, get_preset, guidance_scales,
+                      number_text, one_of, parse_float_list, parse_int_list, validate_resolutions)
 from ..errors import ConfigError, NamiError
 from ..model.lora import LORA_TARGETS
 from .phases import PAPER_LR, Phase, default_ratios, format_phases, parse_phases, parse_stage_mix
@@ -147,6 +148,75 @@ class TrainConfig:
             value = getattr(self, key)
             data[key] = value if value is None or isinstance(value, str) else ",".join(map(number_text, value))
         return data
+
+
+@dataclass
+class TrainMemoryRequest:
+    """`nami info --train-memory`: the `nami train` settings the estimate is for. Batch size,
+    dtype, checkpointing, EMA and LoRA targets default to `TrainConfig`'s, so the estimate is of
+    the run `nami train` would start; `stage_mix` None takes the costliest phase of the default
+    schedule; `gpus` share the weights under `fsdp`."""
+
+    batch_size: int = field(default=field_default(TrainConfig, "batch_size"), metadata=at_least(1))
+    dtype: str = field(default=field_default(TrainConfig, "dtype"), metadata=one_of(DTYPES))
+    grad_checkpointing: str = field(default=field_default(TrainConfig, "grad_checkpointing"),
+                                    metadata=one_of(CHECKPOINTING))
+    fsdp: bool = False
+    gpus: int | None = field(default=None, metadata={**at_least(1), "shown": "1"})
+    stage_mix: str | None = field(default=None, metadata={"shown": "the costliest phase of the default schedule"})
+    ema_decay: float = field_default(TrainConfig, "ema_decay")
+    lora: int | None = None
+    lora_targets: str | None = field(default=None, metadata={"shown": field_default(TrainConfig, "lora_targets")})
+
+    def __post_init__(self) -> None:
+        from ..model.lora import check_lora_settings
+
+        check_fields(self)
+        if self.stage_mix is not None and not self.stage_mix.strip():
+            raise ConfigError("--stage-mix is empty; leave it out for the default")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError("--ema-decay must be in [0, 1)")
+        if self.lora is None and self.lora_targets is not None:
+            raise ConfigError("--lora-targets needs --lora")
+        if self.lora is not None:
+            check_lora_settings(self.lora, None, self.targets)
+        if self.fsdp and self.gpus is None:
+            raise ConfigError("--fsdp needs --gpus N (the GPUs that share the weights)")
+
+    @property
+    def targets(self) -> str:
+        return self.lora_targets or field_default(TrainConfig, "lora_targets")
+
+    def report(self, description, text_tokens: int) -> dict[str, Any]:
+        """The estimate for `description` (`info.ModelDescription`); with `lora`, the adapter's
+        parameters are counted on a meta-device model (imports torch)."""
+        trainable = None
+        if self.lora is not None:
+            from .adapters import lora_parameter_count
+
+            trainable = lora_parameter_count(description.model, self.lora, self.targets)
+        from .memory import train_memory_report
+
+        report = train_memory_report(
+            description.name, description.model, description.flow, description.pixels_per_token,
+            description.default_mode, batch_size=self.batch_size, dtype=self.dtype, text_tokens=text_tokens,
+            grad_checkpointing=self.grad_checkpointing, stage_mix=self.stage_mix, fsdp=self.fsdp,
+            gpus=self.gpus or 1, ema=self.ema_decay > 0, trainable=trainable)
+        if self.lora is not None:
+            report["lora"] = {"rank": self.lora, "targets": self.targets, "trainable_params": report["trainable_params"]}
+        return report
+
+
+def train_memory_request(enabled: bool, **options: Any) -> TrainMemoryRequest | None:
+    """The request of `--train-memory` from the options given (None: not given); without
+    `enabled`, any option given is refused as needing --train-memory."""
+    given = {name: value for name, value in options.items() if value is not None and value is not False}
+    if not enabled:
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConfigError(f"{flags} {'needs' if len(given) == 1 else 'need'} --train-memory")
+        return None
+    return TrainMemoryRequest(**given)
 
 
 def _phases(value: Sequence[Phase] | str | None, parse, default: str) -> tuple[Phase, ...]:

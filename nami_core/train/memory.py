@@ -66,11 +66,10 @@ k). The tests measure CPU steps both as they are and with CUDA's norms put in.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..config import (BASELINE_MODE, FlowConfig, ModelConfig, at_least, check_at_least, check_choice, check_fields,
-                      field_default, one_of)
+from ..config import BASELINE_MODE, FlowConfig, ModelConfig, check_at_least, check_choice, field_default
 from ..errors import ConfigError
 from ..flow.plan import FlowPlan, runnable_modes
 from ..model.params import block_params, shared_params
@@ -427,69 +426,3 @@ def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_
                        "peak_gib": worst[1].peak / GIB},
     }
 
-
-@dataclass
-class TrainMemoryRequest:
-    """`nami info --train-memory`: the `nami train` settings the estimate is for. Batch size,
-    dtype, checkpointing, EMA and LoRA targets default to `TrainConfig`'s, so the estimate is of
-    the run `nami train` would start; `stage_mix` None takes the costliest phase of the default
-    schedule; `gpus` share the weights under `fsdp`."""
-
-    batch_size: int = field(default=field_default(TrainConfig, "batch_size"), metadata=at_least(1))
-    dtype: str = field(default=field_default(TrainConfig, "dtype"), metadata=one_of(DTYPES))
-    grad_checkpointing: str = field(default=field_default(TrainConfig, "grad_checkpointing"),
-                                    metadata=one_of(CHECKPOINTING))
-    fsdp: bool = False
-    gpus: int | None = field(default=None, metadata={**at_least(1), "shown": "1"})
-    stage_mix: str | None = field(default=None, metadata={"shown": "the costliest phase of the default schedule"})
-    ema_decay: float = field_default(TrainConfig, "ema_decay")
-    lora: int | None = None
-    lora_targets: str | None = field(default=None, metadata={"shown": field_default(TrainConfig, "lora_targets")})
-
-    def __post_init__(self) -> None:
-        from ..model.lora import check_lora_settings
-
-        check_fields(self)
-        if self.stage_mix is not None and not self.stage_mix.strip():
-            raise ConfigError("--stage-mix is empty; leave it out for the default")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError("--ema-decay must be in [0, 1)")
-        if self.lora is None and self.lora_targets is not None:
-            raise ConfigError("--lora-targets needs --lora")
-        if self.lora is not None:
-            check_lora_settings(self.lora, None, self.targets)
-        if self.fsdp and self.gpus is None:
-            raise ConfigError("--fsdp needs --gpus N (the GPUs that share the weights)")
-
-    @property
-    def targets(self) -> str:
-        return self.lora_targets or field_default(TrainConfig, "lora_targets")
-
-    def report(self, description, text_tokens: int) -> dict[str, Any]:
-        """The estimate for `description` (`info.ModelDescription`); with `lora`, the adapter's
-        parameters are counted on a meta-device model (imports torch)."""
-        trainable = None
-        if self.lora is not None:
-            from .adapters import lora_parameter_count
-
-            trainable = lora_parameter_count(description.model, self.lora, self.targets)
-        report = train_memory_report(
-            description.name, description.model, description.flow, description.pixels_per_token,
-            description.default_mode, batch_size=self.batch_size, dtype=self.dtype, text_tokens=text_tokens,
-            grad_checkpointing=self.grad_checkpointing, stage_mix=self.stage_mix, fsdp=self.fsdp,
-            gpus=self.gpus or 1, ema=self.ema_decay > 0, trainable=trainable)
-        if self.lora is not None:
-            report["lora"] = {"rank": self.lora, "targets": self.targets, "trainable_params": report["trainable_params"]}
-        return report
-
-
-def train_memory_request(enabled: bool, **options: Any) -> TrainMemoryRequest | None:
-    """The request of `--train-memory` from the options given (None: not given); without
-    `enabled`, any option given is refused as needing --train-memory."""
-    given = {name: value for name, value in options.items() if value is not None and value is not False}
-    if not enabled:
-        if given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ConfigError(f"{flags} {'needs' if len(given) == 1 else 'need'} --train-memory")
-        return None
-    return TrainMemoryRequest(**given)
