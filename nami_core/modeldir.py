@@ -9,30 +9,10 @@ from pathlib import Path
 import torch
 
 from .errors import NamiError, first_line
+from .model.lora import LORA_SCALE
+from .model_paths import DEFAULT_MODEL_NAME, bundled_model_dir, resolve_model_dir  # noqa: F401
 
-DEFAULT_MODEL_NAME = "nami-shapes"
 COMPONENTS = ("transformer", "scheduler", "codec", "text_encoder")
-
-
-def bundled_model_dir() -> Path:
-    return Path(__file__).resolve().parent / "assets" / DEFAULT_MODEL_NAME
-
-
-def resolve_model_dir(model: str | Path | None) -> Path:
-    """A model directory from `--model`; None or "default" means the bundled model."""
-    if model is None or str(model) == "default":
-        path = bundled_model_dir()
-        if not (path / "model_index.json").is_file():
-            raise NamiError(
-                f"the bundled default model is not installed ({path}); pass --model DIR"
-            )
-        return path
-    path = Path(model)
-    if not path.exists():
-        raise NamiError(f"model directory {path} does not exist")
-    if not path.is_dir():
-        raise NamiError(f"--model must be a model directory, {path} is a file")
-    return path
 
 
 def check_model_dir(path: Path) -> None:
@@ -122,7 +102,7 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     return pipe
 
 
-def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0) -> Path:
+def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: float = LORA_SCALE) -> Path:
     """Fold `adapter` (at `scale`) into the weights of the model directory `model` and write the
     result as a new model directory `out` (atomically): the merged transformer is its only weights.
     The adapter applies to the weights `nami sample` uses by default (EMA when the model has it)."""

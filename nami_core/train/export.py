@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -23,11 +24,11 @@ FSDP_MODEL_FOLDER = "pytorch_model_fsdp_0"  # accelerate's sharded model checkpo
 
 
 def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | None, plan: FlowPlan,
-                    manifest: dict, patch: int, mode: str, sample_steps: str | None,
-                    sample_cfg: str | float) -> Path:
+                    manifest: dict, patch: int, mode: str, sample_steps: str | Sequence[int] | None,
+                    sample_cfg: str | float | Sequence[float]) -> Path:
     """Write a complete model directory to `out` atomically (temporary folder, then rename)."""
     from ..codecs.spec import codec_from_record
-    from ..config import guidance_record
+    from ..config import STEPS_PER_STAGE, guidance_record
     from ..flow.scheduler import NamiFlowScheduler
     from ..model.transformer import NamiTransformer
     from ..pipeline import NamiPipeline
@@ -36,7 +37,7 @@ def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | 
     transformer = NamiTransformer.from_config(transformer_config)
     transformer.load_state_dict(raw)
     encoder = NamiTextEncoder.from_config(manifest["text_encoder"])  # the data's text settings
-    steps = plan.stage_steps(sample_steps or ",".join(["10"] * plan.flow.num_stages))
+    steps = plan.stage_steps(sample_steps or (STEPS_PER_STAGE,) * plan.flow.num_stages)
     guidance = guidance_record(plan.stage_guidance(sample_cfg))
     scheduler = NamiFlowScheduler.from_flow(plan.flow, default_steps=list(steps), default_cfg=guidance,
                                             default_mode=mode)

@@ -97,7 +97,7 @@ def stage_sums(groups: list[StageGroup], losses: list[torch.Tensor], num_windows
 class StageLossWeights:
     """Per-window loss weights, fixed or `auto` (module docstring), as a (K,) float32 device tensor."""
 
-    def __init__(self, spec: str, num_stages: int, decay: float = 0.99, device=None) -> None:
+    def __init__(self, spec: str | Sequence[float], num_stages: int, decay: float = 0.99, device=None) -> None:
         self.auto = spec == "auto"
         self.decay = decay
         self.num_stages = num_stages
@@ -105,7 +105,7 @@ class StageLossWeights:
         if self.auto:
             fixed = [1.0] * num_stages
         else:
-            values = parse_float_list(spec, "--stage-loss-weights")
+            values = parse_float_list(spec, "--stage-loss-weights") if isinstance(spec, str) else tuple(spec)
             if len(values) != num_stages:
                 raise ConfigError(f"--stage-loss-weights has {len(values)} values for {num_stages} stage window(s)")
             if any(not v >= 0 for v in values):
