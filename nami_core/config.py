@@ -7,21 +7,105 @@ the bad field, so the CLI can print one line and exit.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, replace
+import re
+from dataclasses import MISSING, Field, asdict, dataclass, fields, replace
 from typing import Any, Iterable, Sequence
 
 from .errors import ConfigError
 
-MODES = ("nami", "flow-only", "flux-base")
-DTYPE_NAMES = ("fp32", "bf16", "fp16")  # --dtype choices (plus "auto" where the device decides)
+
+@dataclass(frozen=True)
+class ModeRule:
+    """What a mode runs: every stage window or only the full-resolution one (`single_window`), and
+    each stage's block prefix or all blocks (`nested_blocks`). `flow.plan.FlowPlan` applies it."""
+
+    single_window: bool
+    nested_blocks: bool
+
+
+MODE_RULES = {
+    "nami": ModeRule(single_window=False, nested_blocks=True),
+    "flow-only": ModeRule(single_window=False, nested_blocks=False),
+    "flux-base": ModeRule(single_window=True, nested_blocks=False),
+}
+MODES = tuple(MODE_RULES)
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # the dtypes a tensor is kept in
+DTYPE_CHOICES = ("auto", *DTYPE_NAMES)  # --dtype where the device decides: bf16 on CUDA, fp32 on the CPU
+DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" names one GPU
+ATTENTION_BACKENDS = ("auto", "native", "xformers", "flash")
+CHECKPOINTING = ("none", "full", "last-stage", "auto")  # train/checkpointing.py says what each recomputes
+TIMESTEP_SAMPLINGS = ("logit-normal", "uniform")  # how training draws the local ratio r
 BASELINE_MODE = "flux-base"  # what `nami info` and `nami bench` measure reductions against
 PAPER_TOTAL_STEPS = 30  # Euler steps per image in the paper's comparisons, split evenly over the stages
+STEPS_PER_STAGE = 10  # Euler steps per stage a model samples with unless it records others
 PREDICTIONS = ("velocity", "sample")
 TEXT_POSITIONS = ("none", "ordered")
 TEXT_PADDINGS = ("mask", "none")
 GRIDS = ("exact", "public")
 TIMESTEP_ROUNDINGS = ("none", "fp16")
 JUMPS = ("renoise", "bridge")
+
+
+# -- checks that request and config dataclasses declare on their fields ------------------------------
+#
+# `field(default=8, metadata=at_least(1))` or `metadata=one_of(MODES)`: `check_fields(obj)` applies
+# them and names the option (`--batch-size`, or `option=` given here), so every caller, the CLI and
+# Python alike, gets the same check and the same message.
+
+
+def at_least(low: int, option: str | None = None) -> dict[str, Any]:
+    """Field metadata: the value (each value of a tuple) is an integer of at least `low`."""
+    return {"at_least": low, **({"option": option} if option else {})}
+
+
+def one_of(choices: Sequence[str], option: str | None = None) -> dict[str, Any]:
+    """Field metadata: the value (each value of a tuple) is one of `choices`; for `DEVICES`,
+    "cuda:N" too."""
+    return {"one_of": tuple(choices), **({"option": option} if option else {})}
+
+
+def option_of(field: Field) -> str:
+    """The command-line spelling of a request field: `batch_size` -> `--batch-size`."""
+    return field.metadata.get("option") or "--" + field.name.replace("_", "-")
+
+
+def is_choice(value: Any, choices: Sequence[str]) -> bool:
+    if choices == DEVICES and isinstance(value, str) and re.fullmatch(r"cuda:[0-9]+", value):
+        return True
+    return value in choices
+
+
+def check_fields(obj: Any) -> None:
+    """Apply the `at_least` and `one_of` checks `obj`'s dataclass fields declare; None passes
+    (it means "not given")."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None or not f.metadata:
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            if "at_least" in f.metadata:
+                check_at_least(option_of(f), item, f.metadata["at_least"])
+            if "one_of" in f.metadata:
+                check_choice(option_of(f), item, f.metadata["one_of"])
+
+
+def check_choice(option: str, value: Any, choices: Sequence[str]) -> None:
+    """ConfigError unless `value` is one of `choices` (for `DEVICES`, "cuda:N" too), naming `option`."""
+    if not is_choice(value, choices):
+        raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_at_least(option: str, value: Any, low: int) -> None:
+    """ConfigError unless `value` is an integer of at least `low`, naming `option`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        bound = "0 or more" if low == 0 else f"at least {low}"
+        raise ConfigError(f"{option} must be {bound}, got {value!r}")
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass `cls`'s field `name` (for callers that must say what it is)."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
 def positive_int(name: str, value: Any) -> int:
@@ -321,6 +405,30 @@ def step_counts(steps: str | int | Sequence[int], name: str = "steps") -> tuple[
     if sum(counts) > MAX_SAMPLING_STEPS:
         raise ConfigError(f"{name} must be at most {MAX_SAMPLING_STEPS} in all (usual: 10 to 100), got {sum(counts)}")
     return counts
+
+
+def number_text(value: float) -> str:
+    """A number as short as it reads back exactly: 3.0 -> "3", 1e-4 -> "0.0001", 0.1234567891 as is."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
+def parse_name_list(text: str | Iterable[str], name: str) -> tuple[str, ...]:
+    """Parse "nami,flux-base" into ("nami", "flux-base"); a sequence is taken as it is."""
+    if not isinstance(text, str):
+        return tuple(text)
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
+    """"1024x576" -> (width 1024, height 576) in pixels; a `ConfigError` naming `option` otherwise."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*[x×]\s*([0-9]+)\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ConfigError(f"{option} must be WIDTHxHEIGHT in pixels, e.g. 1024x576, got {text!r}")
+    width, height = int(match[1]), int(match[2])
+    if width < 1 or height < 1:
+        raise ConfigError(f"{option} sides must be at least 1 pixel, got {text!r}")
+    return width, height
 
 
 def split_steps(steps: str | int | Sequence[int], num_stages: int) -> tuple[int, ...]:

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .config import (ATTENTION_BACKENDS, DEVICES, DTYPE_CHOICES, MODES, TIMESTEP_ROUNDINGS, at_least, check_fields,
+                     guidance_scales, one_of, parse_size, step_counts)
 from .errors import NamiError
 from .output_names import sample_name
 from .sample_writer import write_sample
@@ -23,50 +25,53 @@ class SampleRequest:
 
     In a directory every image gets a name of its own (`output_names.sample_name`). Nothing is
     replaced unless `overwrite`: a name already taken (by the PNG or its sidecar `.json`), in a
-    directory or given as `out`, is numbered `-1`, `-2`, ...
+    directory or given as `out`, is numbered `-1`, `-2`, ... The image size is `width` x `height`
+    pixels, or `size` ("1024x576") parsed into them; None: the model's side.
     """
 
     prompt: str
-    model: str | None = None
+    model: str | None = field(default=None, metadata={"shown": "the bundled nami-shapes model"})
     out: Path | str = Path("nami-samples")
-    n: int = 1
+    n: int = field(default=1, metadata=at_least(1))
     seed: int = 0
-    steps: str | None = None
-    cfg: str | float | None = None
+    steps: str | None = field(default=None, metadata={"shown": "the model's"})
+    cfg: str | float | None = field(default=None, metadata={"shown": "the model's"})
     negative: str | None = None
-    mode: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    attention: str = "auto"
-    batch_size: int = 8
+    mode: str | None = field(default=None, metadata={**one_of(MODES), "shown": "the model's"})
+    device: str = field(default="auto", metadata=one_of(DEVICES))
+    dtype: str = field(default="auto", metadata=one_of(DTYPE_CHOICES))
+    attention: str = field(default="auto", metadata=one_of(ATTENTION_BACKENDS))
+    batch_size: int = field(default=8, metadata=at_least(1))
     prompt_style: str = "plain"
-    timestep_rounding: str | None = None
+    timestep_rounding: str | None = field(default=None, metadata={**one_of(TIMESTEP_ROUNDINGS), "shown": "the model's"})
     compile: bool = False
     overwrite: bool = False
-    loras: tuple[str, ...] = ()  # LoRA adapters, ADAPTER[:SCALE] each
-    height: int | None = None  # pixels; None: the model's side
-    width: int | None = None
+    loras: tuple[str, ...] = field(default=(), metadata={"option": "--lora"})  # ADAPTER[:SCALE] each
+    height: int | None = field(default=None, metadata={"shown": "the model's side"})  # pixels
+    width: int | None = field(default=None, metadata={"shown": "the model's side"})
+    size: str | None = field(default=None, metadata={"shown": "the model's square side"})
+
+    def __post_init__(self) -> None:
+        self.loras = tuple(self.loras)
+        if self.size is not None:
+            if self.width is not None or self.height is not None:
+                raise NamiError("give --size or --width/--height, not both")
+            self.width, self.height = parse_size(self.size)
+            self.size = None
 
     def validate(self) -> None:
         """Check what can be checked before a model is loaded; one error line names the option."""
-        from .config import TIMESTEP_ROUNDINGS, check_mode, guidance_scales
         from .model.lora import parse_lora_spec
+        from .text.prompt_styles import get_prompt_style
 
-        from .config import step_counts
-
-        if not 1 <= self.n <= MAX_IMAGES:
+        check_fields(self)
+        if self.n > MAX_IMAGES:
             raise NamiError(f"--n must be 1 to {MAX_IMAGES:,} images, got {self.n}")
-        if self.batch_size < 1:
-            raise NamiError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.steps is not None:
             step_counts(self.steps, "--steps")
-        if self.mode is not None:
-            check_mode(self.mode)
         if not self.prompt.strip():
             raise NamiError("the prompt is empty")
-        if self.timestep_rounding is not None and self.timestep_rounding not in TIMESTEP_ROUNDINGS:
-            raise NamiError(f"--timestep-rounding must be one of {', '.join(TIMESTEP_ROUNDINGS)}, "
-                            f"got {self.timestep_rounding!r}")
+        get_prompt_style(self.prompt_style)
         if self.cfg is not None:
             guidance_scales(self.cfg, "--cfg")
         for spec in self.loras:
@@ -83,7 +88,7 @@ class SampleRequest:
         """`--out` names PNGs that can be written, or is a folder (or can be made one) for them, by
         the output policy (`output_targets`): not the model or an adapter, nor inside or around them."""
         from .model.lora import adapter_folder, parse_lora_spec
-        from .modeldir import resolve_model_dir
+        from .model_paths import resolve_model_dir
         from .output_targets import SAMPLES, check_out_file, check_out_folder, file_in_the_way
 
         if not str(self.out).strip():

@@ -11,30 +11,10 @@ import torch
 
 from .checksums import verify_artefact
 from .errors import ConfigError, NamiError, first_line
+from .model.lora import LORA_SCALE
+from .model_paths import DEFAULT_MODEL_NAME, bundled_model_dir, resolve_model_dir  # noqa: F401
 
-DEFAULT_MODEL_NAME = "nami-shapes"
 COMPONENTS = ("transformer", "scheduler", "codec", "text_encoder")
-
-
-def bundled_model_dir() -> Path:
-    return Path(__file__).resolve().parent / "assets" / DEFAULT_MODEL_NAME
-
-
-def resolve_model_dir(model: str | Path | None) -> Path:
-    """A model directory from `--model`; None or "default" means the bundled model."""
-    if model is None or str(model) == "default":
-        path = bundled_model_dir()
-        if not (path / "model_index.json").is_file():
-            raise NamiError(
-                f"the bundled default model is not installed ({path}); pass --model DIR"
-            )
-        return path
-    path = Path(model)
-    if not path.exists():
-        raise NamiError(f"model directory {path} does not exist")
-    if not path.is_dir():
-        raise NamiError(f"--model must be a model directory, {path} is a file")
-    return path
 
 
 def check_model_dir(path: Path) -> None:
@@ -156,7 +136,7 @@ def check_finite_weights(pipe, path: Path) -> None:
                         f"({count} of {len(parts[part])} tensors, e.g. {name}); the model is damaged")
 
 
-def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0, overwrite: bool = False,
+def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: float = LORA_SCALE, overwrite: bool = False,
                on_warning: Callable[[str], None] | None = None) -> Path:
     """Fold `adapter` (at `scale`) into the weights of the model directory `model` and write the
     result as a new model directory `out` (atomically): the merged transformer is its only weights.

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .config import DTYPE_NAMES
+from .config import DEVICES, DTYPE_NAMES
 from .errors import NamiError
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:

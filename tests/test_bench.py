@@ -148,9 +148,9 @@ def test_missing_xformers_names_the_extra(capsys):
         (["latency", "--preset", "nope"], "unknown preset 'nope'"),
         (["latency", "--preset", "tiny", "--model", "x"], "not both"),
         (["latency", "--preset", "tiny", "--dtype", "fp8"], "dtype must be one of"),
-        (["train", "--preset", "tiny", "--ratio", "1:1"], "--ratio lists 2 weights but there are 3 stages"),
+        (["train", "--preset", "tiny", "--stage-mix", "1:1"], "--stage-mix lists 2 weights but there are 3 stages"),
         (["train", "--preset", "tiny", "--stages", "64,128,250"], "must double"),
-        (["train", "--preset", "tiny", "--batch", "0"], "--batch-size must be at least 1"),
+        (["train", "--preset", "tiny", "--batch-size", "0"], "--batch-size must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line(args, message, capsys):
@@ -162,7 +162,7 @@ def test_bad_input_is_one_line(args, message, capsys):
 def test_train_reports_throughput_flops_and_no_mfu_on_cpu(tmp_path, capsys):
     out = tmp_path / "train.json"
     code, stdout, err = run_cli(
-        ["bench", "train", "--preset", "tiny", "--device", "cpu", "--stages", "32,64,128", "--batch", "7",
+        ["bench", "train", "--preset", "tiny", "--device", "cpu", "--stages", "32,64,128", "--batch-size", "7",
          "--steps", "2", "--warmup", "1", "--text-tokens", "8", "--json", str(out)], capsys)
     assert code == 0, err
     report = json.loads(out.read_text())

@@ -152,12 +152,12 @@ def test_train_init_from_converted_flux(flux_source, tmp_path, capsys):
     lr, steps = 1e-4, 2
 
     def train(init_dir, out):
-        return cli(["train", "--data", str(tmp_path / "data"), "--out", str(out), "--init", str(init_dir),
+        return cli(["train", "--data", str(tmp_path / "data"), "--out", str(out), "--model", str(init_dir),
                     "--stages", "16,32,64", "--steps", str(steps), "--batch-size", "4", "--lr", str(lr),
                     "--ema-decay", "0", "--save-every", "100", "--log-every", "1"], capsys)
 
     code, _, err = train(tmp_path / "nowhere", tmp_path / "bad-run")
-    assert code == 2 and "--init" in err and "has no transformer/config.json" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--model" in err and "has no transformer/config.json" in err and len(err.strip().splitlines()) == 1
     code, _, err = train(init, tmp_path / "run")
     assert code == 0, err
     final = tmp_path / "run" / "final" / "transformer"

@@ -24,7 +24,7 @@ H100_FREE = 79.0 * GIB  # what an 80 GB H100 (79.6 GiB) shows free once the CUDA
 
 def nami_2b_settings(**overrides) -> tuple[TrainConfig, object, FlowPlan]:
     desc = describe_preset("nami-2b")
-    settings = TrainConfig(data=Path("unused"), out=Path("unused"), stages=(256, 512, 1024), preset="nami-2b",
+    settings = TrainConfig(data=Path("unused-data"), out=Path("unused-run"), stages=(256, 512, 1024), preset="nami-2b",
                            batch_size=4, dtype="bf16", grad_checkpointing="none", **overrides)
     plan = FlowPlan("nami", FlowConfig(resolutions=(256, 512, 1024)), desc.model.stage_ends, desc.pixels_per_token)
     return settings, desc.model, plan

@@ -52,7 +52,7 @@ def test_overfit_halves_every_stage_loss(shapes_data, tmp_path):
     """12 images, uniform ratios, fixed weights: the per-stage loss of the last 20 steps is under half the first 20's."""
     out = tmp_path / "overfit"
     code = cli(train_args(shapes_data, out, "--steps", "120", "--save-every", "1000", "--log-every", "20",
-                          "--ratio-schedule", "0:1:1:1", "--stage-loss-weights", "1,1,1", "--cfg-dropout", "0",
+                          "--stage-mix", "0:1:1:1", "--stage-loss-weights", "1,1,1", "--cfg-dropout", "0",
                           "--lr", "3e-3", "--ema-decay", "0", "--timestep-sampling", "uniform"))
     assert code == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -117,8 +117,8 @@ def test_ranks_draw_the_same_stages_but_different_images(shapes_data):
     assert all(torch.equal(x.latents, y.latents) and torch.equal(x.noise, y.noise) for x, y in zip(a, again))
 
 
-def test_stage_ratio_schedule_switches_phases(shapes_data):
-    phases = parse_phases("0:4:2:1,100:0:1:0,200:1:0:3", "--ratio-schedule", 3)
+def test_stage_mix_schedule_switches_phases(shapes_data):
+    phases = parse_phases("0:4:2:1,100:0:1:0,200:1:0:3", "--stage-mix", 3)
     assert value_at(phases, 99) == (4, 2, 1) and value_at(phases, 100) == (0, 1, 0) and value_at(phases, 250) == (1, 0, 3)
     store = LatentStore(shapes_data / "data")
     drawer = BatchDrawer(store, FlowPlan("nami", FlowConfig((16, 32, 64)), (1, 2, 3), 4), 1, 70, seed=0)
@@ -148,7 +148,7 @@ def test_non_finite_losses_stop_the_run_with_a_checkpoint(shapes_data, tmp_path,
         ({"--data": "missing"}, "does not exist"),
         ({"--stages": "32,64,128"}, "differ from the data's stages 16,32,64"),
         ({"--config": None, "--preset": "giant"}, "unknown preset 'giant'"),
-        ({"--ratio-schedule": "0:1:1"}, "has 2 values, expected 3"),
+        ({"--stage-mix": "0:1:1,100:1:1:1"}, "phase '0:1:1' has 2 values, expected 3"),
         ({"--mode": "turbo"}, "mode must be one of"),
         ({"--fsdp": ""}, "--fsdp needs CUDA GPUs"),
         ({"--text-positions": "shuffled"}, "--text-positions must be one of none, ordered, got 'shuffled'"),
@@ -176,14 +176,14 @@ def test_bad_train_input_is_one_line(shapes_data, tmp_path, capsys, change, mess
 
 
 def test_init_can_switch_to_ordered_text_positions(shapes_data, tmp_path):
-    """The text ids own no weights, so a run from an --init model may order them; the model it writes keeps that."""
+    """The text ids own no weights, so a run from a --model may order them; the model it writes keeps that."""
     from nami_core.denoiser import Denoiser
     from nami_core.model.transformer import NamiTransformer
 
     first = tmp_path / "first"
     assert cli(train_args(shapes_data, first, "--steps", "2", "--ema-decay", "0")) == 0
     second = tmp_path / "second"
-    args = train_args(shapes_data, second, "--steps", "2", "--init", str(first / "final"), "--text-positions", "ordered")
+    args = train_args(shapes_data, second, "--steps", "2", "--model", str(first / "final"), "--text-positions", "ordered")
     i = args.index("--config")
     del args[i : i + 2]
     assert cli(args) == 0

@@ -259,9 +259,9 @@ EXISTING = "EXISTING_FILE"
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"--ratio-schedule": "0:nan:1:1"}, "--ratio-schedule: phase '0:nan:1:1' holds a value that is not a finite number"),
-        ({"--ratio-schedule": "0:inf:1:1"}, "--ratio-schedule: phase '0:inf:1:1' holds a value that is not a finite number"),
-        ({"--ratio-schedule": ""}, "--ratio-schedule is empty; leave it out for the default"),
+        ({"--stage-mix": "0:nan:1:1"}, "--stage-mix: phase '0:nan:1:1' holds a value that is not a finite number"),
+        ({"--stage-mix": "0:inf:1:1"}, "--stage-mix: phase '0:inf:1:1' holds a value that is not a finite number"),
+        ({"--stage-mix": ""}, "--stage-mix is empty; leave it out for the default"),
         ({"--lr": "nan"}, "Invalid value for --lr: nan is not a finite number"),
         ({"--lr-schedule": "0:nan"}, "--lr-schedule: phase '0:nan' holds a value that is not a finite number"),
         ({"--stage-loss-weights": "nan,1,1"}, "--stage-loss-weights must hold finite numbers, got 'nan,1,1'"),
@@ -298,7 +298,7 @@ def test_no_preset_or_config_says_it_trains_tiny(root, tmp_path, capsys):
     del args[i:i + 2]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
-    assert "note: no --preset, --config or --init given: training the `tiny` preset" in err
+    assert "note: no --preset, --config or --model given: training the `tiny` preset" in err
 
 
 def test_convert_checkpoint_does_not_replace_a_file(finished_run, tmp_path, capsys):

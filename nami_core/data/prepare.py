@@ -23,33 +23,17 @@ import torch
 
 from ..checksums import file_sha256
 from ..codecs.spec import build_codec, codec_record
-from ..config import validate_resolutions
 from ..errors import NamiError
 from ..files import write_json_atomic, writing
 from ..text.embeddings import TextEmbeddings
 from ..text.encoder import NamiTextEncoder
 from .buckets import Bucket, bucket_table, covered_level, nearest_bucket
 from .images import SkipImage, center_crop_resize, cover_crop_resize, load_image, target_resolution, to_tensor
+from .prepare_request import PrepareRequest
 from .prepare_state import STATE_FILE, check_previous
 from .sources import Source, SourceItem
 from .store import FORMAT, NULL_TEXT, VERSION, load_manifest, shard_nbytes, write_shard
 from .units import finished_unit, has_finished_units, marker_path, shard_name
-
-DEFAULT_MAX_TOKENS = {"minilm": 32}
-
-
-@dataclass
-class PrepareRequest:
-    out: Path
-    stages: tuple[int, ...]
-    codec: str = "pixel"
-    text_encoder: str = "minilm"
-    max_text_tokens: int | None = None
-    shard_size: int = 1024
-    batch_size: int = 32
-    device: str = "cpu"
-    buckets: bool = False
-
 
 @dataclass
 class PrepareReport:
@@ -96,14 +80,6 @@ def _check_buckets(out: Path, settings: dict, has_units: bool) -> None:
         raise NamiError(f"{out} was prepared {was}; use another --out or the same settings to resume")
 
 
-def _check_numbers(req: PrepareRequest) -> None:
-    for flag, value in (("--shard-size", req.shard_size), ("--batch-size", req.batch_size)):
-        if value < 1:
-            raise NamiError(f"{flag} must be at least 1, got {value}")
-    if req.max_text_tokens is not None and req.max_text_tokens < 1:
-        raise NamiError(f"--max-text-tokens must be at least 1, got {req.max_text_tokens}")
-
-
 def text_length_limit(text: NamiTextEncoder) -> int | None:
     """The most tokens the sequence encoder takes: its learned positions (RoBERTa-style models
     keep two for padding); None when it has none (T5's relative positions)."""
@@ -143,10 +119,10 @@ class Preparer:
     """Holds the codec and text encoder and turns work units into shards."""
 
     def __init__(self, req: PrepareRequest) -> None:
-        validate_resolutions(req.stages)
-        _check_numbers(req)
+        from ..runtime import resolve_device
+
         self.req = req
-        self.device = torch.device(req.device)
+        self.device = resolve_device(req.device)
         self.codec = build_codec(req.codec).to(self.device)
         lowest = req.stages[0]
         if lowest % (self.codec.downsample * self.codec.patch_size):
@@ -154,9 +130,7 @@ class Preparer:
                 f"the lowest stage ({lowest}px) is not a whole number of {self.codec.pixels_per_token}px tokens "
                 f"for codec {req.codec}"
             )
-        kind = req.text_encoder.split(":")[0]
-        default = DEFAULT_MAX_TOKENS.get(kind, 256)
-        self.max_tokens = req.max_text_tokens if req.max_text_tokens is not None else default
+        self.max_tokens = req.text_tokens()
         self.text = NamiTextEncoder.load(req.text_encoder, self.max_tokens).to(self.device)
         _check_text_length(req, self.text, self.max_tokens)
         self.buckets = bucket_table(req.stages, self.codec.pixels_per_token) if req.buckets else None

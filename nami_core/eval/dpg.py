@@ -41,6 +41,7 @@ from ..errors import NamiError
 COLUMNS = ("item_id", "text", "proposition_id", "dependency", "tuple", "question_natural_language")
 CELLS = 4  # ELLA's --pic-num for DPG-Bench
 ANSWER_MATCHES = ("exact", "lenient")  # "exact" is ELLA's rule
+REFERENCE_VQA = "mPLUG-large"  # DPG-Bench's VQA model; scores from any other are not comparable
 
 
 def exact_yes(answer: str) -> bool:

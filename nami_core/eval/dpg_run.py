@@ -9,22 +9,50 @@ only after every grid was scored.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from ..config import one_of
 from ..errors import NamiError
 from . import dpg
+from .generation import GenerationSettings
 from ..files import write_json_atomic, write_jsonl_atomic
 from ..output_names import safe_name
 from ..output_targets import DPG, Inputs, check_out_folder
 from ..user_files import read_text
 from ..png import read_png_metadata, save_png
 from .io import read_rgb
-from .vqa import REFERENCE
 
 RESULTS_NAME = "dpg_results.jsonl"
 SUMMARY_NAME = "dpg_summary.json"
-NOT_COMPARABLE = f"not comparable to {REFERENCE}"
+NOT_COMPARABLE = f"not comparable to {dpg.REFERENCE_VQA}"
+
+
+@dataclass(kw_only=True)
+class DpgRequest(GenerationSettings):
+    """`nami eval dpg`: the questions (`csv`), the VQA model folder, the grids folder (`out`), the
+    prompts folder (needed to generate), how questions are put to the VQA model and answers
+    matched. Every prompt gets `dpg.CELLS` images, the cells of its grid."""
+
+    csv: Path | str
+    vqa: str
+    out: Path | str
+    prompts: Path | str | None = None
+    skip_generation: bool = False
+    vqa_prompt: str = "{question}"
+    keep_first_row: bool = False
+    answer_match: str = field(default="exact", metadata=one_of(dpg.ANSWER_MATCHES))
+    images_per_prompt: int = field(default=dpg.CELLS, init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.csv, self.out = Path(self.csv), Path(self.out)
+        if self.prompts is None and not self.skip_generation:
+            raise NamiError("--prompts DIR is required to generate (or pass --skip-generation to score --out)")
+
+    def inputs(self) -> dict[str, Any]:
+        return {"--prompts": self.prompts, "--csv": self.csv, "--vqa": self.vqa, **super().inputs()}
 
 
 def read_prompt_dir(folder: str | Path) -> dict[str, str]:

@@ -27,10 +27,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import field_default
 from ..errors import NamiError
 from .io import list_images, read_rgb
+from .metric_requests import FidRequest
 
 INCEPTION_SIZE = 299
+BATCH = field_default(FidRequest, "batch_size")  # images per Inception call
 INCEPTION_HINT = ("download inception-2015-12-05.pt (the TorchScript FID Inception used by StyleGAN2-ADA and "
                   "clean-fid) on a machine with internet and pass its path with --inception")
 
@@ -96,7 +99,7 @@ class InceptionFeatures:
         return features.reshape(pixels.shape[0], -1).float().cpu()
 
 
-def folder_features(folder: str | Path, extractor: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 32,
+def folder_features(folder: str | Path, extractor: Callable[[torch.Tensor], torch.Tensor], batch_size: int = BATCH,
                     on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
     """(N, D) features of every image under `folder` (recursively, name order)."""
     paths = list_images(folder)
@@ -112,7 +115,7 @@ def folder_features(folder: str | Path, extractor: Callable[[torch.Tensor], torc
 
 
 def folder_fid(real: str | Path, fake: str | Path, extractor: Callable[[torch.Tensor], torch.Tensor],
-               batch_size: int = 32) -> dict:
+               batch_size: int = BATCH) -> dict:
     """{"fid", "real_images", "fake_images"} between the two folders."""
     real_features = folder_features(real, extractor, batch_size)
     fake_features = folder_features(fake, extractor, batch_size)

@@ -6,10 +6,10 @@ of any benchmark can be regenerated alone with `nami sample PROMPT --seed S`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
-from ..config import guidance_record
+from ..config import DEVICES, DTYPE_CHOICES, at_least, check_fields, guidance_record, guidance_scales, one_of
 
 
 def image_seed(seed: int, prompt_index: int, image_index: int, per_prompt: int) -> int:
@@ -26,12 +26,39 @@ class Generated:
     image: object
 
 
+@dataclass(kw_only=True)
+class GenerationSettings:
+    """How a benchmark's images are made (`nami eval geneval | dpg | nami1k generate`), checked at
+    construction before any model loads: image j of prompt i has seed `seed + i * images_per_prompt + j`."""
+
+    model: str | None = field(default=None, metadata={"shown": "the bundled model"})
+    steps: str | None = field(default=None, metadata={"shown": "the model's"})
+    cfg: str | None = field(default=None, metadata={"shown": "the model's"})
+    device: str = field(default="auto", metadata=one_of(DEVICES))
+    dtype: str = field(default="auto", metadata=one_of(DTYPE_CHOICES))
+    batch_size: int = field(default=8, metadata=at_least(1))
+    seed: int = 0
+    images_per_prompt: int = field(default=1, metadata=at_least(1))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.cfg is not None:
+            guidance_scales(self.cfg, "--cfg")
+
+    def inputs(self) -> dict[str, Any]:
+        """The inputs by option: an output may not be, hold or lie inside any of them (`output_targets`)."""
+        return {"--model": self.model}
+
+    def generator(self) -> "Generator":
+        """Load the model with these settings (imports torch)."""
+        return Generator(self.model, self.device, self.steps, self.cfg, self.dtype)
+
+
 class Generator:
     """A loaded NamiPipeline with the steps and guidance every image of a run uses."""
 
     def __init__(self, model: str | None, device: str = "auto", steps: str | None = None,
                  cfg: str | float | None = None, dtype: str = "auto") -> None:
-        from ..config import guidance_scales
         from ..modeldir import load_pipeline
         from ..runtime import dtype_name, resolve_device, resolve_dtype
 

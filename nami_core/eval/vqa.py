@@ -26,7 +26,6 @@ from .weights import check_model_folder, load_pretrained
 
 VQA_HINT = ("save a transformers VQA model and its processor there, e.g. Salesforce/blip-vqa-base "
             "(BlipForQuestionAnswering + BlipProcessor) via save_pretrained(PATH)")
-REFERENCE = "mPLUG-large"
 
 
 class VQAModel(Protocol):

@@ -6,7 +6,8 @@ high resolution. Inside window k a *local ratio* r runs from 1 (window start) to
 conditioned on `tau = tau_end_k + r * (tau_start_k - tau_end_k)` (in [0, 1]; the
 model multiplies by 1000 inside, FLUX style).
 
-`FlowPlan` is the one place that knows what a mode means (`MODE_RULES`):
+`FlowPlan` is the one place that applies what a mode means (`config.MODE_RULES`, the rule table,
+lives in the lowest layer so every option and check can list the modes from it):
 
 * ``nami``: K windows, stage k runs the block prefix `stage_ends[k]` at resolution k.
 * ``flow-only``: the same K windows, every stage runs all blocks.
@@ -26,26 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import FlowConfig, check_mode, parse_int_list, split_guidance, split_steps
+from ..config import MODE_RULES, FlowConfig, check_mode, parse_int_list, split_guidance, split_steps
 from ..errors import ConfigError
 
 PUBLIC_GRID_POINTS = 1000
-
-
-@dataclass(frozen=True)
-class ModeRule:
-    """What a mode runs: every stage window or only the full-resolution one (`single_window`), and
-    each stage's block prefix or all blocks (`nested_blocks`)."""
-
-    single_window: bool
-    nested_blocks: bool
-
-
-MODE_RULES = {
-    "nami": ModeRule(single_window=False, nested_blocks=True),
-    "flow-only": ModeRule(single_window=False, nested_blocks=False),
-    "flux-base": ModeRule(single_window=True, nested_blocks=False),
-}
 
 
 def runnable_modes(stage_ends: Sequence[int], flow: FlowConfig) -> tuple[str, ...]:

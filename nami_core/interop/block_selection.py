@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 
 from ..errors import NamiError
-from .flux_state import DOUBLE_PREFIX, SINGLE_PREFIX
 
 _ITEM = re.compile(r"^([ds])(\d+)(?:-(\d+))?$")
 
@@ -55,6 +54,18 @@ class BlockSelection:
         return cls(tuple(kept["d"]), tuple(kept["s"]))
 
     @classmethod
+    def of(cls, keep_blocks: str | None = None, double: int | None = None,
+           single: int | None = None) -> "BlockSelection | None":
+        """The selection `--keep-blocks` or `--double`/`--single` give; None (every block) without them."""
+        if keep_blocks is not None and (double is not None or single is not None):
+            raise NamiError("give --keep-blocks or --double/--single, not both")
+        if (double is None) != (single is None):
+            raise NamiError("--double and --single go together")
+        if keep_blocks is not None:
+            return cls.parse(keep_blocks)
+        return None if double is None else cls.first(double, single)  # type: ignore[arg-type]
+
+    @classmethod
     def first(cls, double: int, single: int) -> "BlockSelection":
         """The first `double` double blocks and the first `single` single blocks."""
         if double < 0 or single < 0:
@@ -82,6 +93,8 @@ class BlockSelection:
     def rename(self, key: str) -> str | None:
         """The converted model's key for a source key: blocks renumbered, None if the block is dropped,
         other keys unchanged."""
+        from .flux_state import DOUBLE_PREFIX, SINGLE_PREFIX
+
         for prefix, kept in ((DOUBLE_PREFIX, self.double), (SINGLE_PREFIX, self.single)):
             if key.startswith(prefix):
                 index, rest = key[len(prefix):].split(".", 1)

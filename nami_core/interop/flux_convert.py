@@ -1,5 +1,5 @@
 """FLUX-family initialisation: a FLUX transformer cut to a subset of its blocks, as a
-transformer directory for `nami train --init OUT` (which loads `OUT/transformer`).
+transformer directory for `nami train --model OUT` (which loads `OUT/transformer`).
 
 The source is a diffusers `FluxTransformer2DModel` folder (config.json + safetensors, sharded
 or not), a pipeline folder holding one in `transformer/`, or a single checkpoint file read

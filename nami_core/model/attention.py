@@ -23,9 +23,9 @@ from typing import Callable
 
 import torch
 
+from ..config import ATTENTION_BACKENDS as BACKENDS
 from ..errors import NamiError, first_line
 
-BACKENDS = ("auto", "native", "xformers", "flash")
 PACKAGES = {"xformers": ("xformers", "xformers", "pip install 'nami[xformers]'"),
             "flash": ("flash_attn", "flash-attn", "pip install flash-attn")}  # backend -> module, dist, install
 KERNEL_DTYPES = {"flash": (torch.float16, torch.bfloat16)}  # backends whose kernels take only these

@@ -20,6 +20,7 @@ from typing import Callable
 from ..errors import ConfigError, NamiError, first_line
 
 ADAPTER_NAME = "default"
+LORA_SCALE = 1.0  # an adapter's strength unless a scale is given (ADAPTER:SCALE, --scale)
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 LORA_INFO = "nami_lora.json"  # what `nami train --lora` records: base model, rank, steps
 ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
@@ -40,10 +41,9 @@ def target_pattern(targets: str) -> str:
     return rf"(?:.*\.)?(?:transformer_blocks|single_transformer_blocks)\.\d+\.(?:{names})"
 
 
-def lora_config(rank: int, alpha: float | None = None, targets: str = "attn"):
-    """The peft `LoraConfig` of `--lora RANK --lora-alpha A --lora-targets T` (alpha defaults to rank)."""
-    from peft import LoraConfig
-
+def check_lora_settings(rank: int, alpha: float | None = None, targets: str = "attn") -> float:
+    """Check `--lora RANK --lora-alpha A --lora-targets T` without importing peft; returns alpha
+    (the rank when not given)."""
     if rank < 1:
         raise ConfigError(f"--lora must be a rank of at least 1, got {rank}")
     if targets not in LORA_TARGETS:
@@ -51,6 +51,14 @@ def lora_config(rank: int, alpha: float | None = None, targets: str = "attn"):
     alpha = float(rank if alpha is None else alpha)
     if alpha <= 0:
         raise ConfigError(f"--lora-alpha must be above 0, got {alpha:g}")
+    return alpha
+
+
+def lora_config(rank: int, alpha: float | None = None, targets: str = "attn"):
+    """The peft `LoraConfig` of `--lora RANK --lora-alpha A --lora-targets T` (alpha defaults to rank)."""
+    from peft import LoraConfig
+
+    alpha = check_lora_settings(rank, alpha, targets)
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_pattern(targets), init_lora_weights=True)
 
 
@@ -97,8 +105,8 @@ def check_lora_scale(value: float, what: str) -> float:
 
 
 def parse_lora_spec(spec: str) -> tuple[Path, float]:
-    """`ADAPTER[:SCALE]` -> (folder or .safetensors file, scale; 1 by default)."""
-    path, scale = spec, 1.0
+    """`ADAPTER[:SCALE]` -> (folder or .safetensors file, scale; `LORA_SCALE` by default)."""
+    path, scale = spec, LORA_SCALE
     head, sep, tail = spec.rpartition(":")
     if sep and head:
         try:

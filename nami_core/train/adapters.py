@@ -1,4 +1,4 @@
-"""LoRA training on a frozen `--init` model: which weights train, in what dtype, and what a run
+"""LoRA training on a frozen `--model`: which weights train, in what dtype, and what a run
 writes (an adapter folder that `nami sample --lora` and `NamiPipeline.load_lora_weights` read).
 
 ```
@@ -55,7 +55,7 @@ def lora_info(init: Path, rank: int, alpha: float | None, targets: str, steps: i
 
 def keep_adapter_weights(models, weights: list[dict], output_dir) -> None:
     """accelerate's save-state hook for LoRA runs: a checkpoint keeps the adapter's tensors only (the
-    frozen weights are --init's), megabytes instead of the whole model."""
+    frozen weights are --model's), megabytes instead of the whole model."""
     for state in weights:
         for key in [k for k in state if LORA_KEY not in k]:
             del state[key]
@@ -75,7 +75,7 @@ def check_adapter_checkpoint(checkpoint: Path, transformer) -> None:
     missing = sorted(wanted - stored)
     if missing:
         raise NamiError(f"{path} lacks {len(missing)} of the adapter's {len(wanted)} tensors (e.g. {missing[0]}): "
-                        "not a checkpoint of this --lora run (check --lora, --lora-targets and --init)")
+                        "not a checkpoint of this --lora run (check --lora, --lora-targets and --model)")
 
 
 def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:

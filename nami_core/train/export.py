@@ -8,6 +8,7 @@ the text encoder the data was prepared with.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -22,11 +23,11 @@ FSDP_MODEL_FOLDER = "pytorch_model_fsdp_0"  # accelerate's sharded model checkpo
 
 
 def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | None, plan: FlowPlan,
-                    manifest: dict, patch: int, mode: str, sample_steps: str | None,
-                    sample_cfg: str | float) -> Path:
+                    manifest: dict, patch: int, mode: str, sample_steps: str | Sequence[int] | None,
+                    sample_cfg: str | float | Sequence[float]) -> Path:
     """Write a complete model directory to `out` atomically (temporary folder, then rename)."""
     from ..codecs.spec import codec_from_record
-    from ..config import guidance_record
+    from ..config import STEPS_PER_STAGE, guidance_record
     from ..flow.scheduler import NamiFlowScheduler
     from ..model.transformer import NamiTransformer
     from ..pipeline import NamiPipeline
@@ -35,7 +36,7 @@ def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | 
     transformer = NamiTransformer.from_config(transformer_config)
     transformer.load_state_dict(raw)
     encoder = NamiTextEncoder.from_config(manifest["text_encoder"])  # the data's text settings
-    steps = plan.stage_steps(sample_steps or ",".join(["10"] * plan.flow.num_stages))
+    steps = plan.stage_steps(sample_steps or (STEPS_PER_STAGE,) * plan.flow.num_stages)
     guidance = guidance_record(plan.stage_guidance(sample_cfg))
     scheduler = NamiFlowScheduler.from_flow(plan.flow, default_steps=list(steps), default_cfg=guidance,
                                             default_mode=mode)
@@ -70,7 +71,7 @@ def export_checkpoint(checkpoint: Path, out: Path, overwrite: bool = False) -> P
     config_path = checkpoint.parent.parent / "train_config.json"
     run_config = read_run_config(config_path, checkpoint)
     train = run_config["train"]
-    inputs = {"checkpoint": checkpoint, "--data of the run": train.get("data"), "--init of the run": train.get("init")}
+    inputs = {"checkpoint": checkpoint, "--data of the run": train.get("data"), "--model of the run": train.get("init")}
     check_out_folder(out, ADAPTER if train.get("lora") else MODEL, inputs, overwrite)
     verify_checkpoint(checkpoint)  # a damaged one is named in one line, never half-read
     weights = checkpoint / "model.safetensors"
@@ -152,7 +153,7 @@ def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights
 
     if weights is None:
         raise NamiError(f"{checkpoint}: LoRA checkpoints are written by DDP runs; this one is sharded")
-    init = stored_path(config_path, "--init", train.get("init"))
+    init = stored_path(config_path, "--model", train.get("init"))
     try:
         transformer = NamiTransformer.from_pretrained(init / "transformer", variant=base_variant(init))
     except (OSError, ValueError, RuntimeError) as exc:

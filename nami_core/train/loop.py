@@ -30,7 +30,7 @@ from .export import write_model_dir
 from .metrics import MetricsLog, MetricsWindow
 from .ema import EMA
 from .optimizer_step import GuardedStep
-from .phases import PAPER_LR, Phase, default_ratios, parse_phases, value_at
+from .phases import Phase, value_at
 from .prefetch import Prefetcher
 from .sharded_ema import has_sharded_ema, load_sharded_ema, save_sharded_ema
 from .adapters import (attach_lora, base_variant, check_adapter_checkpoint, keep_adapter_weights, lora_info,
@@ -110,7 +110,7 @@ def _load_transformer(settings: TrainConfig, model_cfg):
         return NamiTransformer.from_pretrained(Path(settings.init) / "transformer", variant=variant,
                                                text_positions=model_cfg.text_positions)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise NamiError(f"--init {settings.init}: cannot load the transformer ({first_line(exc)})") from None
+        raise NamiError(f"--model {settings.init}: cannot load the transformer ({first_line(exc)})") from None
 
 
 @dataclass
@@ -121,10 +121,8 @@ class Schedules:
     lr: list[Phase]
 
     @classmethod
-    def parse(cls, settings: TrainConfig, num_stages: int) -> "Schedules":
-        mix = parse_phases(settings.ratio_schedule or default_ratios(num_stages), "--ratio-schedule", num_stages)
-        lr_text = settings.lr_schedule or (f"0:{settings.lr}" if settings.lr is not None else PAPER_LR)
-        return cls(mix, parse_phases(lr_text, "--lr-schedule", 1))
+    def of(cls, settings: TrainConfig) -> "Schedules":
+        return cls(list(settings.stage_mix), list(settings.lr_schedule))
 
 
 class TrainingRun:
@@ -169,8 +167,8 @@ class TrainingRun:
             try:  # checked now, not when the model is written at the end
                 plan.stage_steps(settings.sample_steps)
             except NamiError as exc:
-                raise NamiError(f"--sample-steps {settings.sample_steps}: {exc}") from None
-        schedules = Schedules.parse(settings, flow.num_stages)
+                raise NamiError(f"--sample-steps {','.join(map(str, settings.sample_steps))}: {exc}") from None
+        schedules = Schedules.of(settings)
         check_fits(settings, model_cfg, plan, [p.values for p in schedules.stage_mix],
                    data_text_tokens(Path(settings.data), manifest, model_cfg.text_padding))
         run = cls(settings, manifest, model_cfg, flow, plan, patch, schedules, note)
@@ -236,7 +234,7 @@ class TrainingRun:
             if settings.lora:
                 check_adapter_checkpoint(source, self.transformer)
             try:
-                # a LoRA checkpoint holds the adapter only; the frozen weights are --init's
+                # a LoRA checkpoint holds the adapter only; the frozen weights are --model's
                 accelerator.load_state(str(source), strict=not settings.lora)
             except (EOFError, RuntimeError, OSError, ValueError, KeyError) as exc:
                 raise NamiError(f"cannot resume from {source}: {first_line(exc)}") from None

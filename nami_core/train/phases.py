@@ -2,8 +2,9 @@
 
 Written as `"STEP:VALUES,STEP:VALUES"`, each phase starting at its step:
 
-* ratios, one weight per stage low to high resolution: `"0:4:2:1,120000:2:4:1,200000:1:2:4"`
-  (the paper's schedule and the default for three stages);
+* the stage mix, one weight per stage low to high resolution: `"0:4:2:1,120000:2:4:1,200000:1:2:4"`
+  (the paper's schedule and the default for three stages); one mix without a step, `"4:2:1"`,
+  holds from step 0 on (`parse_stage_mix`);
 * learning rate: `"0:1e-4,200000:5e-5"` (the paper's, the default).
 """
 
@@ -14,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..config import number_text
 from ..errors import ConfigError
 
 PAPER_RATIOS = "0:4:2:1,120000:2:4:1,200000:1:2:4"
@@ -81,3 +83,21 @@ def value_at(phases: Sequence[Phase], step: int) -> tuple[float, ...]:
 
 def default_ratios(num_stages: int) -> str:
     return PAPER_RATIOS if num_stages == 3 else "0:" + ":".join(["1"] * num_stages)
+
+
+def parse_stage_mix(text: str, num_stages: int, name: str = "--stage-mix") -> list[Phase]:
+    """A stage mix: `num_stages` weights ("4:2:1", from step 0 on) or a schedule of them
+    ("0:4:2:1,120000:2:4:1"): a phase of exactly `num_stages` values has no step."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) == 1:
+        values = len(parts[0].split(":"))
+        if values == num_stages:
+            text = "0:" + parts[0]
+        elif values != num_stages + 1:
+            raise ConfigError(f"{name} has {values} weights for {num_stages} stages")
+    return parse_phases(text, name, num_stages)
+
+
+def format_phases(phases: Sequence[Phase]) -> str:
+    """Phases as they are written: "0:4:2:1,120000:2:4:1" (values exactly, as short as they read)."""
+    return ",".join(":".join([str(p.start), *map(number_text, p.values)]) for p in phases)

@@ -24,7 +24,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..config import parse_float_list
 from ..denoiser import Denoiser
 from ..errors import ConfigError
 from ..flow.objective import flow_loss, stage_targets
@@ -33,6 +32,7 @@ from ..flow.plan import FlowPlan
 from ..text.embeddings import TextEmbeddings
 from .batches import StageGroup
 from .checkpointing import CheckpointPolicy
+from .config import parse_loss_weights
 
 
 @dataclass
@@ -94,21 +94,10 @@ def stage_sums(groups: list[StageGroup], losses: list[torch.Tensor], num_windows
     return stats
 
 
-def parse_fixed_weights(spec: str) -> tuple[float, ...]:
-    """`--stage-loss-weights 1,0.5,1`: finite, non-negative, and not all 0 (that would train nothing)."""
-    values = parse_float_list(spec, "--stage-loss-weights")
-    if any(not v >= 0 for v in values):
-        raise ConfigError("--stage-loss-weights must be non-negative")
-    if not any(v > 0 for v in values):
-        raise ConfigError(f"--stage-loss-weights {spec} are all 0: no stage would train; give at least one "
-                          "positive weight, or auto")
-    return values
-
-
 class StageLossWeights:
     """Per-window loss weights, fixed or `auto` (module docstring), as a (K,) float32 device tensor."""
 
-    def __init__(self, spec: str, num_stages: int, decay: float = 0.99, device=None) -> None:
+    def __init__(self, spec: str | Sequence[float], num_stages: int, decay: float = 0.99, device=None) -> None:
         self.auto = spec == "auto"
         self.decay = decay
         self.num_stages = num_stages
@@ -116,7 +105,7 @@ class StageLossWeights:
         if self.auto:
             fixed = [1.0] * num_stages
         else:
-            values = parse_fixed_weights(spec)
+            values = parse_loss_weights(spec)
             if len(values) != num_stages:
                 raise ConfigError(f"--stage-loss-weights has {len(values)} values for {num_stages} stage window(s)")
             fixed = list(values)

@@ -90,10 +90,23 @@ def _key(prompt: str) -> str:
     return " ".join(prompt.lower().split())
 
 
-def build_prompt_set(sources: dict[str, Sequence[str | Path]], counts: dict[str, int] | None = None,
+def parse_counts(text: str) -> dict[str, int]:
+    """"360,320,320" -> prompts per source (open, human, generated)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != len(SOURCES) or any(v < 0 for v in values):
+        raise NamiError(f"--counts takes {len(SOURCES)} non-negative numbers ({','.join(SOURCES)}), got {text!r}")
+    return dict(zip(SOURCES, values))
+
+
+def build_prompt_set(sources: dict[str, Sequence[str | Path]], counts: dict[str, int] | str | None = None,
                      seed: int = 0, max_words: int = MAX_WORDS) -> list[PromptRecord]:
-    """The prompt set drawn from `sources` (source -> files) with `counts` prompts per source."""
-    counts = dict(DEFAULT_COUNTS if counts is None else counts)
+    """The prompt set drawn from `sources` (source -> files) with `counts` prompts per source
+    ("360,320,320" is parsed; None: `DEFAULT_COUNTS`)."""
+    counts = parse_counts(counts) if isinstance(counts, str) else dict(DEFAULT_COUNTS if counts is None else counts)
     unknown = sorted(set(sources) - set(SOURCES)) + sorted(set(counts) - set(SOURCES))
     if unknown:
         raise NamiError(f"unknown source {unknown[0]!r}; sources are {', '.join(SOURCES)}")

@@ -8,11 +8,12 @@ manifest is complete; `annotate` reads it.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ...errors import NamiError
+from ..generation import GenerationSettings
 from ...files import write_jsonl_atomic
 from ...output_names import safe_name
 from ...output_targets import NAMI1K_IMAGES, Inputs, check_out_folder
@@ -21,6 +22,22 @@ from ...user_files import read_jsonl
 from .prompts import FIELDS, PromptRecord, validate_record
 
 MANIFEST_NAME = "manifest.jsonl"
+
+
+@dataclass(kw_only=True)
+class Nami1kGeneration(GenerationSettings):
+    """`nami eval nami1k generate`: the prompt set (`prompts`, from `build`) and the empty folder
+    the images and the manifest go to (`out`)."""
+
+    prompts: Path | str
+    out: Path | str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.prompts, self.out = Path(self.prompts), Path(self.out)
+
+    def inputs(self) -> dict[str, Any]:
+        return {"--prompts": self.prompts, **super().inputs()}
 
 
 def image_name(record_id: str, j: int) -> str:
