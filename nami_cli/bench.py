@@ -35,6 +35,9 @@ def check_report_paths(json_path: Path | None, plot: Path | None, inputs: dict) 
         check_out_file(json_path, (".json",), "JSON report", inputs, flag="--json", make_folder=True)
     if plot is not None:
         check_out_file(plot, (".png", ".pdf", ".svg"), "plot", inputs, flag="--plot", make_folder=True)
+        from nami_core.bench.plot import check_plot_path
+
+        check_plot_path(plot)
 
 
 def _mib(n: int | None) -> str:
@@ -75,7 +78,7 @@ def latency(
     dtype: o.Dtype = None,
     attention: o.AttentionList = None,
     compile_: o.Compile = None,
-    warmup: o.warmup("Untimed rounds (every mode once) before timing.", o.TIMING) = None,
+    warmup: o.warmup("Untimed rounds (every mode once) before timing (0: none).", o.TIMING) = None,
     repeats: o.own(int, "--repeats", help="Timed rounds; median, min and max are over these.", panel=o.TIMING) = None,
     count_ops: o.own(bool, "--count-ops/--no-count-ops", panel=o.TIMING,
         help="Count kernel launches (CUDA) or ATen ops (CPU) per step and stage with the profiler.") = None,
@@ -109,17 +112,12 @@ def latency(
         text_tokens=text_tokens, prompt_tokens=prompt_tokens, text_padding=text_padding, count_ops=count_ops,
         include_codec=include_codec, include_text=include_text, seed=seed,
     ))
+    check_report_paths(json_path, plot, {"--model": req.model_dir})
     run_latency(req, json_path, plot)
 
 
 def run_latency(req: LatencyRequest, json_path: Path | None, plot: Path | None) -> None:
     """Time with a progress bar on stderr; write the report and plot; print the table (imports torch)."""
-    if plot is not None:
-        from nami_core.bench.plot import check_plot_path
-
-        check_plot_path(plot)
-    check_report_paths(json_path, plot, {"--model": req.model_dir})
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nami_core.bench.latency import interleaved_schedule, run_latency as measure
@@ -194,7 +192,7 @@ def train(
     grad_checkpointing: o.GradCheckpointing = None,
     compile_: o.Compile = None,
     steps: o.optimizer_steps("Timed optimizer steps per configuration.", o.TIMING) = None,
-    warmup: o.warmup("Untimed steps before timing each configuration.", o.TIMING) = None,
+    warmup: o.warmup("Untimed steps before timing each configuration (0: none).", o.TIMING) = None,
     json_path: o.json_file("Write the JSON report to this file.", o.OUTPUT) = None,
 ) -> None:
     """Training throughput of `nami train`'s step on synthetic data: each stage alone, then the stage mix.
@@ -219,13 +217,12 @@ def train(
         grad_checkpointing=grad_checkpointing, compile=compile_, steps=steps, warmup=warmup, device=device,
         text_tokens=text_tokens, prompt_tokens=prompt_tokens, realistic=realistic, seed=seed,
     ))
+    check_report_paths(json_path, None, {})
     run_train(req, json_path)
 
 
 def run_train(req: TrainBenchRequest, json_path: Path | None) -> None:
     """Time with a progress bar on stderr; write the report; print the table (imports torch)."""
-    check_report_paths(json_path, None, {})
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from nami_core.bench.throughput import run_train_bench

@@ -1,12 +1,13 @@
 """The click command tree of `nami`, built once from the Typer app and finished by mechanism:
 
 * every int and float option refuses NaN, infinities and integers beyond 64 bits (seeds: 0 and
-  up) as a usage error naming the option, before any command runs (`guard_numbers`);
+  up), and every path parameter an empty value, as a usage error naming it, before any command
+  runs (`guard_values`);
 * flags show as flags in the help: typer's rich help prints a type after every option, `<bool>`
   for a flag that takes no value, unless the option has a metavar (`show_flags_as_flags`);
 * an option left at None shows the default of the core dataclass or function the command fills
   (`options.defaults_from`), so the help states every default without the CLI owning one
-  (`show_core_defaults`).
+  (`show_core_defaults`), and the bounds its field declares (`show_core_bounds`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+from pathlib import Path
 from typing import Any, Iterator
 
 try:  # typer >= 0.20 vendors click
@@ -79,15 +81,37 @@ def checked_number(param, value):
     return value
 
 
-def guard_numbers(root) -> None:
-    """Chain `checked_number` onto every int and float option below `root`."""
+def name_of(param) -> str:
+    """How an error names a parameter: an option's longest spelling, an argument's name (SRC)."""
+    return flag_of(param) if param.param_type_name == "option" else param.name.upper()
+
+
+def checked_path(param, value):
+    """Refuse an empty path as a usage error naming the parameter: typer would read `''` as the
+    current folder, so the core would never see that it was empty."""
+    for item in value if isinstance(value, (list, tuple)) else (value,):
+        if isinstance(item, str) and not item.strip():
+            raise click_exceptions.UsageError(f"{name_of(param)} is empty; give a path")
+    return value
+
+
+def is_path(annotation: Any) -> bool:
+    """A `Path` annotation, or a list of paths."""
+    return annotation is Path or Path in getattr(annotation, "__args__", ())
+
+
+def guard_values(root) -> None:
+    """Chain `checked_number` onto every int and float parameter below `root`; check every path
+    parameter's text with `checked_path` before typer turns it into a `Path`."""
     for _, command in commands(root):
         for param in getattr(command, "params", []):
             annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
-            if annotation not in (int, float):
-                continue
-            inner = param.callback
-            param.callback = (lambda ctx, p, v, inner=inner: checked_number(p, inner(ctx, p, v) if inner else v))
+            if annotation in (int, float):
+                inner = param.callback
+                param.callback = (lambda ctx, p, v, inner=inner: checked_number(p, inner(ctx, p, v) if inner else v))
+            elif is_path(annotation):
+                convert = param.process_value
+                param.process_value = (lambda ctx, v, p=param, convert=convert: convert(ctx, checked_path(p, v)))
 
 
 def show_flags_as_flags(root) -> None:
@@ -167,9 +191,32 @@ def show_core_defaults(root) -> None:
                 param.show_default = text
 
 
+def core_bounds(owner: Any) -> dict[str, str]:
+    """flag -> what the help says about the bounds a core dataclass's field declares (`config.bounds_text`)."""
+    from nami_core.config import bounds_text, option_of
+
+    if not dataclasses.is_dataclass(owner):
+        return {}
+    return {option_of(f): text for f in dataclasses.fields(owner) if (text := bounds_text(f.metadata))}
+
+
+def show_core_bounds(root) -> None:
+    """Append to the help of every option the bounds its core owner declares: "(1 to 4,096)". The
+    help as declared stays in `declared_help` (`consistency` compares that one)."""
+    for _, command in commands(root):
+        bounds: dict[str, str] = {}
+        for owner in owners_of(command):
+            bounds = {**core_bounds(owner), **bounds}
+        for param in options_of(command):
+            param.declared_help = param.help
+            if flag_of(param) in bounds and param.help:
+                param.help = f"{param.help} ({bounds[flag_of(param)]})"
+
+
 def finish(root):
     """Apply every finishing step to the click tree `root` (built by typer)."""
-    guard_numbers(root)
+    guard_values(root)
     show_flags_as_flags(root)
     show_core_defaults(root)
+    show_core_bounds(root)
     return root

@@ -58,6 +58,11 @@ def annotation_of(param) -> Any:
     return getattr(getattr(param, "type_descriptor", None), "annotation", None)
 
 
+def declared_help(param) -> str | None:
+    """The help as the command declared it, before `build.show_core_bounds` added the bounds."""
+    return getattr(param, "declared_help", param.help)
+
+
 def differences(param, declared) -> list[str]:
     """What in `param` differs from the declaration `declared` (`options.Declared`)."""
     info = declared.info
@@ -70,7 +75,7 @@ def differences(param, declared) -> list[str]:
         found.append("hidden-ness")
     if not param.is_flag and param.metavar != info.metavar:
         found.append(f"metavar {param.metavar!r} instead of {info.metavar!r}")
-    if not declared.help_varies and param.help != info.help:
+    if not declared.help_varies and declared_help(param) != info.help:
         found.append("help")
     return found
 
@@ -116,7 +121,7 @@ def problems(root, declared: Sequence[Any], choices: dict[str, list[tuple[str, .
     for flag, places in uses.items():
         variants = by_flag.get(flag, [])
         if len(places) > 1 and not variants:
-            signatures = {(str(annotation_of(p)), p.help, p.default, p.metavar) for _, p in places}
+            signatures = {(str(annotation_of(p)), declared_help(p), p.default, p.metavar) for _, p in places}
             what = "the same way" if len(signatures) == 1 else "with different help, type or default"
             found.append(f"{flag} is declared {what} in {len(places)} commands ({', '.join(n for n, _ in places)}); "
                          "declare it once in nami_cli/options.py")

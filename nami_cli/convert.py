@@ -42,11 +42,13 @@ def nami_t2i(
     """
     import json
 
-    from nami_core.output_targets import check_folder_target
+    from nami_core.input_paths import check_input
+    from nami_core.output_targets import MODEL, RELEASE, check_out_folder
 
     from .output import log
 
-    check_folder_target(out, "--out")
+    check_out_folder(out, MODEL, {"source": src}, bool(overwrite))
+    check_input(src, "SRC", RELEASE)
     from nami_core.interop.public_layout import convert_public_layout
     from nami_core.modeldir import quiet_loading
 
@@ -95,15 +97,18 @@ def flux(
     """
     import json
 
-    from nami_core.config import parse_int_list
+    from nami_core.config import parse_int_list, validate_stage_ends
+    from nami_core.input_paths import PATH, check_input
     from nami_core.interop.block_selection import BlockSelection, compact
-    from nami_core.output_targets import check_folder_target
+    from nami_core.output_targets import FLUX_INIT, check_out_folder
 
     from .output import log
 
     ends = parse_int_list(stage_ends, "--stage-ends")
+    validate_stage_ends(ends, ends[-1], "--stage-ends")  # increasing, positive; the source's depth: when it is read
     selection = BlockSelection.of(keep_blocks, double, single)
-    check_folder_target(out, "--out")
+    check_out_folder(out, FLUX_INIT, {"source": src}, bool(overwrite))
+    check_input(src, "SRC", PATH)
     from nami_core.interop.flux_convert import convert_flux
     from nami_core.modeldir import quiet_loading
 
@@ -143,10 +148,12 @@ def checkpoint(
       nami sample "a photo of a red circle" --model models/shapes-4k
     """
     from nami_core.output_targets import check_folder_target
+    from nami_core.train.export_target import export_target
 
     from .output import log
 
-    check_folder_target(out, "--out")
+    check_folder_target(out, "--out")  # the place first; what may go there depends on the checkpoint's run
+    export_target(src, Path(out), bool(overwrite))
     from nami_core.modeldir import quiet_loading
     from nami_core.train.export import export_checkpoint
 
@@ -161,7 +168,8 @@ def lora(
         help="A LoRA adapter folder (pytorch_lora_weights.safetensors), e.g. RUN/final of `nami train --lora`.")],
     model: o.model("The model directory the adapter was trained on.", o.MODEL),
     out: o.out("New model directory: the model with the adapter folded into its weights.", o.OUTPUT),
-    scale: o.own(float, "--scale", help="Strength of the adapter (as ADAPTER:SCALE in `nami sample --lora`).",
+    scale: o.own(float, "--scale", help="Strength of the adapter (as ADAPTER:SCALE in `nami sample --lora`): -100 to "
+                 "100; 0 applies nothing, a negative scale subtracts the adapter.",
         show_default=number_text(LORA_SCALE), panel=o.CONVERSION) = None,
     merge: o.own(bool, "--merge", help="Fold the adapter into the weights (the one conversion offered; required).",
         panel=o.CONVERSION) = None,
@@ -176,15 +184,19 @@ def lora(
       nami convert lora runs/lora/final --model models/shapes --out models/shapes-half --merge --scale 0.5
     """
     from nami_core.errors import NamiError
-    from nami_core.output_targets import check_folder_target
+    from nami_core.input_paths import MODEL as MODEL_DIR, check_input
+    from nami_core.model.lora import adapter_folder, check_lora_scale, parse_lora_spec
+    from nami_core.output_targets import MODEL, check_out_folder
 
     from .output import log
 
     if not merge:
         raise NamiError("give --merge to fold the adapter into the model's weights "
                         "(`nami sample --model MODEL --lora ADAPTER` applies it without merging)")
-    scale = LORA_SCALE if scale is None else scale
-    check_folder_target(out, "--out")
+    scale = check_lora_scale(LORA_SCALE if scale is None else scale, "--scale")
+    weights, _ = parse_lora_spec(str(adapter), "ADAPTER")
+    source = check_input(model, "--model", MODEL_DIR)
+    check_out_folder(out, MODEL, {"--model": source, "adapter": adapter_folder(weights)}, bool(overwrite))
     from nami_core.modeldir import merge_lora
 
     path = merge_lora(model, adapter, out, scale, overwrite=bool(overwrite),

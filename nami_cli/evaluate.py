@@ -148,6 +148,7 @@ def geneval(
         scored_lines = [(f"{p.path / ge.METADATA_NAME}:1", p.metadata) for p in prompts]
     else:
         req.check_out()
+    req.check_inputs()
     ge.check_detector(suite_lines if suite_lines is not None else scored_lines, found)
     if not req.skip_generation:
         suite = [line for _, line in suite_lines]
@@ -217,6 +218,7 @@ def dpg(
     else:
         prompt_texts = dpg_run.read_prompt_dir(req.prompts)
         dpg_run.check_new_grid_folder(req.out, req.inputs())
+    req.check_inputs()
     from nami_core.eval.vqa import TransformersVQA
 
     answerer = TransformersVQA(req.vqa, device_name(req.device), req.vqa_prompt)
@@ -314,6 +316,7 @@ def nami1k_generate(
         model=model, images_per_prompt=images_per_prompt, seed=seed, steps=steps, cfg=cfg, device=device, dtype=dtype,
         batch_size=batch_size))
     check_image_folder(req.out, req.inputs())
+    req.check_inputs()
     records = read_prompt_set(req.prompts)
     generator = req.generator()
     with progress_bar("generating") as update:
@@ -323,7 +326,7 @@ def nami1k_generate(
 
 
 @nami1k_app.command("annotate")
-@o.defaults_from(nami1k_annotate_core.write_page)
+@o.defaults_from(nami1k_annotate_core.PageRequest)
 def nami1k_annotate(
     images: o.own(List[str], "--images", help="A folder from `generate` (one model), as DIR or NAME=DIR. Repeatable.",
         panel=o.PROMPTS),
@@ -344,10 +347,10 @@ def nami1k_annotate(
 
       nami eval nami1k annotate --images eval/nami1k/2b --out eval/nami1k/page.html --link
     """
-    from nami_core.eval.nami1k.annotate import parse_model_folder, write_page
+    from nami_core.eval.nami1k.annotate import PageRequest, write_page
 
-    data = write_page([parse_model_folder(spec) for spec in images], out, embed=not link, **o.given(
-        max_side=max_side, seed=seed, title=title))
+    page = PageRequest(images, out, embed=not link, **o.given(max_side=max_side, seed=seed, title=title))
+    data = write_page(page.models, page.out, page.embed, page.max_side, page.seed, page.title)
     typer.echo(f"wrote {out} ({len(data['items'])} images)")
 
 
@@ -376,7 +379,9 @@ def nami1k_score(
 
     if json_out is not None:
         check_out_file(json_out, (".json",), "JSON scores", {"annotation file": list(annotations)}, flag="--json")
-    chosen = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    from nami_core.config import parse_name_list
+
+    chosen = list(parse_name_list(models, "--models")) if models is not None else None
     result = score_annotations(read_annotations(annotations), chosen)
     print_table(f"NAMI-1K ({len(result['annotators'])} annotators)", ["model", *DIMENSIONS, "overall", "images"],
                 [[m, *(fmt(t[d]) for d in DIMENSIONS), fmt(t["overall"]), str(t["images"])]

@@ -154,7 +154,8 @@ LoraTargets = option(str, "--lora-targets", metavar=choices(LORA_TARGETS), panel
                           "feed-forward layers.")
 LoraAdapters = option(list[str], "--lora", panel=MODEL,
                       help="A LoRA adapter folder (as `nami train --lora` writes RUN/final) with an optional "
-                           "scale, ADAPTER[:SCALE]; repeat to stack adapters.")
+                           "scale, ADAPTER[:SCALE] (-100 to 100; 0 applies nothing, a negative scale subtracts the "
+                           "adapter); repeat to stack adapters.")
 PromptTokens = option(int, "--prompt-tokens", panel=WORKLOAD,
                       help="Real tokens of each prompt in the text slot (the rest is padding).")
 ImagesPerPrompt = option(int, "--images-per-prompt", panel=SAMPLING,

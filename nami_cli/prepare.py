@@ -70,6 +70,7 @@ def prepare_data(
         batch_size=batch_size, device=device, buckets=buckets))
     src = open_prepare_source(source, req.stages[-1], image_column, caption_column, n=n, seed=seed,
                               images_dir=images_dir, scene_mix=scene_mix, usual_color=usual_color, gap=gap)
+    req.check_out(src)
     run(src, req)
 
 

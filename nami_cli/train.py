@@ -47,14 +47,18 @@ def train(
     steps: o.optimizer_steps("Optimizer steps in all.", o.OPTIMISATION) = None,
     batch_size: o.batch_size("Samples per optimizer step per process.", o.OPTIMISATION) = None,
     batch: o.OldBatchSize = None,
-    lr: o.own(float, "--lr", help="A constant learning rate instead of --lr-schedule.", panel=o.OPTIMISATION) = None,
+    lr: o.own(float, "--lr", help="A constant learning rate instead of --lr-schedule (one so large that the run "
+        "diverges stops it after --max-nan-steps).", panel=o.OPTIMISATION) = None,
     lr_schedule: o.own(str, "--lr-schedule", help="Learning-rate phases STEP:LR, e.g. 0:1e-4,200000:5e-5.",
         panel=o.OPTIMISATION) = None,
-    cfg_dropout: o.own(float, "--cfg-dropout", help="Probability of training on the empty prompt (what makes guidance work).",
+    cfg_dropout: o.own(float, "--cfg-dropout", help="Probability of training on the empty prompt (what makes guidance work; "
+        "0: never, and guidance then has nothing to push away from).",
         panel=o.OPTIMISATION) = None,
     ema_decay: o.EmaDecay = None,
-    grad_clip: o.own(float, "--grad-clip", help="Gradient norm clip.", panel=o.OPTIMISATION) = None,
-    max_nan_steps: o.own(int, "--max-nan-steps", help="Stop after this many non-finite steps in a row.", panel=o.OPTIMISATION) = None,
+    grad_clip: o.own(float, "--grad-clip", help="Gradient norm clip; one above any gradient norm (e.g. 1e9) leaves the "
+        "gradients unclipped.", panel=o.OPTIMISATION) = None,
+    max_nan_steps: o.own(int, "--max-nan-steps", help="Stop after this many non-finite steps in a row (0: at the first).",
+        panel=o.OPTIMISATION) = None,
     seed: o.seed("Seed of the initialisation and of the data order.", o.OPTIMISATION) = None,
     dtype: o.TrainDtype = None,
     attention: o.Attention = None,
@@ -105,9 +109,7 @@ def train(
         sample_cfg=sample_cfg, max_nan_steps=max_nan_steps, grad_clip=grad_clip, preload=preload,
         time_budget=time_budget, lora=lora, lora_targets=lora_targets, lora_alpha=lora_alpha,
     ))
-    from nami_core.output_targets import check_folder_target
-
-    check_folder_target(settings.out, "--out")
+    settings.check_inputs()
     if settings.preset is None and settings.config_file is None and settings.init is None:
         typer.echo("note: no --preset, --config or --model given: training the `tiny` preset (a test-sized model)",
                    err=True)

@@ -8,14 +8,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import (ATTENTION_BACKENDS, DEVICES, DTYPE_CHOICES, MODES, TIMESTEP_ROUNDINGS, at_least, check_fields,
-                     guidance_scales, one_of, parse_size, step_counts)
+from .config import (ATTENTION_BACKENDS, DEVICES, DTYPE_CHOICES, MAX_BATCH_SIZE, MAX_SIDE, MODES, TIMESTEP_ROUNDINGS,
+                     check_fields, empty_means, guidance_scales, when_empty, one_of, parse_size, step_counts, within)
+from .flow.saved import check_sampling
+from .input_paths import MODEL, check_reads, reads
+from .model_paths import resolve_model_dir
 from .errors import NamiError
 from .output_names import sample_name
+from .text.prompt_styles import PROMPT_STYLES
 from .sample_writer import write_sample
 
 
-MAX_SIDE = 65536  # pixels; a larger --width or --height is a typo, not an image
 MAX_IMAGES = 100_000  # images of one `nami sample` call (--n); checked before any seed list is built
 
 
@@ -30,25 +33,26 @@ class SampleRequest:
     """
 
     prompt: str
-    model: str | None = field(default=None, metadata={"shown": "the bundled nami-shapes model"})
-    out: Path | str = Path("nami-samples")
-    n: int = field(default=1, metadata=at_least(1))
+    model: str | None = field(default=None, metadata={**reads(MODEL), "shown": "the bundled nami-shapes model"})
+    out: Path | str = field(default=Path("nami-samples"),
+                            metadata=when_empty("give a folder, or a .png file name for one image"))
+    n: int = field(default=1, metadata=within(1, MAX_IMAGES))
     seed: int = 0
     steps: str | None = field(default=None, metadata={"shown": "the model's"})
     cfg: str | float | None = field(default=None, metadata={"shown": "the model's"})
-    negative: str | None = None
+    negative: str | None = field(default=None, metadata=empty_means("no negative prompt, not even the prompt style's"))
     mode: str | None = field(default=None, metadata={**one_of(MODES), "shown": "the model's"})
     device: str = field(default="auto", metadata=one_of(DEVICES))
     dtype: str = field(default="auto", metadata=one_of(DTYPE_CHOICES))
     attention: str = field(default="auto", metadata=one_of(ATTENTION_BACKENDS))
-    batch_size: int = field(default=8, metadata=at_least(1))
-    prompt_style: str = "plain"
+    batch_size: int = field(default=8, metadata=within(1, MAX_BATCH_SIZE))
+    prompt_style: str = field(default="plain", metadata=one_of(tuple(PROMPT_STYLES)))
     timestep_rounding: str | None = field(default=None, metadata={**one_of(TIMESTEP_ROUNDINGS), "shown": "the model's"})
     compile: bool = False
     overwrite: bool = False
     loras: tuple[str, ...] = field(default=(), metadata={"option": "--lora"})  # ADAPTER[:SCALE] each
-    height: int | None = field(default=None, metadata={"shown": "the model's side"})  # pixels
-    width: int | None = field(default=None, metadata={"shown": "the model's side"})
+    height: int | None = field(default=None, metadata={**within(1, MAX_SIDE), "shown": "the model's side"})  # pixels
+    width: int | None = field(default=None, metadata={**within(1, MAX_SIDE), "shown": "the model's side"})
     size: str | None = field(default=None, metadata={"shown": "the model's square side"})
 
     def __post_init__(self) -> None:
@@ -64,22 +68,19 @@ class SampleRequest:
         from .model.lora import parse_lora_spec
         from .text.prompt_styles import get_prompt_style
 
-        check_fields(self)
-        if self.n > MAX_IMAGES:
-            raise NamiError(f"--n must be 1 to {MAX_IMAGES:,} images, got {self.n}")
-        if self.steps is not None:
-            step_counts(self.steps, "--steps")
         if not self.prompt.strip():
             raise NamiError("the prompt is empty")
+        check_fields(self)
+        if self.steps is not None:
+            step_counts(self.steps, "--steps")
         get_prompt_style(self.prompt_style)
         if self.cfg is not None:
             guidance_scales(self.cfg, "--cfg")
         for spec in self.loras:
             parse_lora_spec(spec)
-        for name, side in (("--height", self.height), ("--width", self.width)):
-            if side is not None and not 1 <= side <= MAX_SIDE:
-                raise NamiError(f"{name} must be 1 to {MAX_SIDE} pixels, got {side}")
         self.check_out()
+        check_reads(self)
+        check_sampling(resolve_model_dir(self.model), self.mode, self.steps, self.cfg, self.height, self.width)
 
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.n)]
@@ -91,8 +92,6 @@ class SampleRequest:
         from .model_paths import resolve_model_dir
         from .output_targets import SAMPLES, check_out_file, check_out_folder, file_in_the_way
 
-        if not str(self.out).strip():
-            raise NamiError("--out is empty; give a folder, or a .png file name for one image")
         out = Path(self.out)
         if not out.exists() and out.suffix.lower() in OTHER_IMAGE_SUFFIXES:
             raise NamiError(f"--out {out}: nami sample writes PNG images; give a .png file name, or a folder")

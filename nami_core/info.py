@@ -5,18 +5,17 @@ description is fitted to a size or a report is made."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import (BASELINE_MODE, PAPER_TOTAL_STEPS, FlowConfig, ModelConfig, at_least, check_fields, get_preset,
-                     parse_int_list, parse_size, split_steps)
+from .config import (BASELINE_MODE, MAX_TEXT_TOKENS, PAPER_TOTAL_STEPS, PRESETS, FlowConfig, ModelConfig, check_fields, one_of,
+                     get_preset, parse_int_list, parse_size, split_steps, step_counts, validate_resolutions, within)
+from .input_paths import MODEL, check_reads, reads
 from .errors import NamiError
-from .flow.saved import read_saved_flow
+from .flow.saved import FLUX_VAE_PIXELS_PER_TOKEN, read_saved_model
 from .model_paths import resolve_model_dir
 
-FLUX_VAE_PIXELS_PER_TOKEN = 16  # f8 VAE, 2x2 packing
 
 
 @dataclass(frozen=True)
@@ -53,32 +52,15 @@ def at_size(desc: ModelDescription, size: tuple[int, int] | None) -> ModelDescri
     return replace(desc, flow=fit_size(desc.flow, height, width, desc.pixels_per_token))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise NamiError(f"missing {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NamiError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
 def describe_model_dir(path: str | Path, resolutions: Sequence[int] | None = None,
                        size: tuple[int, int] | None = None) -> ModelDescription:
     """Read a saved model directory's configs (no weights); `resolutions` or the final image
     `size` (width, height) replace its stage resolutions."""
     root = Path(path)
-    if not root.is_dir():
-        raise NamiError(f"model directory {root} does not exist")
-    transformer = _read_json(root / "transformer" / "config.json")
-    saved = read_saved_flow(root / "scheduler")
-    codec = _read_json(root / "codec" / "config.json")
-    model = ModelConfig.from_transformer_config(transformer)
-    flow = replace(saved.flow, resolutions=tuple(resolutions)) if resolutions else saved.flow
-    if codec.get("_class_name") == "PixelCodec":
-        ppt = int(codec.get("patch_size", 1))
-    else:
-        ppt = FLUX_VAE_PIXELS_PER_TOKEN
-    desc = ModelDescription(root.name, model, flow, ppt, saved.default_steps, saved.default_mode)
+    found = read_saved_model(root)
+    flow = replace(found.saved.flow, resolutions=tuple(resolutions)) if resolutions else found.saved.flow
+    desc = ModelDescription(root.name, found.model, flow, found.pixels_per_token, found.saved.default_steps,
+                            found.saved.default_mode)
     return at_size(desc, size)
 
 
@@ -88,12 +70,12 @@ class InfoRequest:
     is given), at its stage resolutions, at `stages` ("512,1024,2048"), or ending at `size`
     ("1024x576"); `steps` per stage (the model's) and `text_tokens` count in the FLOPs."""
 
-    preset: str | None = None
-    model: str | None = field(default=None, metadata={"shown": "the bundled nami-shapes model"})
+    preset: str | None = field(default=None, metadata=one_of(tuple(PRESETS)))
+    model: str | None = field(default=None, metadata={**reads(MODEL), "shown": "the bundled nami-shapes model"})
     stages: tuple[int, ...] | str | None = field(default=None, metadata={"shown": "the model's"})
     size: tuple[int, int] | str | None = None
     steps: str | None = field(default=None, metadata={"shown": "the model's"})
-    text_tokens: int = field(default=256, metadata=at_least(1))
+    text_tokens: int = field(default=256, metadata=within(1, MAX_TEXT_TOKENS))
     train_memory: bool = False  # the memory of a training step instead (`train.memory.TrainMemoryRequest`)
 
     def __post_init__(self) -> None:
@@ -103,13 +85,15 @@ class InfoRequest:
             raise NamiError("give --preset or --model, not both")
         if self.stages is not None and self.size is not None:
             raise NamiError("give --stages or --size, not both")
-        if self.preset is not None:
-            get_preset(self.preset)
         if self.stages is not None:
             self.stages = parse_int_list(self.stages, "--stages")
+            validate_resolutions(self.stages, "--stages")
         if isinstance(self.size, str):
             self.size = parse_size(self.size)
+        if self.steps is not None:
+            step_counts(self.steps, "--steps")
         check_fields(self)
+        check_reads(self)
 
     def describe(self) -> ModelDescription:
         """The model described (reads a model directory's configs, no weights)."""
@@ -134,7 +118,7 @@ def plan_report(desc: ModelDescription, steps: Sequence[int] | str | None, text_
     modes = runnable_modes(model.stage_ends, flow)
     mode = desc.default_mode if desc.default_mode in modes else BASELINE_MODE
     plan = FlowPlan(mode, flow, model.stage_ends, desc.pixels_per_token)
-    stage_steps = plan.stage_steps(steps if steps is not None else desc.default_steps)
+    stage_steps = plan.stage_steps(steps if steps is not None else desc.default_steps, "--steps")
     stages = []
     for k, window in enumerate(plan):
         last = k == len(plan) - 1

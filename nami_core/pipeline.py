@@ -17,7 +17,7 @@ from .codecs import flux_vae, pixel  # noqa: F401
 from .denoiser import Denoiser
 from .errors import ConfigError, NamiError
 from .flow.jump import RenoiseJump
-from .flow.plan import FlowPlan, fit_size
+from .flow.plan import FlowPlan, sampling_plan
 from .flow.sampler import ProgressiveSampler, initial_noise
 from .flow.scheduler import NamiFlowScheduler
 from .model.transformer import NamiTransformer  # noqa: F401
@@ -77,17 +77,8 @@ class NamiPipeline(DiffusionPipeline, FluxLoraLoaderMixin):
              width: int | None = None) -> FlowPlan:
         """The `FlowPlan` of `mode` with the last stage at `resolution` (square) or `height` x
         `width` pixels (either defaults to the model's side); defaults: the model's."""
-        flow = self.scheduler.flow
-        if height is not None or width is not None:
-            if resolution is not None:
-                raise ConfigError("give a resolution or a height and width, not both")
-            final = flow.resolutions[-1]
-            height, width = (final if side is None else side for side in (height, width))
-            flow = fit_size(flow, height, width, self.codec.pixels_per_token)
-        elif resolution is not None:
-            flow = fit_size(flow, resolution, resolution, self.codec.pixels_per_token)
-        mode = mode or self.scheduler.config.default_mode
-        return FlowPlan(mode, flow, self.transformer.stage_ends, self.codec.pixels_per_token)
+        return sampling_plan(self.scheduler.flow, self.transformer.stage_ends, self.codec.pixels_per_token,
+                             mode or self.scheduler.config.default_mode, resolution, height, width)
 
     def settings(self, mode: str | None = None, steps=None, cfg=None, resolution: int | None = None,
                  timestep_rounding: str | None = None, height: int | None = None,

@@ -207,7 +207,8 @@ def test_convert_help_names_all_four_conversions(capsys, monkeypatch):
      "note: --init is now --model", "error: give one of --preset, --config and --model"),
     (["train", "--data", "d", "--out", "o", "--stages", "16,32,64", "--precision", "fp8"],
      "note: --precision is now --dtype", "error: --dtype must be one of auto, fp32, bf16, fp16, got 'fp8'"),
-    (["bench", "train", "--ratio", ""], "note: --ratio is now --stage-mix", "error: --stage-mix is empty"),
+    (["bench", "train", "--ratio", ""], "note: --ratio is now --stage-mix",
+     "error: --stage-mix is empty; give a value, or leave it out for the default"),
     (["bench", "latency", "--batch", "0"], "note: --batch is now --batch-size",
      "error: --batch-size must be at least 1, got 0"),
 ])

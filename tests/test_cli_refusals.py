@@ -47,7 +47,7 @@ REFUSALS = {
     ("eval", "nami1k", "build"): (["--out", "set.jsonl", "--counts", "1,2"], "--counts takes 3 non-negative numbers"),
     ("eval", "nami1k", "generate"): (["--prompts", "p.jsonl", "--out", "o", "--cfg", "0"], "--cfg must be positive"),
     ("eval", "nami1k", "annotate"): (["--images", "missing", "--out", "page.html"],
-                                     "--images missing is not a folder of generated NAMI-1K images"),
+                                     "--images missing does not exist"),
     ("eval", "nami1k", "score"): (["a.json", "--json", "missing/scores.json"],
                                   "the folder of --json missing/scores.json does not exist"),
     ("convert", "nami-t2i"): (["src", "--out", "a-file"], "--out a-file is a file, expected a folder"),

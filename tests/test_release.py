@@ -451,7 +451,7 @@ def test_demo_prompt_style_adds_the_release_suffix_and_negative(public_dir, tmp_
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--prompt-style", "fancy"], "error: prompt style must be one of plain, nami-t2i-demo, got 'fancy'"),
+    (["--prompt-style", "fancy"], "error: --prompt-style must be one of plain, nami-t2i-demo, got 'fancy'"),
     (["--timestep-rounding", "bf16"], "error: --timestep-rounding must be one of none, fp16, got 'bf16'"),
 ])
 def test_bad_prompt_style_or_rounding_is_one_line(public_dir, tmp_path, capsys, args, expected):

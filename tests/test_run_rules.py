@@ -59,8 +59,8 @@ def test_resume_latest_with_nothing_to_resume_says_so(root, tmp_path, capsys):
 def test_resume_of_a_path_that_does_not_exist_is_one_line(root, tmp_path, capsys):
     missing = tmp_path / "run" / "checkpoints" / "step-00000009"
     code, _, err = train(root, tmp_path / "run", capsys, "--steps", "1", "--resume", str(missing))
-    assert code == 2 and one_error(err) == (f"error: --resume {missing} does not exist (give a checkpoint folder "
-                                            "RUN/checkpoints/step-N, or latest)")
+    assert code == 2 and one_error(err) == (f"error: --resume {missing} does not exist; give a checkpoint folder "
+                                            "RUN/checkpoints/step-N, or latest")
 
 
 def test_an_existing_run_is_not_restarted_without_resume(root, run, capsys):
@@ -153,7 +153,7 @@ def test_non_finite_pixels_are_never_written_as_a_picture():
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--n", "1000000000"], "--n must be 1 to 100,000 images, got 1000000000"),  # 33: built 10^9 seeds
+    (["--n", "1000000000"], "--n must be at most 100,000, got 1000000000"),  # 33: built 10^9 seeds
     (["--steps", "1000000000000"], "--steps must be at most 10000 in all (usual: 10 to 100), got 1000000000000"),  # 34
     (["--steps", "5000,5000,5000"], "--steps must be at most 10000 in all (usual: 10 to 100), got 15000"),
 ])

@@ -235,7 +235,7 @@ def test_settings_are_checked_before_any_step(root, tmp_path, capsys, monkeypatc
     started = time.monotonic()
     code, _, err = run_cli(train_args(root, out, "--steps", "1000", "--sample-steps", "1,2"), capsys)
     line = one_error(err)
-    assert code == 2 and "--sample-steps 1,2: steps lists 2 counts but the plan has 3 stages" in line
+    assert code == 2 and "--sample-steps lists 2 values for 3 stages; give one, or one per stage" in line
     assert time.monotonic() - started < 30 and not out.exists()
 
 

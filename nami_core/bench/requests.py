@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import (ATTENTION_BACKENDS, CHECKPOINTING, DEVICES, DTYPE_CHOICES, MODES, TEXT_PADDINGS, at_least,
-                      check_fields, check_mode, get_preset, guidance_scales, number_text, one_of, parse_float_list, parse_int_list, parse_name_list,
-                      validate_resolutions)
+from ..config import (ATTENTION_BACKENDS, CHECKPOINTING, DEVICES, DTYPE_CHOICES, MAX_BATCH_SIZE, MAX_REPEATS, MAX_SIDE,
+                      MAX_TEXT_TOKENS, MODES, PRESETS, TEXT_PADDINGS, check_fields, check_mode, get_preset, guidance_scales,
+                      number_text, one_of, parse_int_list, parse_name_list, parse_weights, split_steps,
+                      validate_resolutions, within)
+from ..flow.saved import read_saved_model
+from ..input_paths import MODEL, check_reads, reads
+from ..model_paths import resolve_model_dir
 from ..errors import NamiError
 
 DEFAULT_PRESET = "nami-2b"  # the model shape benchmarked without --preset or --model
@@ -24,21 +28,21 @@ DEFAULT_PROMPT_TOKENS = 12  # real tokens of a benchmark prompt, as a short capt
 class LatencyRequest:
     """The options of `nami bench latency`. `dtype` "auto" is bf16 on CUDA, fp32 on the CPU."""
 
-    preset: str | None = field(default=None, metadata={"shown": f"{DEFAULT_PRESET}, without --model"})
-    model_dir: str | None = field(default=None, metadata={"option": "--model"})
-    resolutions: tuple[int, ...] | str = DEFAULT_RESOLUTIONS
+    preset: str | None = field(default=None, metadata={**one_of(tuple(PRESETS)), "shown": f"{DEFAULT_PRESET}, without --model"})
+    model_dir: str | None = field(default=None, metadata=reads(MODEL, "--model"))
+    resolutions: tuple[int, ...] | str = field(default=DEFAULT_RESOLUTIONS, metadata=within(1, MAX_SIDE))
     steps: str = "30"
-    batch_size: int = field(default=1, metadata=at_least(1))
+    batch_size: int = field(default=1, metadata=within(1, MAX_BATCH_SIZE))
     modes: tuple[str, ...] | str = DEFAULT_MODES
     dtype: str = field(default="auto", metadata=one_of(DTYPE_CHOICES))
     attention: tuple[str, ...] | str = field(default=("auto",), metadata=one_of(ATTENTION_BACKENDS))
     compile: bool = False
     device: str = field(default="auto", metadata=one_of(DEVICES))
-    warmup: int = field(default=1, metadata=at_least(0))
-    repeats: int = field(default=3, metadata=at_least(1))
+    warmup: int = field(default=1, metadata=within(0, MAX_REPEATS))
+    repeats: int = field(default=3, metadata=within(1, MAX_REPEATS))
     cfg: float | str = 3.0
-    text_tokens: int = field(default=256, metadata=at_least(1))
-    prompt_tokens: int = field(default=DEFAULT_PROMPT_TOKENS, metadata=at_least(1))
+    text_tokens: int = field(default=256, metadata=within(1, MAX_TEXT_TOKENS))
+    prompt_tokens: int = field(default=DEFAULT_PROMPT_TOKENS, metadata=within(1, MAX_TEXT_TOKENS))
     text_padding: str | None = field(default=None, metadata={**one_of(TEXT_PADDINGS), "shown": "the model's"})
     count_ops: bool = True
     include_codec: bool = False
@@ -57,8 +61,8 @@ class LatencyRequest:
 
     def validate(self) -> None:
         check_fields(self)
-        if self.preset is not None:
-            get_preset(self.preset)
+        if self.preset is not None and self.model_dir is not None:
+            raise NamiError("give --preset or --model, not both")
         if not self.modes:
             raise NamiError(f"--modes is empty; choose from {', '.join(MODES)}")
         for mode in self.modes:
@@ -71,6 +75,14 @@ class LatencyRequest:
             raise NamiError(f"--resolutions lists a resolution twice: {','.join(map(str, self.resolutions))}")
         if not self.attention or len(set(self.attention)) != len(self.attention):
             raise NamiError(f"--attention must list each backend once, got {','.join(self.attention)}")
+        check_reads(self)
+        split_steps(self.steps, self.num_stages(), "--steps")
+
+    def num_stages(self) -> int:
+        """The stages of the model benchmarked (its configs; no weights)."""
+        if self.model_dir is None:
+            return len(get_preset(self.preset or DEFAULT_PRESET).model.stage_ends)
+        return len(read_saved_model(resolve_model_dir(self.model_dir)).model.stage_ends)
 
 
 @dataclass
@@ -78,20 +90,20 @@ class TrainBenchRequest:
     """The options of `nami bench train`. `stages` default to the preset's; `dtype` "auto" is bf16
     on CUDA, fp32 on the CPU; `stage_mix` is one weight per stage ("4:2:1")."""
 
-    preset: str | None = field(default=None, metadata={"shown": DEFAULT_PRESET})
+    preset: str | None = field(default=None, metadata={**one_of(tuple(PRESETS)), "shown": DEFAULT_PRESET})
     stages: tuple[int, ...] | str | None = field(default=None, metadata={"shown": "the preset's"})
     mode: str = field(default="nami", metadata=one_of(MODES))
     stage_mix: tuple[float, ...] | str = field(
         default=DEFAULT_STAGE_MIX, metadata={"shown": ":".join(map(number_text, DEFAULT_STAGE_MIX))})
-    batch_size: int = field(default=8, metadata=at_least(1))
+    batch_size: int = field(default=8, metadata=within(1, MAX_BATCH_SIZE))
     dtype: str = field(default="auto", metadata=one_of(DTYPE_CHOICES))
     attention: str = field(default="auto", metadata=one_of(ATTENTION_BACKENDS))
     grad_checkpointing: str = field(default="none", metadata=one_of(CHECKPOINTING))
     compile: bool = False
-    steps: int = field(default=10, metadata=at_least(1))
-    warmup: int = field(default=2, metadata=at_least(0))
+    steps: int = field(default=10, metadata=within(1, MAX_REPEATS))
+    warmup: int = field(default=2, metadata=within(0, MAX_REPEATS))
     device: str = field(default="auto", metadata=one_of(DEVICES))
-    text_tokens: int = field(default=256, metadata=at_least(1))
+    text_tokens: int = field(default=256, metadata=within(1, MAX_TEXT_TOKENS))
     prompt_tokens: int | None = field(default=None, metadata={"shown": f"{DEFAULT_PROMPT_TOKENS}, at most the slot"})
     realistic: bool = True
     only: tuple[str, ...] | None = None  # configuration names to run ("stage 3", "mix 4:2:1"); None: all
@@ -100,9 +112,6 @@ class TrainBenchRequest:
     def __post_init__(self) -> None:
         if self.stages is not None:
             self.stages = parse_int_list(self.stages, "--stages")
-        if isinstance(self.stage_mix, str):
-            self.stage_mix = parse_float_list(self.stage_mix, "--stage-mix")
-        self.stage_mix = tuple(float(w) for w in self.stage_mix)
         self.validate()
 
     @property
@@ -112,12 +121,10 @@ class TrainBenchRequest:
 
     def validate(self) -> None:
         check_fields(self)
-        if self.preset is not None:
-            get_preset(self.preset)
         if not 1 <= self.real_tokens <= self.text_tokens:
             raise NamiError(f"--prompt-tokens must be between 1 and --text-tokens ({self.text_tokens}), "
                             f"got {self.real_tokens}")
-        if any(not w >= 0 for w in self.stage_mix) or not sum(self.stage_mix) > 0:
-            raise NamiError("--stage-mix needs non-negative weights that are not all zero")
         if self.stages is not None:
-            validate_resolutions(self.stages)
+            validate_resolutions(self.stages, "--stages")
+        stages = self.stages if self.stages is not None else get_preset(self.preset or DEFAULT_PRESET).resolutions
+        self.stage_mix = parse_weights(self.stage_mix, "--stage-mix", len(stages))

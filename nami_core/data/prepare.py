@@ -32,7 +32,8 @@ from .images import SkipImage, center_crop_resize, cover_crop_resize, load_image
 from .prepare_request import PrepareRequest
 from .prepare_state import STATE_FILE, check_previous
 from .sources import Source, SourceItem
-from .store import FORMAT, NULL_TEXT, VERSION, load_manifest, shard_nbytes, write_shard
+from .manifest import check_data_stages  # noqa: F401  (the stages check `nami train` runs)
+from .store import FORMAT, NULL_TEXT, VERSION, shard_nbytes, write_shard
 from .units import finished_unit, has_finished_units, marker_path, shard_name
 
 @dataclass
@@ -236,9 +237,7 @@ def prepare(
     errors) before any progress display starts. `on_notice` is told, in one line, of each
     finished unit found damaged and redone.
     """
-    from ..output_targets import DATA, check_out_folder
-
-    out = check_out_folder(req.out, DATA, {"source": source.input_paths()})
+    out = req.check_out(source)
     preparer = preparer or Preparer(req)
     settings = _settings(req, preparer.max_tokens, source, preparer.buckets)
     shard_dir = out / "shards"
@@ -349,15 +348,3 @@ def _bucket_records(buckets: list[Bucket], stages: Sequence[int], shards: list[d
     for shard in shards:
         counts[shard["bucket"]][int(shard["resolution"])] += int(shard["count"])
     return [b.record(counts[b.name]) for b in buckets]
-
-
-def check_data_stages(folder: Path, stages: Sequence[int]) -> dict:
-    """The manifest of `folder`, after checking it was prepared for `stages`."""
-    manifest = load_manifest(folder)
-    prepared = [int(s) for s in manifest["stages"]]
-    if list(stages) != prepared:
-        raise NamiError(
-            f"--stages {','.join(map(str, stages))} differ from the data's stages "
-            f"{','.join(map(str, prepared))} (see {Path(folder) / 'manifest.json'})"
-        )
-    return manifest

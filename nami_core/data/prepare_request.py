@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import DEVICES, at_least, check_fields, one_of, parse_int_list, validate_resolutions
+from ..config import (DEVICES, MAX_BATCH_SIZE, MAX_TEXT_TOKENS, check_fields, one_of, parse_int_list,
+                      validate_resolutions, within)
 from ..errors import NamiError
 
 DEFAULT_MAX_TOKENS = {"minilm": 32}  # text length per text encoder kind
 DEFAULT_TEXT_TOKENS = 256  # text length of any other encoder
+MAX_SHARD_SIZE = 1_000_000  # source items of one work unit
 
 
 @dataclass
@@ -26,9 +28,9 @@ class PrepareRequest:
     codec: str = "pixel"
     text_encoder: str = "minilm"
     max_text_tokens: int | None = field(default=None, metadata={
-        **at_least(1), "shown": f"{DEFAULT_MAX_TOKENS['minilm']} for minilm, else {DEFAULT_TEXT_TOKENS}"})
-    shard_size: int = field(default=1024, metadata=at_least(1))
-    batch_size: int = field(default=32, metadata=at_least(1))
+        **within(1, MAX_TEXT_TOKENS), "shown": f"{DEFAULT_MAX_TOKENS['minilm']} for minilm, else {DEFAULT_TEXT_TOKENS}"})
+    shard_size: int = field(default=1024, metadata=within(1, MAX_SHARD_SIZE))
+    batch_size: int = field(default=32, metadata=within(1, MAX_BATCH_SIZE))
     device: str = field(default="auto", metadata=one_of(DEVICES))
     buckets: bool = False
 
@@ -37,8 +39,20 @@ class PrepareRequest:
             raise NamiError("--out is empty; give the folder to write the prepared data to")
         self.out = Path(self.out)
         self.stages = parse_int_list(self.stages, "--stages")
-        validate_resolutions(self.stages)
+        validate_resolutions(self.stages, "--stages")
         check_fields(self)
+        from ..codecs.spec import parse_codec
+        from ..text.spec import check_spec_paths
+
+        parse_codec(self.codec, "--codec")
+        check_spec_paths(self.text_encoder)
+
+    def check_out(self, source) -> Path:
+        """`out` may receive the prepared data of `source` (the output policy, `output_targets`):
+        a new or empty folder, or prepared data to resume, and not the source nor inside or around it."""
+        from ..output_targets import DATA, check_out_folder
+
+        return check_out_folder(self.out, DATA, {"source": source.input_paths()})
 
     def text_tokens(self) -> int:
         """The text length: `max_text_tokens`, or the encoder kind's default."""

@@ -7,11 +7,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import at_least, check_fields
+from ..config import MAX_WEIGHT, bound_text, check_fields, list_items, within
 from ..errors import NamiError
 
 SCENE_KIND_NAMES = ("relation", "objects", "pair", "count")  # the order fixes how one uniform draw picks a kind
 DEFAULT_SCENE_MIX = {"relation": 1.0, "objects": 3.0}
+MAX_SCENES = 10_000_000  # scenes of one prepared set
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ def parse_scene_mix(text: str) -> dict[str, float]:
     if not text.strip():
         raise NamiError("--scene-mix is empty; leave it out for the default (relation:1,objects:3)")
     mix: dict[str, float] = {}
-    for part in text.split(","):
-        kind, sep, weight = part.strip().partition(":")
+    for part in list_items(text, "--scene-mix"):
+        kind, sep, weight = part.partition(":")
         if not sep or kind not in SCENE_KIND_NAMES:
             raise NamiError(f"--scene-mix: {part.strip()!r} is not KIND:WEIGHT with KIND one of {', '.join(SCENE_KIND_NAMES)}")
         try:
@@ -51,6 +52,9 @@ def parse_scene_mix(text: str) -> dict[str, float]:
             value = -1.0
         if not (value >= 0 and math.isfinite(value)):
             raise NamiError(f"--scene-mix: the weight of {kind!r} must be a number >= 0, got {weight!r}")
+        if value > MAX_WEIGHT:
+            raise NamiError(f"--scene-mix: the weights are relative, each at most {bound_text(MAX_WEIGHT)}, "
+                            f"got {weight!r} for {kind!r}")
         mix[kind] = value
     if sum(mix.values()) <= 0:
         raise NamiError("--scene-mix: at least one weight must be above 0")
@@ -63,7 +67,7 @@ class SceneSettings:
     `images_dir` when given), their kinds drawn by `scene_mix` ("relation:2,objects:2" is parsed)
     and what captions leave open by `usual_color` and `gap` (`SceneStyle`)."""
 
-    n: int = field(default=10000, metadata=at_least(1))
+    n: int = field(default=10000, metadata=within(1, MAX_SCENES))
     seed: int = 0
     images_dir: Path | None = None
     scene_mix: dict[str, float] | str | None = field(
@@ -72,9 +76,9 @@ class SceneSettings:
     gap: float = DEFAULT_STYLE.gap
 
     def __post_init__(self) -> None:
-        check_fields(self)
         if isinstance(self.scene_mix, str):
             self.scene_mix = parse_scene_mix(self.scene_mix)
+        check_fields(self)
         self.style = SceneStyle(usual_color=self.usual_color, gap=self.gap)
 
     def source(self, size: int):

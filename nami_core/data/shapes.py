@@ -272,7 +272,6 @@ class ShapesSource(Source):
             from ..output_targets import SCENES, check_out_folder
 
             check_out_folder(self.images_dir, SCENES, flag="--images-dir")  # new, empty, or scenes written before
-            self.images_dir.mkdir(parents=True, exist_ok=True)
 
     def __len__(self) -> int:
         return self.n
@@ -285,6 +284,7 @@ class ShapesSource(Source):
     def _image(self, scene: Scene, index: int) -> Image.Image:
         img = render(scene.shapes, self.size)
         if self.images_dir is not None:
+            self.images_dir.mkdir(parents=True, exist_ok=True)  # made by the first scene, not by a refused command
             img.save(self.images_dir / f"{index:07d}.png")
             (self.images_dir / f"{index:07d}.txt").write_text(scene.caption + "\n")
         return img

@@ -34,13 +34,11 @@ from safetensors.torch import save_file
 from ..checksums import VerifiedFiles, file_problem
 from ..errors import NamiError
 from ..files import write_atomic
-from ..user_files import read_json
 from ..text.embeddings import TextEmbeddings
 from .buckets import Bucket
+from .manifest import FORMAT, VERSION, check_counts, load_manifest  # noqa: F401  (the format's reader)
 from .shard_check import damaged_shard, read_failure, shard_problem
 
-FORMAT = "nami-latents"
-VERSION = 1
 NULL_TEXT = "null_text.safetensors"
 
 
@@ -65,49 +63,6 @@ def write_shard(path: Path, latents: torch.Tensor, text: TextEmbeddings, keys: l
 def shard_nbytes(latents: torch.Tensor, text: TextEmbeddings) -> int:
     """The bytes of a shard's tensors as stored (float16 latents and text, bool mask)."""
     return 2 * (latents.numel() + text.sequence.numel() + text.pooled.numel()) + text.mask.numel()
-
-
-def load_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of a prepared folder, checked: the format, and counts that agree with each other
-    (`check_counts`); one error line naming the file otherwise."""
-    path = Path(folder) / "manifest.json"
-    if not Path(folder).is_dir():
-        raise NamiError(f"data directory {folder} does not exist" if not Path(folder).exists()
-                        else f"data directory {folder} is a file, not a folder")
-    if not path.is_file():
-        raise NamiError(f"{folder} has no manifest.json; run `nami prepare-data` first")
-    manifest = read_json(path, "data manifest")
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise NamiError(f"{path} is not a nami prepared-data manifest")
-    check_counts(manifest, path)
-    return manifest
-
-
-def check_counts(manifest: dict[str, Any], path: Path) -> None:
-    """The manifest's shard records are well formed, and its `counts` per resolution and its `total`
-    are what its shards hold (a hand-edited or mixed-up manifest is refused, not trained on)."""
-    shards = manifest.get("shards")
-    if not isinstance(shards, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("file"), str) and _count(s.get("count"))
-            and _count(s.get("resolution")) for s in shards):
-        raise NamiError(f"{path}: shards must be a list of records with file, resolution and count (damaged?)")
-    held: dict[str, int] = {}
-    for shard in shards:
-        held[str(shard["resolution"])] = held.get(str(shard["resolution"]), 0) + shard["count"]
-    counts = manifest.get("counts")
-    if isinstance(counts, dict):
-        for res, n in counts.items():
-            if n != held.get(str(res), 0):
-                raise NamiError(f"{path} says {n!r} images at {res}px, but its shards hold {held.get(str(res), 0)}; "
-                                "the manifest contradicts itself (edited by hand?)")
-    total = manifest.get("total")
-    if total is not None and total != sum(held.values()):
-        raise NamiError(f"{path} says total {total!r}, but its shards hold {sum(held.values())} images; "
-                        "the manifest contradicts itself (edited by hand?)")
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @dataclass

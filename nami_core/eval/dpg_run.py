@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import one_of
+from ..input_paths import FILE, FOLDER, reads
+from .weights import vqa_folder
 from ..errors import NamiError
 from . import dpg
 from .generation import GenerationSettings
@@ -35,10 +37,10 @@ class DpgRequest(GenerationSettings):
     prompts folder (needed to generate), how questions are put to the VQA model and answers
     matched. Every prompt gets `dpg.CELLS` images, the cells of its grid."""
 
-    csv: Path | str
-    vqa: str
+    csv: Path | str = field(metadata=reads(FILE))
+    vqa: str = field(metadata=reads(vqa_folder))
     out: Path | str
-    prompts: Path | str | None = None
+    prompts: Path | str | None = field(default=None, metadata=reads(FOLDER))
     skip_generation: bool = False
     vqa_prompt: str = "{question}"
     keep_first_row: bool = False
@@ -50,6 +52,11 @@ class DpgRequest(GenerationSettings):
         self.csv, self.out = Path(self.csv), Path(self.out)
         if self.prompts is None and not self.skip_generation:
             raise NamiError("--prompts DIR is required to generate (or pass --skip-generation to score --out)")
+        if "{question}" not in self.vqa_prompt:
+            raise NamiError(f"--vqa-prompt must contain {{question}}, got {self.vqa_prompt!r}")
+
+    def generating(self) -> bool:
+        return not self.skip_generation
 
     def inputs(self) -> dict[str, Any]:
         return {"--prompts": self.prompts, "--csv": self.csv, "--vqa": self.vqa, **super().inputs()}

@@ -31,11 +31,10 @@ from ..config import field_default
 from ..errors import NamiError
 from .io import list_images, read_rgb
 from .metric_requests import FidRequest
+from .weights import INCEPTION_HINT, inception_file
 
 INCEPTION_SIZE = 299
 BATCH = field_default(FidRequest, "batch_size")  # images per Inception call
-INCEPTION_HINT = ("download inception-2015-12-05.pt (the TorchScript FID Inception used by StyleGAN2-ADA and "
-                  "clean-fid) on a machine with internet and pass its path with --inception")
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -79,13 +78,7 @@ class InceptionFeatures:
     """The TorchScript FID Inception: (B, 3, 299, 299) pixel values -> (B, D) features."""
 
     def __init__(self, path: str | Path | None, device: torch.device | str = "cpu") -> None:
-        if path is None or not str(path).strip():
-            raise NamiError(f"--inception is required; {INCEPTION_HINT}")
-        path = Path(path).expanduser()
-        if not path.exists():
-            raise NamiError(f"--inception: {path} does not exist; {INCEPTION_HINT}")
-        if not path.is_file():
-            raise NamiError(f"--inception: {path} is a folder, expected the .pt file; {INCEPTION_HINT}")
+        path = inception_file(path)
         self.device = torch.device(device)
         try:
             self.model = torch.jit.load(str(path), map_location=self.device).eval()

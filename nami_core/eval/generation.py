@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from ..config import DEVICES, DTYPE_CHOICES, at_least, check_fields, guidance_record, guidance_scales, one_of
+from ..config import (DEVICES, DTYPE_CHOICES, MAX_BATCH_SIZE, check_fields, guidance_record, guidance_scales, one_of,
+                      step_counts, within)
+from ..flow.saved import check_sampling
+from ..input_paths import MODEL, check_reads, reads
+from ..model_paths import resolve_model_dir
+
+MAX_IMAGES_PER_PROMPT = 1000  # images of one prompt in a benchmark (GenEval: 4, DPG-Bench: 4)
 
 
 def image_seed(seed: int, prompt_index: int, image_index: int, per_prompt: int) -> int:
@@ -31,19 +37,32 @@ class GenerationSettings:
     """How a benchmark's images are made (`nami eval geneval | dpg | nami1k generate`), checked at
     construction before any model loads: image j of prompt i has seed `seed + i * images_per_prompt + j`."""
 
-    model: str | None = field(default=None, metadata={"shown": "the bundled model"})
+    model: str | None = field(default=None, metadata={**reads(MODEL), "shown": "the bundled model"})
     steps: str | None = field(default=None, metadata={"shown": "the model's"})
     cfg: str | None = field(default=None, metadata={"shown": "the model's"})
     device: str = field(default="auto", metadata=one_of(DEVICES))
     dtype: str = field(default="auto", metadata=one_of(DTYPE_CHOICES))
-    batch_size: int = field(default=8, metadata=at_least(1))
+    batch_size: int = field(default=8, metadata=within(1, MAX_BATCH_SIZE))
     seed: int = 0
-    images_per_prompt: int = field(default=1, metadata=at_least(1))
+    images_per_prompt: int = field(default=1, metadata=within(1, MAX_IMAGES_PER_PROMPT))
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.cfg is not None:
             guidance_scales(self.cfg, "--cfg")
+        if self.steps is not None:
+            step_counts(self.steps, "--steps")
+
+    def check_inputs(self) -> None:
+        """What the run reads, before anything loads (`input_paths`), and the steps and guidance
+        against the model's configs (`flow.saved.check_sampling`)."""
+        check_reads(self)
+        if self.generating():
+            check_sampling(resolve_model_dir(self.model), steps=self.steps, cfg=self.cfg)
+
+    def generating(self) -> bool:
+        """Whether the run generates images (a benchmark that scores images already made does not)."""
+        return True
 
     def inputs(self) -> dict[str, Any]:
         """The inputs by option: an output may not be, hold or lie inside any of them (`output_targets`)."""

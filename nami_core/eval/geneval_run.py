@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..config import at_least
+from ..config import within
+from ..input_paths import FILE, reads
+from .weights import clip_folder
 from ..errors import NamiError
-from .generation import GenerationSettings, Generator
+from .generation import MAX_IMAGES_PER_PROMPT, GenerationSettings, Generator
 
 if TYPE_CHECKING:
     from .geneval import PromptFolder
@@ -32,11 +34,11 @@ class GenevalRequest(GenerationSettings):
     colours) and whether to score the images already in `out` (`skip_generation`)."""
 
     out: Path | str
-    metadata: Path | None = field(default=None, metadata={"shown": "the bundled 300-prompt shapes suite"})
+    metadata: Path | None = field(default=None, metadata={**reads(FILE), "shown": "the bundled 300-prompt shapes suite"})
     detector: str = "shapes"
-    clip: str | None = None
+    clip: str | None = field(default=None, metadata=reads(clip_folder))
     skip_generation: bool = False
-    images_per_prompt: int = field(default=4, metadata=at_least(1))
+    images_per_prompt: int = field(default=4, metadata=within(1, MAX_IMAGES_PER_PROMPT))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +52,9 @@ class GenevalRequest(GenerationSettings):
         if self.metadata is None and self.skip_generation:
             return None
         return read_metadata_lines(self.metadata if self.metadata is not None else default_suite())
+
+    def generating(self) -> bool:
+        return not self.skip_generation
 
     def inputs(self) -> dict[str, Any]:
         return {"--metadata": self.metadata, **super().inputs()}

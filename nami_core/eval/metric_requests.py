@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import DEVICES, at_least, check_fields, one_of
+from ..config import DEVICES, MAX_BATCH_SIZE, check_fields, one_of, within
+from ..input_paths import FOLDER, check_reads, reads
+from .weights import clip_folder, inception_file
 
 
 @dataclass(kw_only=True)
@@ -17,7 +19,7 @@ class MetricRequest:
 
     json_out: Path | None = field(default=None, metadata={"option": "--json"})
     device: str = field(default="auto", metadata=one_of(DEVICES))
-    batch_size: int = field(default=32, metadata=at_least(1))
+    batch_size: int = field(default=32, metadata=within(1, MAX_BATCH_SIZE))
     json_holds: ClassVar[str] = "JSON result"  # what an error calls the --json file
 
     def __post_init__(self) -> None:
@@ -26,6 +28,7 @@ class MetricRequest:
             from ..output_targets import check_out_file
 
             check_out_file(self.json_out, (".json",), self.json_holds, self.inputs(), flag="--json")
+        check_reads(self)
 
     def inputs(self) -> dict[str, Any]:
         """The model file or folder the --json file may not be (`output_targets`)."""
@@ -36,9 +39,9 @@ class MetricRequest:
 class ClipScoreRequest(MetricRequest):
     """CLIPScore of the images under `images` with the CLIP model folder `clip`."""
 
-    images: Path
-    clip: str
-    batch_size: int = field(default=16, metadata=at_least(1))
+    images: Path = field(metadata=reads(FOLDER, "IMAGES"))
+    clip: str = field(metadata=reads(clip_folder))
+    batch_size: int = field(default=16, metadata=within(1, MAX_BATCH_SIZE))
     json_holds: ClassVar[str] = "JSON scores"
 
     def inputs(self) -> dict[str, Any]:
@@ -49,9 +52,9 @@ class ClipScoreRequest(MetricRequest):
 class FidRequest(MetricRequest):
     """FID between the folders `real` and `fake` with the Inception file `inception`."""
 
-    real: Path
-    fake: Path
-    inception: str
+    real: Path = field(metadata=reads(FOLDER, "REAL"))
+    fake: Path = field(metadata=reads(FOLDER, "FAKE"))
+    inception: str = field(metadata=reads(inception_file))
 
     def inputs(self) -> dict[str, Any]:
         return {"--inception": self.inception}

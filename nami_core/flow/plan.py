@@ -183,6 +183,21 @@ def fit_size(flow: FlowConfig, height: int, width: int, pixels_per_token: int) -
     return flow.ending_at_size(height, width)
 
 
+def sampling_plan(flow: FlowConfig, stage_ends: Sequence[int], pixels_per_token: int, mode: str,
+                  resolution: int | None = None, height: int | None = None, width: int | None = None) -> "FlowPlan":
+    """The `FlowPlan` a model samples with: `mode` on its `flow` with the last stage at `resolution`
+    (square) or `height` x `width` pixels (either defaults to the flow's side)."""
+    if height is not None or width is not None:
+        if resolution is not None:
+            raise ConfigError("give a resolution or a height and width, not both")
+        final = flow.resolutions[-1]
+        height, width = (final if side is None else side for side in (height, width))
+        flow = fit_size(flow, height, width, pixels_per_token)
+    elif resolution is not None:
+        flow = fit_size(flow, resolution, resolution, pixels_per_token)
+    return FlowPlan(mode, flow, stage_ends, pixels_per_token)
+
+
 @dataclass(frozen=True)
 class StageWindow:
     """One stage of a sampling/training plan.
@@ -301,13 +316,13 @@ class FlowPlan:
     def __getitem__(self, k: int) -> StageWindow:
         return self.windows[k]
 
-    def stage_steps(self, steps) -> tuple[int, ...]:
+    def stage_steps(self, steps, name: str = "steps") -> tuple[int, ...]:
         """Per-window step counts from one total or one count per stage ("10,10,10"). A single
-        window takes the total of the given counts."""
+        window takes the total of the given counts; errors name `name`."""
         if self.rule.single_window:
-            counts = parse_int_list(steps, "steps") if not isinstance(steps, int) else (steps,)
-            return split_steps(sum(counts), 1)
-        return split_steps(steps, len(self.windows))
+            counts = parse_int_list(steps, name) if not isinstance(steps, int) else (steps,)
+            return split_steps(sum(counts), 1, name)
+        return split_steps(steps, len(self.windows), name)
 
     def stage_guidance(self, cfg, name: str = "cfg") -> tuple[float, ...]:
         """Per-window guidance scales from one scale or one per window ("8,3,3"); errors name `name`."""

@@ -100,7 +100,7 @@ def convert_flux(src: Path, out: Path, stage_ends: Sequence[int], selection: Blo
     selection = selection or BlockSelection.first(n_double, n_single)
     selection.check(n_double, n_single)
     stage_ends = tuple(int(e) for e in stage_ends)
-    validate_stage_ends(stage_ends, selection.depth)
+    validate_stage_ends(stage_ends, selection.depth, "--stage-ends")
 
     renamed: dict[str, str] = {}  # converted key -> source key
     dropped_block_params = 0

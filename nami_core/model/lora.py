@@ -41,16 +41,24 @@ def target_pattern(targets: str) -> str:
     return rf"(?:.*\.)?(?:transformer_blocks|single_transformer_blocks)\.\d+\.(?:{names})"
 
 
+MAX_LORA_RANK = 1024  # an adapter's rank (usual: 4 to 64)
+
+
 def check_lora_settings(rank: int, alpha: float | None = None, targets: str = "attn") -> float:
     """Check `--lora RANK --lora-alpha A --lora-targets T` without importing peft; returns alpha
     (the rank when not given)."""
     if rank < 1:
         raise ConfigError(f"--lora must be a rank of at least 1, got {rank}")
+    if rank > MAX_LORA_RANK:
+        raise ConfigError(f"--lora must be a rank of at most {MAX_LORA_RANK}, got {rank}")
     if targets not in LORA_TARGETS:
         raise ConfigError(f"--lora-targets must be one of {', '.join(LORA_TARGETS)}, got {targets!r}")
     alpha = float(rank if alpha is None else alpha)
     if alpha <= 0:
         raise ConfigError(f"--lora-alpha must be above 0, got {alpha:g}")
+    if alpha / rank > MAX_LORA_SCALE:
+        raise ConfigError(f"--lora-alpha {alpha:g} scales a rank-{rank} adapter by {alpha / rank:g}; the scale "
+                          f"alpha / rank must be at most {MAX_LORA_SCALE:g}")
     return alpha
 
 
@@ -104,8 +112,9 @@ def check_lora_scale(value: float, what: str) -> float:
     return value
 
 
-def parse_lora_spec(spec: str) -> tuple[Path, float]:
-    """`ADAPTER[:SCALE]` -> (folder or .safetensors file, scale; `LORA_SCALE` by default)."""
+def parse_lora_spec(spec: str, option: str = "--lora") -> tuple[Path, float]:
+    """`ADAPTER[:SCALE]` -> (folder or .safetensors file, scale; `LORA_SCALE` by default); errors
+    name `option`."""
     path, scale = spec, LORA_SCALE
     head, sep, tail = spec.rpartition(":")
     if sep and head:
@@ -114,11 +123,13 @@ def parse_lora_spec(spec: str) -> tuple[Path, float]:
         except ValueError:
             value = None
         if value is not None:
-            path, scale = head, check_lora_scale(value, f"--lora {spec}")
+            path, scale = head, check_lora_scale(value, f"{option} {spec}")
     if not Path(path).exists():
-        raise NamiError(f"--lora {spec}: {path} does not exist")
+        raise NamiError(f"{option} {spec}: {path} does not exist")
     if Path(path).is_dir() and not (Path(path) / LORA_WEIGHTS).is_file():
-        raise NamiError(f"--lora {spec}: {path} holds no {LORA_WEIGHTS}")
+        raise NamiError(f"{option} {spec}: {path} holds no {LORA_WEIGHTS}")
+    if Path(path).is_file() and Path(path).suffix != ".safetensors":
+        raise NamiError(f"{option} {spec}: {path} is neither an adapter folder nor a .safetensors file")
     return Path(path), scale
 
 

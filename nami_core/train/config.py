@@ -15,10 +15,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import (ATTENTION_BACKENDS, CHECKPOINTING, DTYPE_NAMES, MODES, PREDICTIONS, TEXT_POSITIONS,
-                      TIMESTEP_SAMPLINGS, FlowConfig, ModelConfig, at_least, check_at_least, check_fields, field_default, get_preset, guidance_scales,
-                      number_text, one_of, parse_float_list, parse_int_list, validate_resolutions)
+from ..config import (ATTENTION_BACKENDS, CHECKPOINTING, DTYPE_NAMES, MAX_STEP_COUNT, MODES, PREDICTIONS, PRESETS,
+                      TEXT_POSITIONS, TIMESTEP_SAMPLINGS, FlowConfig, ModelConfig, check_at_least, check_fields,
+                      check_field, check_range, field_default, get_preset, guidance_scales, in_range, number_text, one_of,
+                      parse_float_list, parse_int_list, parse_weights, step_counts, validate_resolutions, within)
+from ..codecs.spec import MAX_PATCH
 from ..errors import ConfigError, NamiError
+from ..input_paths import FILE, MODEL, check_input, check_reads, reads
+from ..output_targets import CHECKPOINT, DATA
 from ..model.lora import LORA_TARGETS
 from .phases import PAPER_LR, Phase, default_ratios, format_phases, parse_phases, parse_stage_mix
 
@@ -26,6 +30,10 @@ DTYPES = ("auto", *DTYPE_NAMES)  # what `--dtype` takes for training (train/prec
 PRELOADS = ("auto", "yes", "no")
 STAGE_DRAWS = ("random", "split")
 RESOLVED_PATHS = ("data", "init", "config_file")  # inputs recorded as absolute paths
+MAX_GPUS = 65_536  # GPUs of one run
+# samples per optimizer step per process: the memory guard (`memory_guard`) refuses what does not fit,
+# with its estimate; larger counts are typos
+MAX_TRAIN_BATCH = 1_000_000
 
 
 @dataclass
@@ -38,38 +46,38 @@ class TrainConfig:
     the model's); `stage_loss_weights` is "auto" or a tuple of weights.
     """
 
-    data: Path
+    data: Path = field(metadata=reads(DATA))
     out: Path
     stages: tuple[int, ...] | str
-    preset: str | None = field(default=None, metadata={"shown": "tiny, without --config or --model"})
-    config_file: Path | None = field(default=None, metadata={"option": "--config"})
-    init: Path | None = field(default=None, metadata={"option": "--model"})
+    preset: str | None = field(default=None, metadata={**one_of(tuple(PRESETS)), "shown": "tiny, without --config or --model"})
+    config_file: Path | None = field(default=None, metadata=reads(FILE, "--config"))
+    init: Path | None = field(default=None, metadata=reads(MODEL, "--model"))
     mode: str = field(default="nami", metadata=one_of(MODES))
-    steps: int = field(default=1000, metadata=at_least(1))
-    batch_size: int = field(default=32, metadata=at_least(1))
-    lr: float | None = field(default=None, metadata={"shown": "the --lr-schedule"})
+    steps: int = field(default=1000, metadata=within(1, MAX_STEP_COUNT))
+    batch_size: int = field(default=32, metadata=within(1, MAX_TRAIN_BATCH))
+    lr: float | None = field(default=None, metadata={**in_range(0.0, None, low_open=True), "shown": "the --lr-schedule"})
     stage_mix: tuple[Phase, ...] | str | None = field(
         default=None, metadata={"shown": "0:4:2:1,120000:2:4:1,200000:1:2:4 for 3 stages, else equal"})
     lr_schedule: tuple[Phase, ...] | str | None = field(default=None, metadata={"shown": PAPER_LR})
     timestep_sampling: str = field(default="logit-normal", metadata=one_of(TIMESTEP_SAMPLINGS))
     stage_loss_weights: tuple[float, ...] | str = "auto"
-    cfg_dropout: float = 0.1
-    ema_decay: float = 0.9999
+    cfg_dropout: float = field(default=0.1, metadata=in_range(0.0, 1.0, high_open=True))
+    ema_decay: float = field(default=0.9999, metadata=in_range(0.0, 1.0, high_open=True))
     # auto: accelerate's mixed precision, else bf16 on CUDA, fp32 on the CPU (train/precision.py)
     dtype: str = field(default="auto", metadata=one_of(DTYPES))
     attention: str = field(default="auto", metadata=one_of(ATTENTION_BACKENDS))  # checked by running it (model/attention.py)
     grad_checkpointing: str = field(default="none", metadata=one_of(CHECKPOINTING))
     compile: bool = False
     fsdp: bool = False
-    save_every: int = field(default=1000, metadata=at_least(1))
-    keep: int = field(default=3, metadata=at_least(0))
+    save_every: int = field(default=1000, metadata=within(1, MAX_STEP_COUNT))
+    keep: int = field(default=3, metadata=within(0, MAX_STEP_COUNT))
     resume: str | None = None
     seed: int = 0
-    log_every: int = field(default=10, metadata=at_least(1))
+    log_every: int = field(default=10, metadata=within(1, MAX_STEP_COUNT))
     grad_clip: float = 1.0
     weight_decay: float = 0.0
-    max_nan_steps: int = field(default=20, metadata=at_least(0))
-    patch_size: int | None = field(default=None, metadata={**at_least(1), "shown": "the data's"})
+    max_nan_steps: int = field(default=20, metadata=within(0, MAX_STEP_COUNT))
+    patch_size: int | None = field(default=None, metadata={**within(1, MAX_PATCH), "shown": "the data's"})
     window_ratios: tuple[float, ...] | str | None = field(default=None, metadata={"shown": "the config's, else equal"})
     prediction: str | None = field(default=None, metadata={**one_of(PREDICTIONS), "shown": "the model's"})
     text_positions: str | None = field(default=None, metadata={**one_of(TEXT_POSITIONS), "shown": "the model's"})
@@ -78,14 +86,14 @@ class TrainConfig:
     preload: str = field(default="auto", metadata=one_of(PRELOADS))
     time_budget: float | None = None
     stage_draw: str = field(default="random", metadata=one_of(STAGE_DRAWS))  # "split": the mix's exact share per step (nami bench train)
-    lora: int | None = None  # adapter rank: train a LoRA adapter on the frozen model
+    lora: int | None = None  # adapter rank: train a LoRA adapter on the frozen model (checked by `check_lora_settings`)
     lora_targets: str = field(default="attn", metadata=one_of(tuple(LORA_TARGETS)))
     lora_alpha: float | None = field(default=None, metadata={"shown": "the rank"})
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
         self.stages = parse_int_list(self.stages, "--stages")
-        validate_resolutions(self.stages)
+        validate_resolutions(self.stages, "--stages")
         for name in ("stage_mix", "lr_schedule", "window_ratios", "sample_steps"):
             value = getattr(self, name)
             if isinstance(value, str) and not value.strip():
@@ -93,32 +101,30 @@ class TrainConfig:
         num_stages = len(self.stages)
         self.stage_mix = _phases(self.stage_mix, lambda text: parse_stage_mix(text, num_stages),
                                  default_ratios(num_stages))
+        check_field(self, "lr")
         lr_text = f"0:{self.lr!r}" if self.lr is not None else PAPER_LR
-        self.lr_schedule = _phases(self.lr_schedule, lambda text: parse_phases(text, "--lr-schedule", 1), lr_text)
-        if isinstance(self.window_ratios, str):
-            self.window_ratios = parse_float_list(self.window_ratios, "--window-ratios")
+        self.lr_schedule = _phases(self.lr_schedule, lambda text: parse_phases(text, "--lr-schedule", 1, check_lr),
+                                   lr_text)
+        if self.window_ratios is not None:
+            self.window_ratios = parse_weights(self.window_ratios, "--window-ratios", num_stages, positive=True)
         if isinstance(self.sample_steps, str):
             self.sample_steps = parse_int_list(self.sample_steps, "--sample-steps")
         if self.sample_steps is not None:
             self.sample_steps = tuple(self.sample_steps)
             for count in self.sample_steps:
                 check_at_least("--sample-steps", count, 1)
+            step_counts(self.sample_steps, "--sample-steps")
+            per_stage("--sample-steps", self.sample_steps, num_stages)
         self.sample_cfg = guidance_scales(self.sample_cfg, "--sample-cfg")
+        per_stage("--sample-cfg", self.sample_cfg, num_stages)
         if self.stage_loss_weights != "auto":
             self.stage_loss_weights = parse_loss_weights(self.stage_loss_weights)
+            per_stage("--stage-loss-weights", self.stage_loss_weights, num_stages)
         self.validate()
 
     def validate(self) -> None:
         """The checks that need no data and no model (construction runs them)."""
         check_fields(self)
-        if self.preset is not None:
-            get_preset(self.preset)
-        if not 0.0 <= self.cfg_dropout < 1.0:
-            raise ConfigError("--cfg-dropout must be in [0, 1)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError("--ema-decay must be in [0, 1)")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError("--lr must be positive")
         if self.time_budget is not None and not self.time_budget > 0:
             raise ConfigError(f"--time-budget must be a positive number of minutes, got {self.time_budget:g}")
         if not self.grad_clip > 0:
@@ -129,6 +135,16 @@ class TrainConfig:
         if self.lora is not None:
             self._validate_lora()
         self.check_out()
+
+    def check_inputs(self) -> None:
+        """What the run reads, before anything loads: the data (prepared for `stages`), the model
+        config file, the model, the checkpoint to resume (`input_paths`)."""
+        from ..data.manifest import check_data_stages
+
+        check_reads(self)
+        check_data_stages(self.data, self.stages)
+        if self.resume not in (None, "latest"):
+            check_input(self.resume, "--resume", CHECKPOINT, "give a checkpoint folder RUN/checkpoints/step-N, or latest")
 
     def inputs(self) -> dict[str, Path | None]:
         """The run's inputs by option: its folder may not be, hold or lie inside any of them."""
@@ -173,25 +189,23 @@ class TrainMemoryRequest:
     the run `nami train` would start; `stage_mix` None takes the costliest phase of the default
     schedule; `gpus` share the weights under `fsdp`."""
 
-    batch_size: int = field(default=field_default(TrainConfig, "batch_size"), metadata=at_least(1))
+    batch_size: int = field(default=field_default(TrainConfig, "batch_size"), metadata=within(1, MAX_TRAIN_BATCH))
     dtype: str = field(default=field_default(TrainConfig, "dtype"), metadata=one_of(DTYPES))
     grad_checkpointing: str = field(default=field_default(TrainConfig, "grad_checkpointing"),
                                     metadata=one_of(CHECKPOINTING))
     fsdp: bool = False
-    gpus: int | None = field(default=None, metadata={**at_least(1), "shown": "1"})
+    gpus: int | None = field(default=None, metadata={**within(1, MAX_GPUS), "shown": "1"})
     stage_mix: str | None = field(default=None, metadata={"shown": "the costliest phase of the default schedule"})
-    ema_decay: float = field_default(TrainConfig, "ema_decay")
+    ema_decay: float = field(default=field_default(TrainConfig, "ema_decay"), metadata=in_range(0.0, 1.0, high_open=True))
     lora: int | None = None
     lora_targets: str | None = field(default=None, metadata={"shown": field_default(TrainConfig, "lora_targets")})
 
     def __post_init__(self) -> None:
         from ..model.lora import check_lora_settings
 
-        check_fields(self)
         if self.stage_mix is not None and not self.stage_mix.strip():
             raise ConfigError("--stage-mix is empty; leave it out for the default")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError("--ema-decay must be in [0, 1)")
+        check_fields(self)
         if self.lora is None and self.lora_targets is not None:
             raise ConfigError("--lora-targets needs --lora")
         if self.lora is not None:
@@ -206,6 +220,8 @@ class TrainMemoryRequest:
     def report(self, description, text_tokens: int) -> dict[str, Any]:
         """The estimate for `description` (`info.ModelDescription`); with `lora`, the adapter's
         parameters are counted on a meta-device model (imports torch)."""
+        if self.stage_mix is not None:
+            parse_stage_mix(self.stage_mix, description.flow.num_stages)
         trainable = None
         if self.lora is not None:
             from .adapters import lora_parameter_count
@@ -243,16 +259,27 @@ def _phases(value: Sequence[Phase] | str | None, parse, default: str) -> tuple[P
 
 
 def parse_loss_weights(value: Sequence[float] | str) -> tuple[float, ...]:
-    """Fixed stage loss weights (`--stage-loss-weights 1,0.5,1`): finite, non-negative, and not all 0
-    (that would train nothing); their count is checked against the plan (`StageLossWeights`)."""
+    """Fixed stage loss weights (`--stage-loss-weights 1,0.5,1`): relative weights
+    (`config.parse_weights`), not all 0 (that would train nothing); their count is checked against
+    the plan's windows (`StageLossWeights`)."""
     weights = parse_float_list(value, "--stage-loss-weights") if isinstance(value, str) else tuple(map(float, value))
-    if any(not w >= 0 for w in weights):
-        raise ConfigError("--stage-loss-weights must be non-negative")
-    if not any(w > 0 for w in weights):
+    if weights and all(w == 0 for w in weights):
         given = value if isinstance(value, str) else ",".join(map(number_text, weights))
         raise ConfigError(f"--stage-loss-weights {given} are all 0: no stage would train; give at least one "
                           "positive weight, or auto")
-    return weights
+    return parse_weights(weights, "--stage-loss-weights")
+
+
+def check_lr(values: tuple[float, ...], where: str) -> None:
+    """A learning-rate phase's value: above 0 (one that makes the run diverge stops it after
+    `--max-nan-steps` non-finite steps)."""
+    check_range(where, values[0], 0.0, None, low_open=True)
+
+
+def per_stage(name: str, values: Sequence[Any], num_stages: int) -> None:
+    """ConfigError unless `values` are one value for every stage or one per stage."""
+    if len(values) not in (1, num_stages):
+        raise ConfigError(f"{name} lists {len(values)} values for {num_stages} stages; give one, or one per stage")
 
 
 def read_model_file(path: Path) -> tuple[ModelConfig | None, dict[str, Any]]:

@@ -15,6 +15,7 @@ import torch
 from ..checksums import new_artefact
 from ..errors import NamiError
 from ..flow.plan import FlowPlan
+from .export_target import export_target, stored_path
 from .integrity import verify_checkpoint
 from .sharded_ema import EMA_FOLDER, has_sharded_ema, is_sharded, read_sharded
 
@@ -59,20 +60,12 @@ def export_checkpoint(checkpoint: Path, out: Path, overwrite: bool = False) -> P
 
     from ..config import FlowConfig, ModelConfig
     from ..data.store import load_manifest
-    from ..output_targets import ADAPTER, MODEL, check_out_folder
     from .checkpoint import load_checkpoint_file
 
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_dir():
-        raise NamiError(f"{checkpoint} does not exist (give a checkpoint folder RUN/checkpoints/step-N)"
-                        if not checkpoint.exists() else f"{checkpoint} is a file, not a checkpoint folder")
-    if not (checkpoint / "trainer_state.json").is_file():
-        raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing trainer_state.json)")
+    run_config = export_target(checkpoint, out, overwrite)
     config_path = checkpoint.parent.parent / "train_config.json"
-    run_config = read_run_config(config_path, checkpoint)
     train = run_config["train"]
-    inputs = {"checkpoint": checkpoint, "--data of the run": train.get("data"), "--model of the run": train.get("init")}
-    check_out_folder(out, ADAPTER if train.get("lora") else MODEL, inputs, overwrite)
     verify_checkpoint(checkpoint)  # a damaged one is named in one line, never half-read
     weights = checkpoint / "model.safetensors"
     sharded = checkpoint / FSDP_MODEL_FOLDER
@@ -108,35 +101,6 @@ def export_checkpoint(checkpoint: Path, out: Path, overwrite: bool = False) -> P
         ema = dict(zip(names, (t.detach().cpu() for t in shadow)))
     return write_model_dir(out, model.transformer_kwargs(), raw, ema, plan, manifest, patch, train["mode"],
                            train.get("sample_steps"), train.get("sample_cfg", 3.0))
-
-
-def read_run_config(config_path: Path, checkpoint: Path) -> dict:
-    """RUN/train_config.json, checked for the sections an export reads."""
-    from ..user_files import parse_json
-
-    if not config_path.is_file():
-        raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing {config_path.name})")
-    try:
-        run_config = parse_json(config_path.read_text(encoding="utf-8"), str(config_path))
-    except (NamiError, UnicodeDecodeError):
-        run_config = None
-    if (not isinstance(run_config, dict) or not {"train", "model", "flow", "patch_size"} <= run_config.keys()
-            or not isinstance(run_config["train"], dict)):
-        raise NamiError(f"{config_path} is damaged (not the JSON `nami train` writes)")
-    return run_config
-
-
-def stored_path(config_path: Path, option: str, value) -> Path:
-    """A path the run recorded (its `option`), which must exist; the error says where it came from.
-    Runs trained before paths were recorded absolute hold them relative to the folder they ran in."""
-    if not isinstance(value, str) or not value:
-        raise NamiError(f"{config_path} records no {option} (damaged?)")
-    path = Path(value)
-    if not path.exists():
-        relative = "" if path.is_absolute() else (", relative to the folder training ran in: run this command "
-                                                   "from there, or give the path absolute in that file")
-        raise NamiError(f"{path} does not exist: it is the {option} recorded in {config_path}{relative}")
-    return path
 
 
 def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights: Path | None,

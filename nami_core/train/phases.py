@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
-from ..config import number_text
+from ..config import list_items, number_text, parse_weights
 from ..errors import ConfigError
 
 PAPER_RATIOS = "0:4:2:1,120000:2:4:1,200000:1:2:4"
@@ -42,12 +42,13 @@ class Phase:
     values: tuple[float, ...]
 
 
-def parse_phases(text: str, name: str, width: int | None = None) -> list[Phase]:
-    """Parse a schedule; `width` is the number of values each phase must have (None: any, >= 1)."""
+def parse_phases(text: str, name: str, width: int | None = None,
+                 check: Callable[[tuple[float, ...], str], Any] = parse_weights) -> list[Phase]:
+    """Parse a schedule; `width` is the number of values each phase must have (None: any, >= 1).
+    `check(values, where)` checks a phase's values; by default they are weights
+    (`config.parse_weights`: finite, non-negative, not all 0)."""
     phases = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
+    for part in list_items(text, name):
         fields = part.split(":")
         try:
             start = int(fields[0])
@@ -60,11 +61,8 @@ def parse_phases(text: str, name: str, width: int | None = None) -> list[Phase]:
             raise ConfigError(f"{name}: phase {part!r} holds a value that is not a finite number")
         if not values or (width is not None and len(values) != width):
             raise ConfigError(f"{name}: phase {part!r} has {len(values)} values, expected {width}")
-        if any(v < 0 for v in values) or sum(values) <= 0:
-            raise ConfigError(f"{name}: phase {part!r} needs non-negative values that are not all zero")
+        check(values, f"{name}: phase {part!r}")
         phases.append(Phase(start, values))
-    if not phases:
-        raise ConfigError(f"{name} is empty")
     if phases[0].start != 0:
         raise ConfigError(f"{name}: the first phase must start at step 0, not {phases[0].start}")
     if any(b.start <= a.start for a, b in zip(phases, phases[1:])):
@@ -88,7 +86,7 @@ def default_ratios(num_stages: int) -> str:
 def parse_stage_mix(text: str, num_stages: int, name: str = "--stage-mix") -> list[Phase]:
     """A stage mix: `num_stages` weights ("4:2:1", from step 0 on) or a schedule of them
     ("0:4:2:1,120000:2:4:1"): a phase of exactly `num_stages` values has no step."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
+    parts = list_items(text, name)
     if len(parts) == 1:
         values = len(parts[0].split(":"))
         if values == num_stages:

@@ -23,6 +23,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
+from ...config import check_at_least
 from ...errors import NamiError
 from ...user_files import read_jsonl, read_text
 from .prompts import SOURCES, PromptRecord, word_count
@@ -107,6 +108,7 @@ def build_prompt_set(sources: dict[str, Sequence[str | Path]], counts: dict[str,
     """The prompt set drawn from `sources` (source -> files) with `counts` prompts per source
     ("360,320,320" is parsed; None: `DEFAULT_COUNTS`)."""
     counts = parse_counts(counts) if isinstance(counts, str) else dict(DEFAULT_COUNTS if counts is None else counts)
+    check_at_least("--max-words", max_words, 1)
     unknown = sorted(set(sources) - set(SOURCES)) + sorted(set(counts) - set(SOURCES))
     if unknown:
         raise NamiError(f"unknown source {unknown[0]!r}; sources are {', '.join(SOURCES)}")

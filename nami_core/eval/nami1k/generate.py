@@ -8,11 +8,12 @@ manifest is complete; `annotate` reads it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ...errors import NamiError
+from ...input_paths import FILE, reads
 from ..generation import GenerationSettings
 from ...files import write_jsonl_atomic
 from ...output_names import safe_name
@@ -29,7 +30,7 @@ class Nami1kGeneration(GenerationSettings):
     """`nami eval nami1k generate`: the prompt set (`prompts`, from `build`) and the empty folder
     the images and the manifest go to (`out`)."""
 
-    prompts: Path | str
+    prompts: Path | str = field(metadata=reads(FILE))
     out: Path | str
 
     def __post_init__(self) -> None:
