@@ -31,7 +31,6 @@ APP_SETTINGS = dict(no_args_is_help=True, add_completion=False, pretty_exception
                     context_settings={"help_option_names": HELP_OPTION_NAMES})
 
 INT_RANGE = (-(2**63), 2**63 - 1)  # every integer option fits a 64-bit signed integer
-SEED_RANGE = (0, 2**63 - 1)
 
 # Options whose value may be left out: the bare flag means this value (`--grad-checkpointing` = full).
 OPTIONAL_VALUES = {"--grad-checkpointing": "full"}
@@ -75,7 +74,9 @@ def checked_number(param, value):
     if isinstance(value, float) and not math.isfinite(value):
         raise click_exceptions.BadParameter(f"{value} is not a finite number", param_hint=flag)
     if isinstance(value, int):
-        low, high = SEED_RANGE if param.name == "seed" else INT_RANGE
+        from nami_core.config import MAX_SEED
+
+        low, high = (0, MAX_SEED) if param.name == "seed" else INT_RANGE
         if not low <= value <= high:
             raise click_exceptions.BadParameter(f"{value} is out of range ({low} to {high})", param_hint=flag)
     return value

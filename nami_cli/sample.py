@@ -79,8 +79,6 @@ def run(req: SampleRequest, as_json: bool) -> None:
     import gc
     import json
 
-    from pathlib import Path
-
     from nami_core.generate import named_paths, report_dict, run_sample, vocabulary_warning
 
     from . import teardown
@@ -106,7 +104,7 @@ def run(req: SampleRequest, as_json: bool) -> None:
             f"(stages {stages}s, load {report.load_seconds:.2f}s)")
         for p in report.paths:
             typer.echo(str(p))
-    for wanted, written in zip(named_paths(Path(req.out), req.seeds()) or [], report.paths):
+    for wanted, written in zip(named_paths(req.out, req.seeds()) or [], report.paths):
         if wanted != written:
             typer.echo(f"note: {wanted} exists; wrote {written} instead (--overwrite replaces)", err=True)
     teardown.finish()  # every PNG and JSON is written and closed

@@ -59,6 +59,7 @@ MAX_TEXT_TOKENS = 4096  # tokens of a text slot (T5 reads 512; the release pads 
 MAX_SIDE = 65536  # pixels of an image side or a stage resolution (a larger one is a typo, not an image)
 MAX_STEP_COUNT = 1_000_000_000  # optimizer steps of a run, and the step counts tied to them (--save-every, ...)
 MAX_REPEATS = 10_000  # timed or untimed rounds of a benchmark
+MAX_SEED = 2**63 - 1  # seeds are 64-bit: 0 to 2^63 - 1
 MAX_WEIGHT = 1e6  # a relative weight (stage mix, window ratio, loss weight, scene mix): larger ones are typos
 
 

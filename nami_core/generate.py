@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import (ATTENTION_BACKENDS, DEVICES, DTYPE_CHOICES, MAX_BATCH_SIZE, MAX_SIDE, MODES, TIMESTEP_ROUNDINGS,
+from .config import (ATTENTION_BACKENDS, DEVICES, DTYPE_CHOICES, MAX_BATCH_SIZE, MAX_SEED, MAX_SIDE, MODES, TIMESTEP_ROUNDINGS,
                      check_fields, empty_means, guidance_scales, when_empty, one_of, parse_size, step_counts, within)
 from .flow.saved import check_sampling
 from .input_paths import MODEL, check_reads, reads
@@ -76,10 +77,14 @@ class SampleRequest:
         get_prompt_style(self.prompt_style)
         if self.cfg is not None:
             guidance_scales(self.cfg, "--cfg")
-        for spec in self.loras:
-            parse_lora_spec(spec)
-        self.check_out()
+        adapters = [parse_lora_spec(spec)[0].resolve() for spec in self.loras]
+        if len(set(adapters)) != len(adapters):
+            raise NamiError("--lora names one adapter twice; give it once, with the scale you want (ADAPTER:SCALE)")
+        if self.seed + self.n - 1 > MAX_SEED:
+            raise NamiError(f"--seed {self.seed} with --n {self.n} gives seeds up to {self.seed + self.n - 1}, beyond the "
+                            f"largest seed {MAX_SEED}")
         check_reads(self)
+        self.check_out()
         check_sampling(resolve_model_dir(self.model), self.mode, self.steps, self.cfg, self.height, self.width)
 
     def seeds(self) -> list[int]:
@@ -93,11 +98,11 @@ class SampleRequest:
         from .output_targets import SAMPLES, check_out_file, check_out_folder, file_in_the_way
 
         out = Path(self.out)
-        if not out.exists() and out.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+        if not out.exists() and out.suffix.lower() in OTHER_IMAGE_SUFFIXES and not str(self.out).endswith(("/", os.sep)):
             raise NamiError(f"--out {out}: nami sample writes PNG images; give a .png file name, or a folder")
         inputs = {"--model": resolve_model_dir(self.model)}
         inputs.update({f"--lora {spec}": adapter_folder(parse_lora_spec(spec)[0]) for spec in self.loras})
-        named = named_paths(out, self.seeds())
+        named = named_paths(self.out, self.seeds())
         if named is None:
             if out.exists() and not out.is_dir():
                 raise NamiError(f"--out {out} is a file; give a folder, or a .png file name for one image")
@@ -124,10 +129,13 @@ class SampleReport:
     metadata: list[dict] = field(default_factory=list)
 
 
-def named_paths(out: Path, seeds: list[int]) -> list[Path] | None:
+def named_paths(out: Path | str, seeds: list[int]) -> list[Path] | None:
     """The paths the user named: `out` itself for one image to a `.png` (`<stem>-<seed>.png` for
-    several); None when `out` is a folder (also a folder whose name ends in .png)."""
-    if out.suffix.lower() != ".png" or out.is_dir():
+    several); None when `out` is a folder (also a folder whose name ends in .png, or any name
+    given with a trailing separator: `x.png/`)."""
+    folder = str(out).endswith(("/", os.sep))
+    out = Path(out)
+    if out.suffix.lower() != ".png" or out.is_dir() or folder:
         return None
     if len(seeds) == 1:
         return [out]
@@ -186,7 +194,7 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
 
     seeds = req.seeds()
     out_dir = Path(req.out)
-    named = named_paths(out_dir, seeds)
+    named = named_paths(req.out, seeds)
     paths: list[Path] = []
     stage_seconds = [0.0] * len(run.steps)
     metadata_all = []

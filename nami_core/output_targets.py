@@ -16,7 +16,10 @@ core function that writes it, so Python callers get the same rules as the CLI:
   keep their own rules for what they add. Images of `nami sample` go into any folder that is not
   another nami artefact: they never replace a file.
 
-A file output replaces an existing file of its name (atomically), as `--json FILE` means.
+A file output replaces an existing file of its name (atomically), as `--json FILE` means. A
+symbolic link to nothing, a loop of links, and a place nami cannot write to (a read-only file
+system, a folder without write permission) are refused before any work, not when the first file
+is written.
 """
 
 from __future__ import annotations
@@ -98,7 +101,10 @@ def file_in_the_way(path: str | Path) -> Path | None:
 
 
 def _resolved(path: str | Path) -> Path:
-    return Path(os.path.abspath(path)).resolve()
+    try:
+        return Path(os.path.abspath(path)).resolve()
+    except RuntimeError:  # Python 3.11 raises it for a loop of symbolic links
+        raise NamiError(f"{path} is a loop of symbolic links") from None
 
 
 def _refuse_empty(path: str | Path, flag: str, what: str) -> Path:
@@ -129,6 +135,7 @@ def check_out_folder(path: str | Path, kind: Kind, inputs: Inputs | None = None,
                      flag: str = "--out") -> Path:
     """NamiError unless `path` may be written as a folder of `kind` (see the module's rules)."""
     path = _refuse_empty(path, flag, f"the folder to write the {kind.name} to")
+    check_link(path, flag)
     if _resolved(path) == _resolved("."):
         raise NamiError(f"{flag} {path} is the current folder; name a folder for the {kind.name}")
     check_folder_target(path, flag)
@@ -178,17 +185,20 @@ def check_out_file(path: str | Path, suffixes: tuple[str, ...], what: str, input
 def check_folder_target(path: str | Path, flag: str) -> None:
     """NamiError unless `path` is a folder or can be created as one (the place alone: no kind, no inputs)."""
     path = Path(path)
+    check_link(path, flag)
     if path.exists() and not path.is_dir():
         raise NamiError(f"{flag} {path} is a file, expected a folder")
     blocker = file_in_the_way(path)
     if blocker is not None:
         raise NamiError(f"{flag} {path}: {blocker} is a file, not a folder")
+    check_writable(path, flag)
 
 
 def check_file_target(path: str | Path, flag: str, make_folder: bool = False) -> None:
     """NamiError unless `path` names a file that can be written in an existing folder (or one that
     can be created, with `make_folder`); the place alone: any suffix, no inputs."""
     path = Path(path)
+    check_link(path, flag)
     if path.is_dir():
         raise NamiError(f"{flag} {path} is a folder; give the path of the file to write")
     blocker = file_in_the_way(path)
@@ -196,3 +206,23 @@ def check_file_target(path: str | Path, flag: str, make_folder: bool = False) ->
         raise NamiError(f"{flag} {path}: {blocker} is a file, not a folder")
     if not make_folder and not path.parent.is_dir():
         raise NamiError(f"the folder of {flag} {path} does not exist")
+    check_writable(path.parent, flag, path)
+
+
+def check_link(path: Path, flag: str) -> None:
+    """NamiError when `path` is a symbolic link to nothing (writing through it would fail late)."""
+    if path.is_symlink() and not path.exists():
+        raise NamiError(f"{flag} {path} is a symbolic link to {os.readlink(path)}, which does not exist (or loops)")
+
+
+def check_writable(path: Path, flag: str, named: Path | None = None) -> None:
+    """NamiError unless the folder `path`, or its nearest existing parent, can be written to: a
+    read-only file system or a folder without write permission is refused before any work."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or os.access(folder, os.W_OK | os.X_OK):
+        return
+    read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    reason = "a read-only file system" if read_only else "no permission to write there"
+    raise NamiError(f"{flag} {named or path}: cannot write in {folder} ({reason})")

@@ -23,11 +23,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import pytest
+import typer
 
-from nami_cli.build import commands, flag_of
+from nami_cli.build import commands, finish, flag_of
 from nami_cli.consistency import annotation_of, listed
 from nami_cli.main import command
 
@@ -214,6 +215,7 @@ class Workspace:
 
 def build_workspace(root: Path, model: Path) -> Workspace:
     """Valid tiny inputs of every command, each named for `{name}` in BASE."""
+    root.mkdir(parents=True, exist_ok=True)
     (root / "a-file.txt").write_text("keep me\n")
     (root / "a-folder").mkdir()
     (root / "a-folder" / "kept.txt").write_text("keep me\n")
@@ -312,7 +314,6 @@ CONTEXT: dict[tuple[str, str], list[str]] = {
     ("info", "--lora-targets"): ["--train-memory", "--lora", "4"],
     ("train", "--lora"): ["--model", "{model}"], ("train", "--lora-targets"): ["--model", "{model}", "--lora", "4"],
     ("train", "--lora-alpha"): ["--model", "{model}", "--lora", "4"],
-    ("eval", "geneval", "--clip"): [],
 }
 
 
@@ -458,3 +459,228 @@ def test_every_edge_is_refused_in_one_line_or_documented(path, workspace, no_wor
             if problem:
                 problems.append(problem)
     assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems)
+
+
+# -- the rules cover the command line, and every rule names something that exists --------------------------
+
+
+def parameters() -> list[tuple[tuple[str, ...], Any]]:
+    """(command path, parameter) of every parameter of every command, old spellings included."""
+    return [(path, param) for path, cmd in commands(command()) for param in cmd.params]
+
+
+def key_of(path: tuple[str, ...], param) -> str:
+    return flag_of(param) if param.param_type_name == "option" else param.name
+
+
+def test_every_option_has_a_rule():
+    """A parameter whose kind follows from neither its type, its metavar nor `MEANINGS` has no
+    edges: the command line grew an option the enumeration would skip."""
+    missing = [f"nami {' '.join(path)} {key_of(path, param)}" for path, param in parameters()
+               if meaning(path, param) is None]
+    assert not missing, "say in MEANINGS what these hold: " + ", ".join(missing)
+    assert sorted(BASE) == sorted(WORK) == sorted(PATHS)  # every command runs, with its work replaced
+    counted = sum(len(edges(path, param, meaning(path, param), Workspace(Path("."), NAMES)))
+                  for path, param in parameters() if meaning(path, param) != FLAG)
+    assert counted > 700  # the enumeration is of the whole command line, not of a few options
+
+
+NAMES = {"model": "MODEL", "data": "data", "adapter": "adapter", "checkpoint": "CK"}
+
+
+def test_every_rule_names_an_existing_parameter_and_edge():
+    """No rule outlives its option: each key of the tables names a parameter of the command line
+    (of the command given), and each documented input is an edge that parameter gets."""
+    known = {key_of(path, param) for path, param in parameters()}
+    by_command = {(" ".join(path), key_of(path, param)) for path, param in parameters()}
+    for table in (MEANINGS, WRONG_COUNT, EXTRA_EDGES):
+        for key in table:
+            assert (key in by_command) if isinstance(key, tuple) else (key in known), key
+    for key in CONTEXT:
+        assert key in by_command, key
+    for key in DOCUMENTED:
+        *where, name, label = key
+        found = [(path, param) for path, param in parameters() if key_of(path, param) == name
+                 and (not where or " ".join(path) == where[0])]
+        assert found, key
+        assert any(label in dict(edges(path, param, meaning(path, param), Workspace(Path("."), NAMES)))
+                   for path, param in found), key
+        assert DOCUMENTED[key].strip(), key
+
+
+def test_a_new_option_without_a_rule_is_found():
+    """What `test_every_option_has_a_rule` relies on: a text option with no metavar and no entry in
+    `MEANINGS` has no kind; numbers, closed sets of values and flags get theirs from their type."""
+    def toy(mystery: Annotated[Optional[str], typer.Option("--mystery", help="?")] = None,
+            count: Annotated[Optional[int], typer.Option("--count", help="n")] = None,
+            size: Annotated[Optional[float], typer.Option("--size-factor", help="f")] = None,
+            mode: Annotated[Optional[str], typer.Option("--mode", metavar="a|b", help="m")] = None,
+            quiet: Annotated[Optional[bool], typer.Option("--quiet", help="q")] = None):
+        """Toy."""
+
+    app = typer.Typer(add_completion=False)
+    app.callback()(lambda: None)
+    app.command("toy")(toy)
+    kinds = {flag_of(p): meaning(("toy",), p) for p in finish(typer.main.get_command(app)).commands["toy"].params}
+    assert kinds == {"--mystery": None, "--count": INT, "--size-factor": FLOAT, "--mode": CHOICE, "--quiet": FLAG}
+
+
+# -- inputs a new user tries, beyond the edges of one option -----------------------------------------------
+
+# (what is tried, the command line ({names} of the workspace), shell setup in the workspace, the words of
+# the one error line, or None: accepted, which here means its checks pass and it reaches its work)
+PROBES: list[tuple[str, list[str], str, str | None]] = [
+    ("a unicode prompt, an --out with spaces", ["sample", "🐱 a cat 猫", "--model", "{model}", "--out", "my samples/"], "",
+     None),
+    ("a prompt with a newline", ["sample", "a\ncat", "--model", "{model}"], "", None),
+    ("--out x.png/ (a new folder named like a file)", ["sample", "a cat", "--model", "{model}", "--out", "x.png/"], "",
+     "--out x.png names a .png file"),
+    ("--out an existing folder named x.png", ["sample", "a cat", "--model", "{model}", "--out", "shots.png"],
+     "mkdir shots.png", None),
+    ("--out a symlink to the model", ["sample", "a cat", "--model", "{model}", "--out", "to-model"],
+     "ln -s {model} to-model", "is the --model"),
+    ("--out inside --data through a symlink", ["train", "--data", "data", "--out", "data-link/run", "--stages",
+                                               "16,32,64"], "ln -s data data-link", "lies inside the --data"),
+    ("--out a name longer than the file system takes", ["sample", "a cat", "--model", "{model}", "--out", "n" * 300],
+     "", "File name too long"),
+    ("--seed at its largest with --n 2", ["sample", "a cat", "--model", "{model}", "--seed", str(2**63 - 1),
+                                          "--n", "2"], "", "beyond the largest seed"),
+    ("--cfg just above 100", ["sample", "a cat", "--model", "{model}", "--cfg", "100.0000001"], "",
+     "--cfg must be at most 100"),
+    ("--size in full-width digits", ["sample", "a cat", "--model", "{model}", "--size", "６４x６４"], "",
+     "--size must be WIDTHxHEIGHT"),
+    ("--size with spaces and a capital X", ["info", "--preset", "tiny", "--size", " 1024 X 576 "], "", None),
+    ("--stages in Arabic-Indic digits (Python reads them as 16,32,64)", ["info", "--preset", "tiny", "--stages",
+                                                                        "١٦,٣٢,٦٤"], "", None),
+    ("--stages with a trailing comma", ["info", "--preset", "tiny", "--stages", "256,512,"], "", "has an empty item"),
+    ("--steps with spaces around the items", ["sample", "a cat", "--model", "{model}", "--steps", " 2, 2 ,2"], "",
+     None),
+    ("--device in capitals", ["sample", "a cat", "--model", "{model}", "--device", "CUDA"], "",
+     "--device must be one of"),
+    ("--seed -0", ["sample", "a cat", "--model", "{model}", "--seed", "-0"], "", None),
+    ("--config a folder", ["train", "--data", "data", "--out", "run", "--stages", "16,32,64", "--config", "data"], "",
+     "--config data is a folder"),
+    ("--model a prepared data folder", ["train", "--data", "data", "--out", "run", "--stages", "16,32,64", "--model",
+                                        "data"], "", "--model data is not a model directory"),
+    ("--out the model config file", ["train", "--data", "data", "--out", "model.json", "--stages", "16,32,64",
+                                     "--config", "model.json"], "", "--out model.json is a file"),
+    ("--out a loop of symbolic links", ["train", "--data", "data", "--out", "loop", "--stages", "16,32,64"],
+     "ln -s loop loop", "--out loop is a symbolic link"),
+    ("--out a symbolic link to nothing", ["sample", "a cat", "--model", "{model}", "--out", "gone"],
+     "ln -s nowhere gone", "--out gone is a symbolic link to nowhere"),
+    ("--out a .png symbolic link to nothing", ["sample", "a cat", "--model", "{model}", "--out", "gone.png"],
+     "ln -s nowhere gone.png", "--out gone.png is a symbolic link to nowhere"),
+    ("--out /dev/null", ["sample", "a cat", "--model", "{model}", "--out", "/dev/null"], "", "--out /dev/null is a file"),
+    ("one adapter twice", ["sample", "a cat", "--model", "{model}", "--lora", "adapter", "--lora", "adapter:0.5"], "",
+     "--lora names one adapter twice"),
+    ("a missing .tar shard", ["prepare-data", "missing.tar", "--out", "d", "--stages", "16"], "",
+     "missing.tar does not exist"),
+    ("a .tar of random bytes", ["prepare-data", "junk.tar", "--out", "d", "--stages", "16"],
+     "head -c 2048 /dev/urandom > junk.tar", "junk.tar is not a tar file"),
+    ("--out inside the image folder it prepares", ["prepare-data", "pictures", "--out", "pictures/prepared", "--stages",
+                                                   "16"], "mkdir pictures && cp images/a.png pictures/",
+     "lies inside the source pictures"),
+    ("--images-dir the same as --out", ["prepare-data", "shapes", "--out", "same", "--stages", "16", "--images-dir",
+                                        "same"], "", "is the --images-dir same"),
+    ("--images-dir inside --out", ["prepare-data", "shapes", "--out", "same", "--stages", "16", "--images-dir",
+                                   "same/png"], "", "holds the --images-dir"),
+    ("--images-dir a file", ["prepare-data", "shapes", "--out", "d", "--stages", "16", "--images-dir", "model.json"], "",
+     "--images-dir model.json is a file"),
+    ("--text-encoder a bare path that is missing", ["prepare-data", "shapes", "--out", "d", "--stages", "16",
+                                                     "--text-encoder", "nowhere/model"], "", "nowhere/model does not exist"),
+    ("--model a component folder of a model", ["info", "--model", "{model}/transformer"], "",
+     "is not a model directory"),
+    ("--modes naming a mode twice", ["bench", "latency", "--preset", "tiny", "--modes", "nami,nami"], "",
+     "--modes lists a mode twice"),
+    ("--stage-mix weights whose sum overflows", ["train", "--data", "data", "--out", "run", "--stages", "16,32,64",
+                                                 "--stage-mix", "1e308:1e308:1e308"], "", "each at most 1,000,000"),
+    ("--lr-schedule with a step given twice", ["train", "--data", "data", "--out", "run", "--stages", "16,32,64",
+                                               "--lr-schedule", "0:1e-4,0:1e-3"], "", "phase steps must increase"),
+    ("an annotation file given twice", ["eval", "nami1k", "score", "annotations.json", "annotations.json"], "",
+     "appears in both"),
+    ("--json the annotation file", ["eval", "nami1k", "score", "annotations.json", "--json", "annotations.json"], "",
+     "writing it would replace the input"),
+    ("--out the --open prompt file", ["eval", "nami1k", "build", "--open", "o.jsonl", "--out", "o.jsonl", "--counts",
+                                      "1,0,0"], "echo '{{\"prompt\": \"a red circle\"}}' > o.jsonl", "is the --open o.jsonl"),
+    ("--out the prompt set", ["eval", "nami1k", "generate", "--prompts", "set.jsonl", "--out", "set.jsonl"], "",
+     "--out set.jsonl is a file"),
+    ("--vqa-prompt with another field", ["eval", "dpg", "--csv", "dpg.csv", "--vqa", "vqa", "--out", "g", "--prompts",
+                                         "dpg-prompts", "--vqa-prompt", "Q: {{question}} {{answer}}"], "",
+     "--vqa-prompt may hold {question} and no other"),
+    ("--vqa-prompt with an open brace", ["eval", "dpg", "--csv", "dpg.csv", "--vqa", "vqa", "--out", "g", "--prompts",
+                                         "dpg-prompts", "--vqa-prompt", "Q: {{question"], "", "--vqa-prompt must contain"),
+    ("REAL and FAKE the same folder", ["eval", "fid", "images", "images/", "--inception", "inception.pt"], "",
+     "REAL and FAKE are the same folder"),
+    ("--out of a merge inside the model", ["convert", "lora", "adapter", "--model", "{model}", "--out", "{model}/m",
+                                           "--merge"], "", "lies inside the --model"),
+    ("--keep-blocks with a huge range", ["convert", "flux", "flux", "--out", "f", "--stage-ends", "1",
+                                         "--keep-blocks", "d0-99999999999"], "", "block indices go up to 1023"),
+    ("--double and --single huge", ["convert", "flux", "flux", "--out", "f", "--stage-ends", "1", "--double",
+                                    "999999999", "--single", "1"], "", "--double and --single must be at most 1024"),
+    ("a checkpoint that is a data folder", ["convert", "checkpoint", "data", "--out", "m"], "",
+     "data is not a complete nami training checkpoint"),
+]
+READ_ONLY = [  # the same refusal for every command that writes: checked before any work
+    ["sample", "a cat", "--model", "{model}", "--out", "ro"],
+    ["train", "--data", "data", "--out", "ro/run", "--stages", "16,32,64"],
+    ["prepare-data", "shapes", "--out", "ro/d", "--stages", "16"],
+    ["eval", "nami1k", "build", "--open", "open.txt", "--out", "ro/set.jsonl", "--counts", "1,0,0"],
+    ["bench", "latency", "--preset", "tiny", "--json", "ro/x.json"],
+    ["convert", "lora", "adapter", "--model", "{model}", "--out", "ro/m", "--merge"],
+    ["eval", "nami1k", "score", "annotations.json", "--json", "ro/s.json"],
+]
+
+
+@pytest.fixture
+def probe_space(tmp_path, tiny_model_dir, no_work, monkeypatch) -> Workspace:
+    space = build_workspace(tmp_path / "probes", tiny_model_dir)
+    monkeypatch.chdir(space.root)
+    return space
+
+
+def test_what_a_new_user_tries_is_refused_in_one_line_or_accepted(probe_space, capsys):
+    import subprocess
+
+    problems = []
+    for what, args, setup, words in PROBES:
+        if setup:
+            subprocess.run(setup.format(**probe_space.names), shell=True, cwd=probe_space.root, check=True)
+        argv = [a.format(**probe_space.names) for a in args]
+        before = state(probe_space.root)
+        outcome, code, err = attempt(argv, capsys)
+        lines = err.splitlines()
+        if words is None:
+            if outcome != "reached":
+                problems.append(f"{what}: not accepted ({code}): {err.strip()}")
+        elif outcome != "exited" or code != 2 or len(lines) != 1 or not lines[0].startswith("error: ") \
+                or words not in lines[0] or state(probe_space.root) != before:
+            problems.append(f"{what}: {outcome} {code} {err.strip()!r}, expected one error line with {words!r}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def read_only(probe_space):
+    """A read-only folder `ro`: a read-only tmpfs where the test runs as root (root writes through
+    permissions), a folder without write permission otherwise."""
+    import os
+    import subprocess
+
+    folder = probe_space.root / "ro"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]).returncode != 0:
+            pytest.skip("cannot mount a read-only tmpfs here")
+        yield folder
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+
+
+def test_a_place_that_cannot_be_written_is_refused_before_any_work(probe_space, read_only, capsys):
+    for args in READ_ONLY:
+        argv = [a.format(**probe_space.names) for a in args]
+        outcome, code, err = attempt(argv, capsys)
+        assert outcome == "exited" and code == 2 and err.count("\n") == 1, (argv, outcome, err)
+        assert "cannot write in ro (" in err and err.startswith("error: --"), (argv, err)

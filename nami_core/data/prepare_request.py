@@ -52,7 +52,8 @@ class PrepareRequest:
         a new or empty folder, or prepared data to resume, and not the source nor inside or around it."""
         from ..output_targets import DATA, check_out_folder
 
-        return check_out_folder(self.out, DATA, {"source": source.input_paths()})
+        return check_out_folder(self.out, DATA, {"source": source.input_paths(),
+                                                 "--images-dir": getattr(source, "images_dir", None)})
 
     def text_tokens(self) -> int:
         """The text length: `max_text_tokens`, or the encoder kind's default."""

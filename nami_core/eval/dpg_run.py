@@ -54,6 +54,11 @@ class DpgRequest(GenerationSettings):
             raise NamiError("--prompts DIR is required to generate (or pass --skip-generation to score --out)")
         if "{question}" not in self.vqa_prompt:
             raise NamiError(f"--vqa-prompt must contain {{question}}, got {self.vqa_prompt!r}")
+        try:
+            self.vqa_prompt.format(question="")
+        except (KeyError, IndexError, ValueError):
+            raise NamiError(f"--vqa-prompt may hold {{question}} and no other {{field}}, got {self.vqa_prompt!r} "
+                            "(write a brace as {{ or }})") from None
 
     def generating(self) -> bool:
         return not self.skip_generation

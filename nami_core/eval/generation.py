@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from ..config import (DEVICES, DTYPE_CHOICES, MAX_BATCH_SIZE, check_fields, guidance_record, guidance_scales, one_of,
+from ..config import (DEVICES, DTYPE_CHOICES, MAX_BATCH_SIZE, MAX_SEED, check_fields, guidance_record, guidance_scales, one_of,
                       step_counts, within)
+from ..errors import NamiError
 from ..flow.saved import check_sampling
 from ..input_paths import MODEL, check_reads, reads
 from ..model_paths import resolve_model_dir
@@ -97,6 +98,9 @@ class Generator:
 
     def images(self, prompts: Sequence[str], per_prompt: int, seed: int, batch_size: int) -> Iterator[Generated]:
         """Every image of every prompt, in order (prompt-major), `batch_size` images per model call."""
+        last = image_seed(seed, len(prompts) - 1, per_prompt - 1, per_prompt)
+        if last > MAX_SEED:
+            raise NamiError(f"--seed {seed} gives the last image the seed {last}, beyond the largest seed {MAX_SEED}")
         per_call = max(1, batch_size // per_prompt)
         for first in range(0, len(prompts), per_call):
             chunk = list(prompts[first:first + per_call])

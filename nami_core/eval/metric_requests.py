@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..config import DEVICES, MAX_BATCH_SIZE, check_fields, one_of, within
+from ..errors import NamiError
 from ..input_paths import FOLDER, check_reads, reads
 from .weights import clip_folder, inception_file
 
@@ -55,6 +56,11 @@ class FidRequest(MetricRequest):
     real: Path = field(metadata=reads(FOLDER, "REAL"))
     fake: Path = field(metadata=reads(FOLDER, "FAKE"))
     inception: str = field(metadata=reads(inception_file))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if Path(self.real).resolve() == Path(self.fake).resolve():
+            raise NamiError(f"REAL and FAKE are the same folder ({self.real}); FID compares two sets of images")
 
     def inputs(self) -> dict[str, Any]:
         return {"--inception": self.inception}
