@@ -14,7 +14,9 @@ runs in-process with the other parameters at valid tiny values, and the call tha
 was accepted, so a refusal must come from the checks before it.
 
 A new option needs no new code when its kind follows from its type or metavar; otherwise
-`test_every_option_has_a_rule` fails until `MEANINGS` says what it holds.
+`test_every_option_has_a_rule` fails until `MEANINGS` says what it holds. Flags alone are left out
+(`EXCLUDED`). `PROBES` adds inputs a new user tries that are not one option's edge (symbolic links,
+read-only folders, an output equal to an input, unicode, very long names).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ IN_FOLDER, IN_FILE, IN_PATH = "folder to read", "file to read", "folder or file 
 OUT_FOLDER, OUT_FILE = "folder to write", "file to write"
 SPEC = "spec"  # NAME[:ARGUMENT] forms (--codec pixel:2, --lora ADAPTER:SCALE): edges in EXTRA_EDGES
 FLAG = "flag"
+# kinds with no edge inputs, and why
+EXCLUDED = {FLAG: "a flag takes no value: given or left out, both are valid"}
 
 # Text parameters by flag (argument: its name); a command that means something else by a spelling
 # is keyed ("command", flag).
@@ -109,6 +113,11 @@ EXTRA_EDGES: dict[Any, list[tuple[str, str]]] = {
 }
 
 
+def key_of(param) -> str:
+    """How the tables name a parameter: an option's longest spelling, an argument's name."""
+    return flag_of(param) if param.param_type_name == "option" else param.name
+
+
 def meaning(path: tuple[str, ...], param) -> str | None:
     """The kind of `param` of `nami PATH` (None: no rule)."""
     if getattr(param, "is_flag", False):
@@ -118,7 +127,7 @@ def meaning(path: tuple[str, ...], param) -> str | None:
         return INT
     if annotation is float:
         return FLOAT
-    name = flag_of(param) if param.param_type_name == "option" else param.name
+    name = key_of(param)
     found = MEANINGS.get((" ".join(path), name), MEANINGS.get(name))
     if found is not None:
         return found
@@ -129,7 +138,8 @@ def meaning(path: tuple[str, ...], param) -> str | None:
 
 
 def edges(path: tuple[str, ...], param, kind: str, workspace: "Workspace") -> list[tuple[str, str]]:
-    name = flag_of(param) if param.param_type_name == "option" else param.name
+    """(label, value) of every edge input of `param` of `nami PATH`, whose kind is `kind`."""
+    name = key_of(param)
     found = list(EDGES.get(kind, []))
     values = listed(param.metavar)
     resolved = []
@@ -320,7 +330,7 @@ CONTEXT: dict[tuple[str, str], list[str]] = {
 def argv_with(path: tuple[str, ...], param, value: str, workspace: Workspace) -> list[str]:
     """The command line of `nami PATH` with `param` set to `value`, the others at BASE."""
     base = [a.format(**workspace.names) for a in BASE[path]]
-    name = flag_of(param) if param.param_type_name == "option" else param.name
+    name = key_of(param)
     context = [a.format(**workspace.names) for a in CONTEXT.get((" ".join(path), name), [])]
     if param.param_type_name == "argument":
         arguments = [p for p in command_of(path).params if p.param_type_name == "argument"]
@@ -396,7 +406,7 @@ def help_text(path: tuple[str, ...], param) -> str:
 
 def check_case(path, param, label, value, workspace, capsys) -> str | None:
     """None when `nami PATH` with `param` at `value` is refused in one line or documented; else the problem."""
-    name = flag_of(param) if param.param_type_name == "option" else param.name
+    name = key_of(param)
     argv = argv_with(path, param, value, workspace)
     before = state(workspace.root)
     outcome, code, err = attempt(argv, capsys)
@@ -452,7 +462,7 @@ def test_every_edge_is_refused_in_one_line_or_documented(path, workspace, no_wor
     assert outcome == "reached", f"the base command line {argv} does not reach its work: {code} {err}"
     for param in cmd.params:
         kind = meaning(path, param)
-        if kind in (FLAG, None):
+        if kind in EXCLUDED or kind is None:  # None: test_every_option_has_a_rule names it
             continue
         for label, value in edges(path, param, kind, workspace):
             problem = check_case(path, param, label, value, workspace, capsys)
@@ -469,19 +479,15 @@ def parameters() -> list[tuple[tuple[str, ...], Any]]:
     return [(path, param) for path, cmd in commands(command()) for param in cmd.params]
 
 
-def key_of(path: tuple[str, ...], param) -> str:
-    return flag_of(param) if param.param_type_name == "option" else param.name
-
-
 def test_every_option_has_a_rule():
     """A parameter whose kind follows from neither its type, its metavar nor `MEANINGS` has no
     edges: the command line grew an option the enumeration would skip."""
-    missing = [f"nami {' '.join(path)} {key_of(path, param)}" for path, param in parameters()
+    missing = [f"nami {' '.join(path)} {key_of(param)}" for path, param in parameters()
                if meaning(path, param) is None]
     assert not missing, "say in MEANINGS what these hold: " + ", ".join(missing)
     assert sorted(BASE) == sorted(WORK) == sorted(PATHS)  # every command runs, with its work replaced
     counted = sum(len(edges(path, param, meaning(path, param), Workspace(Path("."), NAMES)))
-                  for path, param in parameters() if meaning(path, param) != FLAG)
+                  for path, param in parameters() if meaning(path, param) not in EXCLUDED)
     assert counted > 700  # the enumeration is of the whole command line, not of a few options
 
 
@@ -491,8 +497,8 @@ NAMES = {"model": "MODEL", "data": "data", "adapter": "adapter", "checkpoint": "
 def test_every_rule_names_an_existing_parameter_and_edge():
     """No rule outlives its option: each key of the tables names a parameter of the command line
     (of the command given), and each documented input is an edge that parameter gets."""
-    known = {key_of(path, param) for path, param in parameters()}
-    by_command = {(" ".join(path), key_of(path, param)) for path, param in parameters()}
+    known = {key_of(param) for path, param in parameters()}
+    by_command = {(" ".join(path), key_of(param)) for path, param in parameters()}
     for table in (MEANINGS, WRONG_COUNT, EXTRA_EDGES):
         for key in table:
             assert (key in by_command) if isinstance(key, tuple) else (key in known), key
@@ -500,7 +506,7 @@ def test_every_rule_names_an_existing_parameter_and_edge():
         assert key in by_command, key
     for key in DOCUMENTED:
         *where, name, label = key
-        found = [(path, param) for path, param in parameters() if key_of(path, param) == name
+        found = [(path, param) for path, param in parameters() if key_of(param) == name
                  and (not where or " ".join(path) == where[0])]
         assert found, key
         assert any(label in dict(edges(path, param, meaning(path, param), Workspace(Path("."), NAMES)))
