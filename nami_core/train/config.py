@@ -25,7 +25,17 @@ from .phases import PAPER_LR, Phase, default_ratios, format_phases, parse_phases
 DTYPES = ("auto", *DTYPE_NAMES)  # what `--dtype` takes for training (train/precision.py resolves auto)
 PRELOADS = ("auto", "yes", "no")
 STAGE_DRAWS = ("random", "split")
-RESOLVED_PATHS = ("data", "init", "config_file")  # inputs recorded as absolute paths
+RESOLVED_PATHS = ("data", "init", "config_file", "validation_prompts")  # inputs recorded as absolute paths
+# diffusers' `get_scheduler` names (diffusers.optimization) that `--lr-scheduler` takes
+LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
+OPTIMIZERS = ("adamw", "adamw8bit")
+REPORT_TO = ("none", "tensorboard", "wandb", "all")
+# what a tracker or optimizer needs: the module that must be installed, and how to install it
+PACKAGES = {"tensorboard": ("tensorboard", "pip install 'nami[tensorboard]'"),
+            "wandb": ("wandb", "pip install wandb"),
+            "adamw8bit": ("bitsandbytes", "pip install bitsandbytes")}
+TRACKERS = ("tensorboard", "wandb")  # what `--report-to all` means: those of them installed
+DEFAULT_VALIDATION_EVERY = 500
 
 
 @dataclass
@@ -47,10 +57,18 @@ class TrainConfig:
     mode: str = field(default="nami", metadata=one_of(MODES))
     steps: int = field(default=1000, metadata=at_least(1))
     batch_size: int = field(default=32, metadata=at_least(1))
+    gradient_accumulation_steps: int = field(default=1, metadata=at_least(1))
     lr: float | None = field(default=None, metadata={"shown": "the --lr-schedule"})
     stage_mix: tuple[Phase, ...] | str | None = field(
         default=None, metadata={"shown": "0:4:2:1,120000:2:4:1,200000:1:2:4 for 3 stages, else equal"})
     lr_schedule: tuple[Phase, ...] | str | None = field(default=None, metadata={"shown": PAPER_LR})
+    lr_scheduler: str = field(default="constant", metadata=one_of(LR_SCHEDULERS))
+    lr_warmup_steps: int = field(default=0, metadata=at_least(0))
+    optimizer: str = field(default="adamw", metadata=one_of(OPTIMIZERS))
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.0
+    adam_epsilon: float = 1e-8
     timestep_sampling: str = field(default="logit-normal", metadata=one_of(TIMESTEP_SAMPLINGS))
     stage_loss_weights: tuple[float, ...] | str = "auto"
     cfg_dropout: float = 0.1
@@ -67,7 +85,6 @@ class TrainConfig:
     seed: int = 0
     log_every: int = field(default=10, metadata=at_least(1))
     grad_clip: float = 1.0
-    weight_decay: float = 0.0
     max_nan_steps: int = field(default=20, metadata=at_least(0))
     patch_size: int | None = field(default=None, metadata={**at_least(1), "shown": "the data's"})
     window_ratios: tuple[float, ...] | str | None = field(default=None, metadata={"shown": "the config's, else equal"})
@@ -81,9 +98,17 @@ class TrainConfig:
     lora: int | None = None  # adapter rank: train a LoRA adapter on the frozen model
     lora_targets: str = field(default="attn", metadata=one_of(tuple(LORA_TARGETS)))
     lora_alpha: float | None = field(default=None, metadata={"shown": "the rank"})
+    report_to: str = field(default="none", metadata=one_of(REPORT_TO))
+    validation_prompt: tuple[str, ...] = ()  # repeatable on the command line
+    validation_prompts: Path | None = None  # a text file, one prompt per line
+    validation_every: int | None = field(default=None, metadata={**at_least(1), "shown": str(DEFAULT_VALIDATION_EVERY)})
+    validation_seed: int | None = field(default=None, metadata={"shown": "0"})
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
+        self.validation_prompt = tuple(self.validation_prompt)
+        if self.validation_prompts is not None:
+            self.validation_prompts = Path(self.validation_prompts)
         self.stages = parse_int_list(self.stages, "--stages")
         validate_resolutions(self.stages)
         for name in ("stage_mix", "lr_schedule", "window_ratios", "sample_steps"):
@@ -128,11 +153,91 @@ class TrainConfig:
             raise ConfigError("give one of --preset, --config and --model")
         if self.lora is not None:
             self._validate_lora()
+        self._validate_optimizer()
+        self._validate_validation()
+        self.trackers()  # a tracker asked for that is not installed is refused now
         self.check_out()
 
     def inputs(self) -> dict[str, Path | None]:
         """The run's inputs by option: its folder may not be, hold or lie inside any of them."""
-        return {"--data": self.data, "--model": self.init, "--config": self.config_file}
+        return {"--data": self.data, "--model": self.init, "--config": self.config_file,
+                "--validation-prompts": self.validation_prompts}
+
+    @property
+    def images_per_step(self) -> int:
+        """Samples of one optimizer step per process: `batch_size` per micro-batch, times the micro-batches."""
+        return self.batch_size * self.gradient_accumulation_steps
+
+    def trackers(self) -> tuple[str, ...]:
+        """The accelerate trackers `report_to` names (`all`: those of `TRACKERS` installed); a named
+        one that is not installed is refused in one line."""
+        from ..packages import installed
+
+        if self.report_to == "none":
+            return ()
+        if self.report_to == "all":
+            found = tuple(name for name in TRACKERS if installed(PACKAGES[name][0]))
+            if not found:
+                raise ConfigError(f"--report-to all: none of {', '.join(TRACKERS)} is installed; "
+                                  f"{PACKAGES['tensorboard'][1]} or {PACKAGES['wandb'][1]}")
+            return found
+        _require(self.report_to, f"--report-to {self.report_to}")
+        return (self.report_to,)
+
+    def validation_prompt_list(self) -> list[str]:
+        """The prompts validation draws: `--validation-prompt`s as given, or the non-empty lines of
+        `--validation-prompts FILE` (UTF-8); [] without validation."""
+        if self.validation_prompts is None:
+            return list(self.validation_prompt)
+        from ..user_files import read_text
+
+        lines = [line.strip() for line in read_text(self.validation_prompts, "--validation-prompts").splitlines()]
+        prompts = [line for line in lines if line]
+        if not prompts:
+            raise ConfigError(f"--validation-prompts {self.validation_prompts} holds no prompt (one per line)")
+        return prompts
+
+    @property
+    def validation_interval(self) -> int:
+        return self.validation_every if self.validation_every is not None else DEFAULT_VALIDATION_EVERY
+
+    def _validate_optimizer(self) -> None:
+        if self.optimizer != "adamw":
+            _require(self.optimizer, f"--optimizer {self.optimizer}")
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1), got {value:g}")
+        if not self.adam_epsilon > 0:
+            raise ConfigError(f"--adam-epsilon must be positive, got {self.adam_epsilon:g}")
+        if not self.adam_weight_decay >= 0:
+            raise ConfigError(f"--adam-weight-decay must be 0 or more, got {self.adam_weight_decay:g}")
+        if self.lr_warmup_steps and self.lr_scheduler == "constant":
+            raise ConfigError(f"--lr-warmup-steps {self.lr_warmup_steps}: the constant --lr-scheduler has no warmup; "
+                              "give --lr-scheduler constant_with_warmup (or linear, cosine, ...)")
+        if self.lr_warmup_steps >= self.steps:
+            raise ConfigError(f"--lr-warmup-steps {self.lr_warmup_steps} must be below --steps {self.steps} "
+                              "(the learning rate would never reach its peak)")
+
+    def _validate_validation(self) -> None:
+        if self.validation_prompt and self.validation_prompts is not None:
+            raise ConfigError("give --validation-prompt or --validation-prompts, not both")
+        if any(not p.strip() for p in self.validation_prompt):
+            raise ConfigError("--validation-prompt is empty; give the prompt to draw")
+        wanted = bool(self.validation_prompt) or self.validation_prompts is not None
+        if not wanted:
+            extra = [flag for flag, value in (("--validation-every", self.validation_every),
+                                              ("--validation-seed", self.validation_seed)) if value is not None]
+            if extra:
+                raise ConfigError(f"{' and '.join(extra)} {'needs' if len(extra) == 1 else 'need'} "
+                                  "--validation-prompt or --validation-prompts")
+            return
+        if self.validation_seed is not None and self.validation_seed < 0:
+            raise ConfigError(f"--validation-seed must be 0 or more, got {self.validation_seed}")
+        if self.fsdp:
+            raise ConfigError("validation images are drawn by rank 0 with the whole model, which --fsdp shards; "
+                              "train with DDP, or sample checkpoints with `nami convert checkpoint` + `nami sample`")
+        self.validation_prompt_list()  # the file is read now: a missing or empty one is refused before any work
 
     def check_out(self) -> None:
         """The run folder: not empty or `.`, not an input, and a run folder (or a new or empty one)."""
@@ -160,6 +265,7 @@ class TrainConfig:
         data["stages"] = list(self.stages)
         data["stage_mix"] = format_phases(self.stage_mix)
         data["lr_schedule"] = format_phases(self.lr_schedule)
+        data["validation_prompt"] = list(self.validation_prompt)
         for key in ("window_ratios", "sample_steps", "sample_cfg", "stage_loss_weights"):
             value = getattr(self, key)
             data[key] = value if value is None or isinstance(value, str) else ",".join(map(number_text, value))
@@ -233,6 +339,15 @@ def train_memory_request(enabled: bool, **options: Any) -> TrainMemoryRequest | 
             raise ConfigError(f"{flags} {'needs' if len(given) == 1 else 'need'} --train-memory")
         return None
     return TrainMemoryRequest(**given)
+
+
+def _require(name: str, flag: str) -> None:
+    """ConfigError unless the package `PACKAGES[name]` needs is installed."""
+    from ..packages import installed
+
+    module, how = PACKAGES[name]
+    if not installed(module):
+        raise ConfigError(f"{flag} needs {module}, which is not installed; {how}")
 
 
 def _phases(value: Sequence[Phase] | str | None, parse, default: str) -> tuple[Phase, ...]:
