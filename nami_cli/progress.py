@@ -118,6 +118,7 @@ class TrainProgress:
     def phase(self, text: str) -> None:
         if self.progress is not None:
             self.progress.update(self.task, description=text)
+            self.progress.refresh()  # shown now, however short the phase
 
     def step(self, step: int, total: int) -> None:
         first = self.clock.start is None

@@ -164,4 +164,4 @@ def run(settings: TrainConfig, console=None) -> None:
     if result.final_dir is not None:
         skipped = f" ({result.nan_skipped} non-finite steps skipped)" if result.nan_skipped else ""
         what = "adapter" if settings.lora else "model"
-        log(f"done at step {result.step}{skipped}; {what}: {result.final_dir}")
+        log(f"done at step {result.step}{skipped}; {what}: {result.final_dir}", progress.console)
