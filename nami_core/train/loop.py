@@ -586,7 +586,9 @@ def _run(settings: TrainConfig, on_log, on_step, on_note, on_phase) -> TrainResu
             if run.step_count % settings.save_every == 0 or run.step_count == settings.steps or out_of_time:
                 run.checkpoint()
             if run.validation.due(run.step_count) and not out_of_time:
+                started = time.perf_counter()
                 run.validate()
+                window.exclude(time.perf_counter() - started)
             if out_of_time:
                 break
         done = run.step_count >= settings.steps or out_of_time

@@ -35,6 +35,10 @@ class MetricsWindow:
         self.stage_sum, self.stage_n = zeros(self.num_stages), zeros(self.num_stages)
         self.tau_sum, self.tau_n = zeros(TAU_BINS), zeros(TAU_BINS)
 
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent outside training (drawing validation images) out of the throughput."""
+        self.t0 += seconds
+
     def add(self, loss: torch.Tensor, sums: torch.Tensor, taus: torch.Tensor, losses: torch.Tensor,
             taken: torch.Tensor, images: int, tokens: int) -> None:
         """One step: its loss (0-dim), per-window [loss sum, count] pairs (2K,) summed over ranks, every
