@@ -97,12 +97,20 @@ def test_resume_after_sigkill_is_exact(shapes_data, tmp_path):
 
 
 def test_torchrun_two_ranks_on_cpu(shapes_data, tmp_path):
+    """Two DDP ranks, two micro-batches a step (the first without a gradient reduction), validation
+    drawn by rank 0 while rank 1 waits."""
     out = tmp_path / "ddp"
-    result = torchrun_nami(train_args(shapes_data, out, "--steps", "4", "--save-every", "4"))
+    result = torchrun_nami(train_args(shapes_data, out, "--steps", "4", "--save-every", "4",
+                                      "--gradient-accumulation-steps", "2", "--validation-prompt", "a red circle",
+                                      "--validation-every", "2"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
     assert json.loads((out / "train_config.json").read_text())["world_size"] == 2
     assert (out / "final" / "model_index.json").is_file()
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-2.png", "step-4.png"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4]
+    assert sum(records[0]["samples_stage"]) == 4 * 8 * 2 * 2  # steps x batch x micro-batches x ranks
 
 
 def test_ranks_draw_the_same_stages_but_different_images(shapes_data):
