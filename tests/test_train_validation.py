@@ -4,11 +4,6 @@ the run's sampling defaults, prompt and seed under each tile; training's random 
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -19,7 +14,7 @@ from nami_core.errors import NamiError
 from nami_core.grid import MIN_TILE, PAD
 from nami_core.png import read_png_metadata
 from nami_core.train.config import TrainConfig
-from tests.helpers import prepare_train_data, run_cli, train_cli_args
+from tests.helpers import kill_after_checkpoint, prepare_train_data, run_cli, train_cli_args
 
 PROMPTS = ("a photo of a red circle", "two blue squares")
 VALIDATION = ["--validation-prompt", PROMPTS[0], "--validation-prompt", PROMPTS[1], "--validation-every", "2",
@@ -78,19 +73,7 @@ def test_validation_leaves_training_as_it_is_and_a_killed_run_resumes_bit_exact(
     plain = tmp_path / "plain"
     assert run_cli(args(data, plain), capsys)[0] == 0
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "nami_cli.main", *args(data, killed, *VALIDATION)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = killed / "checkpoints" / "step-00000002" / "trainer_state.json"
-    deadline = time.time() + 300
-    while not marker.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert marker.is_file() and not (killed / "final").exists(), "the run finished before it was killed"
-    for later in (killed / "checkpoints").glob("step-0000000[46]"):
-        import shutil
-
-        shutil.rmtree(later)
+    kill_after_checkpoint(args(data, killed, *VALIDATION), killed, 2)
     code, _, err = run_cli(args(data, killed, *VALIDATION, "--resume", "latest"), capsys)
     assert code == 0, err
     for name in WEIGHTS:
@@ -99,6 +82,25 @@ def test_validation_leaves_training_as_it_is_and_a_killed_run_resumes_bit_exact(
     for step in (4, 6):
         grid = f"samples/step-{step}.png"
         assert (validated / grid).read_bytes() == (killed / grid).read_bytes(), step
+
+
+def test_a_lora_run_draws_with_its_adapter(data, validated, tmp_path, capsys):
+    """Under --lora the grid is the frozen model with the adapter's EMA (RUN/final/ema), as `nami sample --lora` draws it."""
+    out = tmp_path / "lora"
+    code, _, err = run_cli(["train", "--data", str(data / "data"), "--out", str(out), "--model",
+                            str(validated / "final"), "--stages", "16,32,64", "--lora", "4", "--lr", "1e-2",
+                            "--steps", "2", "--batch-size", "4", "--ema-decay", "0.5", "--validation-prompt", PROMPTS[0],
+                            "--validation-seed", "5"], capsys)
+    assert code == 0, err
+    grid = Image.open(out / "samples" / "step-2.png").convert("RGB")
+    image = tmp_path / "lora.png"
+    code, _, err = run_cli(["sample", PROMPTS[0], "--model", str(validated / "final"), "--lora", str(out / "final" / "ema"),
+                            "--seed", "5", "--out", str(image)], capsys)
+    assert code == 0, err
+    drawn = np.asarray(Image.open(image).convert("RGB")).astype(int)
+    assert np.abs(tile(grid, 0) - drawn).max() <= 1
+    base = np.asarray(Image.open(validated / "samples" / "step-6.png").convert("RGB"))
+    assert not np.array_equal(tile(grid, 0), tile(Image.fromarray(base), 0))  # the adapter changed the picture
 
 
 def test_prompts_from_a_file(tmp_path):

@@ -3,8 +3,10 @@
 
 Every N steps, and at the run's last step, the main process draws each prompt once with the
 weights `nami sample` would use (the EMA when the run keeps one, else the raw weights), with the
-run's default steps and guidance (`--sample-steps`, `--sample-cfg`): prompt i with seed S + i, so
-`nami sample PROMPT --seed S+i --model RUN/final` draws the same picture from the final model.
+run's default steps and guidance (`--sample-steps`, `--sample-cfg`; under `--lora`, the frozen
+model's own, which the adapter samples with): prompt i with seed S + i, so `nami sample PROMPT
+--seed S+i --model RUN/final` (`--model MODEL --lora RUN/final/ema` for an adapter) draws the same
+picture from the final weights.
 The grid, prompt and seed under each tile, is written to `RUN/samples/step-N.png` and logged to the
 trackers of `--report-to`. The pipeline is the one a model directory loads (`export.pipeline_parts`:
 the data's text encoder and codec, the run's flow) around the live transformer.
@@ -38,6 +40,7 @@ class Validation:
         self.last = settings.steps
         self.run_dir = Path(settings.out)
         self._recipe = (plan, manifest, patch, settings.mode, settings.sample_steps, settings.sample_cfg)
+        self._base_model = Path(settings.init) if settings.lora else None  # an adapter samples as its model
         self._parts = None
 
     @property
@@ -58,6 +61,8 @@ class Validation:
 
         if self._parts is None:
             scheduler, codec, encoder = pipeline_parts(*self._recipe)
+            if self._base_model is not None:
+                scheduler = type(scheduler).from_pretrained(self._base_model / "scheduler")
             encoder.load_models()
             self._parts = (scheduler, codec.to(device), encoder.to(device))
         pipe = NamiPipeline(transformer, *self._parts)
