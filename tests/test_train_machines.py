@@ -35,6 +35,7 @@ def launch(machine_rank: int, port: int, args: list[str]) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow  # about 60 s on 2 busy cores: three Python processes per "machine" import torch
 def test_two_machines_train_and_checkpoint_then_one_resumes(tmp_path, capsys):
     root = prepare_train_data(tmp_path)
     out = tmp_path / "run"
