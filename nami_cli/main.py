@@ -12,7 +12,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from . import bench, convert, evaluate, info, prepare, sample, teardown, train
+from . import bench, convert, evaluate, info, plot, prepare, sample, teardown, train
 from .build import APP_SETTINGS, finish, with_optional_values
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.command("prepare-data")(prepare.prepare_data)
 app.command("train")(train.train)
 app.command("sample")(sample.sample)
+app.command("plot")(plot.plot)
 app.add_typer(bench.app, name="bench")
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(convert.app, name="convert")

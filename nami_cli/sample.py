@@ -40,6 +40,8 @@ def sample(
                "a .png file for one image. A name already taken gets -1, -2, ... (see --overwrite).", o.OUTPUT) = None,
     overwrite: o.overwrite("Replace a PNG of the same name and its .json instead of writing NAME-1.png.",
                            o.OUTPUT) = None,
+    grid: o.own(bool, "--grid", help="Also write one grid of the images, seed under each, beside them "
+                "(<prompt>-<settings hash>-grid.png, or NAME-grid.png for an --out .png).", panel=o.OUTPUT) = None,
     as_json: o.PrintJson = None,
 ) -> None:
     """Generate images from PROMPT and write PNGs with their settings (PNG text chunk + sidecar JSON).
@@ -53,6 +55,8 @@ def sample(
       nami sample "a photo of a red circle left of a blue square"
 
       nami sample "a photo of three purple triangles" --n 4 --seed 7 --out shapes/
+
+      nami sample "two blue squares" --n 4 --grid
 
       nami sample "a cat" --model runs/cat/final --steps 10,10,10 --cfg 4 --device cuda --compile
 
@@ -68,7 +72,7 @@ def sample(
         model=model, out=out, n=n, seed=seed, steps=steps, cfg=cfg, negative=negative, mode=mode, device=device,
         dtype=dtype, attention=attention, batch_size=batch_size, prompt_style=prompt_style,
         timestep_rounding=timestep_rounding, compile=compile_, overwrite=overwrite, loras=lora, size=size,
-        width=width, height=height,
+        width=width, height=height, grid=grid,
     ))
     req.validate()  # bad options and --out are one error line before the progress bars start
     run(req, bool(as_json))
@@ -104,6 +108,8 @@ def run(req: SampleRequest, as_json: bool) -> None:
             f"(stages {stages}s, load {report.load_seconds:.2f}s)")
         for p in report.paths:
             typer.echo(str(p))
+        if report.grid is not None:
+            typer.echo(str(report.grid))
     for wanted, written in zip(named_paths(req.out, req.seeds()) or [], report.paths):
         if wanted != written:
             typer.echo(f"note: {wanted} exists; wrote {written} instead (--overwrite replaces)", err=True)

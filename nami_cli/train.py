@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from nami_core.config import PREDICTIONS, TEXT_POSITIONS, TIMESTEP_SAMPLINGS
-from nami_core.train.config import PRELOADS, TrainConfig
+from nami_core.train.config import LR_SCHEDULERS, MAX_TRAIN_BATCH, OPTIMIZERS, PRELOADS, REPORT_TO, TrainConfig
 
 from . import options as o
 from .options import choices
@@ -45,11 +45,30 @@ def train(
     sample_cfg: o.own(str, "--sample-cfg", help="Guidance scale the model samples with by default, or one per stage such as 15,3,3.",
         panel=o.STAGES) = None,
     steps: o.optimizer_steps("Optimizer steps in all.", o.OPTIMISATION) = None,
-    batch_size: o.batch_size("Samples per optimizer step per process.", o.OPTIMISATION) = None,
+    batch_size: o.batch_size("Samples per micro-batch per process (one optimizer step takes "
+                             "--gradient-accumulation-steps of them, at most "
+                             f"{MAX_TRAIN_BATCH:,} samples in all).", o.OPTIMISATION) = None,
     batch: o.OldBatchSize = None,
+    gradient_accumulation_steps: o.own(int, "--gradient-accumulation-steps", panel=o.OPTIMISATION,
+        help="Micro-batches per optimizer step, their gradients summed: the same update as one batch "
+             "that many times larger, in the memory of one micro-batch.") = None,
     lr: o.own(float, "--lr", help="A constant learning rate instead of --lr-schedule (one so large that the run "
         "diverges stops it after --max-nan-steps).", panel=o.OPTIMISATION) = None,
-    lr_schedule: o.own(str, "--lr-schedule", help="Learning-rate phases STEP:LR, e.g. 0:1e-4,200000:5e-5.",
+    lr_schedule: o.own(str, "--lr-schedule", help="Learning-rate phases STEP:LR, e.g. 0:1e-4,200000:5e-5; "
+                       "each phase's rate is the peak --lr-scheduler shapes.", panel=o.OPTIMISATION) = None,
+    lr_scheduler: o.own(str, "--lr-scheduler", metavar=choices(LR_SCHEDULERS), panel=o.OPTIMISATION,
+        help="diffusers' learning-rate shape over --steps (get_scheduler), times the --lr-schedule peak.") = None,
+    lr_warmup_steps: o.own(int, "--lr-warmup-steps", panel=o.OPTIMISATION,
+        help="Steps of linear warmup from 0 (with a scheduler other than constant; 0: none).") = None,
+    optimizer: o.own(str, "--optimizer", metavar=choices(OPTIMIZERS), panel=o.OPTIMISATION,
+        help="adamw8bit: bitsandbytes' 8-bit AdamW (installed separately).") = None,
+    adam_beta1: o.own(float, "--adam-beta1", help="AdamW's beta1, the decay of its gradient average (0: no momentum, "
+        "each step follows its own gradient).", panel=o.OPTIMISATION) = None,
+    adam_beta2: o.own(float, "--adam-beta2", help="AdamW's beta2, the decay of its squared-gradient average (0: each "
+        "step scaled by its own gradient alone).", panel=o.OPTIMISATION) = None,
+    adam_weight_decay: o.own(float, "--adam-weight-decay", help="AdamW's decoupled weight decay (0: none): each step "
+        "multiplies the weights by 1 - lr x decay, so lr x decay must stay below 1.", panel=o.OPTIMISATION) = None,
+    adam_epsilon: o.own(float, "--adam-epsilon", help="AdamW's epsilon, added to the gradient's scale.",
         panel=o.OPTIMISATION) = None,
     cfg_dropout: o.own(float, "--cfg-dropout", help="Probability of training on the empty prompt (what makes guidance work; "
         "0: never, and guidance then has nothing to push away from).",
@@ -78,6 +97,17 @@ def train(
     lora_targets: o.LoraTargets = None,
     lora_alpha: o.own(float, "--lora-alpha", help="LoRA alpha (the adapter's scale is alpha / rank).", panel=o.LORA) = None,
     log_every: o.own(int, "--log-every", help="Steps per metrics line.", panel=o.LOGGING) = None,
+    report_to: o.own(str, "--report-to", metavar=choices(REPORT_TO), panel=o.LOGGING,
+        help="Trackers that get the metrics and validation images besides RUN/metrics.jsonl (accelerate's; "
+             "files in RUN/logs); all: those installed.") = None,
+    validation_prompt: o.own(list[str], "--validation-prompt", panel=o.VALIDATION,
+        help="A prompt drawn every --validation-every steps into RUN/samples/step-N.png; repeat for more.") = None,
+    validation_prompts: o.own(Path, "--validation-prompts", panel=o.VALIDATION,
+        help="A text file of validation prompts, one per line (instead of --validation-prompt).") = None,
+    validation_every: o.own(int, "--validation-every", help="Steps between validation grids (and the last step).",
+        panel=o.VALIDATION) = None,
+    validation_seed: o.own(int, "--validation-seed", help="Seed of the first validation prompt's image (prompt i: "
+                           "seed + i).", panel=o.VALIDATION) = None,
 ) -> None:
     """Train a NAMI model: each sample trains one stage, drawn by the stage mix in force.
 
@@ -94,6 +124,8 @@ def train(
       nami train --data data/shapes --out runs/late --model models/shapes --stages 16,32,64 --stage-mix 1:2:4 --lr 1e-4
 
       nami train --data data/new-word --out runs/lora --stages 16,32,64 --model models/shapes --lora 8 --lr 1e-3 --steps 300
+
+      nami train --data data/shapes --out runs/cos --config examples/nami-shapes/model.json --stages 16,32,64 --lr 5e-4 --lr-scheduler cosine --lr-warmup-steps 100 --gradient-accumulation-steps 2 --validation-prompt "a photo of a red circle" --report-to tensorboard
     """
     from .aliases import renamed
 
@@ -108,6 +140,11 @@ def train(
         text_positions=text_positions, window_ratios=window_ratios, sample_steps=sample_steps,
         sample_cfg=sample_cfg, max_nan_steps=max_nan_steps, grad_clip=grad_clip, preload=preload,
         time_budget=time_budget, lora=lora, lora_targets=lora_targets, lora_alpha=lora_alpha,
+        gradient_accumulation_steps=gradient_accumulation_steps, lr_scheduler=lr_scheduler,
+        lr_warmup_steps=lr_warmup_steps, optimizer=optimizer, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
+        adam_weight_decay=adam_weight_decay, adam_epsilon=adam_epsilon, report_to=report_to,
+        validation_prompt=validation_prompt or None, validation_prompts=validation_prompts,
+        validation_every=validation_every, validation_seed=validation_seed,
     ))
     settings.check_inputs()
     if settings.preset is None and settings.config_file is None and settings.init is None:
@@ -116,23 +153,21 @@ def train(
     run(settings)
 
 
-def run(settings: TrainConfig) -> None:
-    """Train with log lines on stderr; imports torch and accelerate."""
-    from nami_core.modeldir import quiet_loading
-    from nami_core.train.loop import train as run_training
-
+def run(settings: TrainConfig, console=None) -> None:
+    """Train with progress and log lines on stderr (`progress.TrainProgress`; `console`: where,
+    the shared stderr console by default); imports torch and accelerate."""
     from .output import log
+    from .progress import TrainProgress
 
-    quiet_loading()
+    with TrainProgress(settings.steps, console) as progress:
+        progress.phase("importing torch and accelerate")
+        from nami_core.modeldir import quiet_loading
+        from nami_core.train.loop import train as run_training
 
-    def on_log(r: dict) -> None:
-        stages_txt = " ".join("-" if v is None else f"{v:.4f}" for v in r["loss_stage"])
-        log(f"step {r['step']:>7}  loss {r['loss']:.4f}  stages [{stages_txt}]  lr {r['lr']:.2e}  "
-            f"{r['images_per_s']:.1f} img/s  {r['tokens_per_s']:.0f} tok/s"
-            + (f"  nan-skipped {r['nan_skipped']}" if r["nan_skipped"] else ""))
-
-    result = run_training(settings, on_log=on_log, on_note=lambda text: typer.echo(f"note: {text}", err=True))
+        quiet_loading()
+        result = run_training(settings, on_log=progress.record, on_step=progress.step, on_phase=progress.phase,
+                              on_note=lambda text: log(f"note: {text}", progress.console))
     if result.final_dir is not None:
         skipped = f" ({result.nan_skipped} non-finite steps skipped)" if result.nan_skipped else ""
         what = "adapter" if settings.lora else "model"
-        log(f"done at step {result.step}{skipped}; {what}: {result.final_dir}")
+        log(f"done at step {result.step}{skipped}; {what}: {result.final_dir}", progress.console)

@@ -109,7 +109,8 @@ def is_choice(value: Any, choices: Sequence[str]) -> bool:
 
 def check_fields(obj: Any) -> None:
     """Apply the checks `obj`'s dataclass fields declare (`at_least`, `within`, `in_range`,
-    `one_of`) and refuse empty text where no meaning is declared; None passes (it means "not given")."""
+    `one_of`) and refuse empty text (each item of a repeated option too) where no meaning is
+    declared; None passes (it means "not given")."""
     for f in fields(obj):
         check_field(obj, f.name)
 
@@ -120,10 +121,10 @@ def check_field(obj: Any, name: str) -> None:
     value = getattr(obj, name)
     if value is None:
         return
-    if isinstance(value, str) and not value.strip() and "empty" not in f.metadata:
-        hint = f.metadata.get("when_empty", "give a value, or leave it out for the default")
-        raise ConfigError(f"{option_of(f)} is empty; {hint}")
     for item in value if isinstance(value, tuple) else (value,):
+        if isinstance(item, str) and not item.strip() and "empty" not in f.metadata:
+            hint = f.metadata.get("when_empty", "give a value, or leave it out for the default")
+            raise ConfigError(f"{option_of(f)} is empty; {hint}")
         if "at_least" in f.metadata:
             check_at_least(option_of(f), item, f.metadata["at_least"])
         if "at_most" in f.metadata:

@@ -15,12 +15,13 @@ from .flow.saved import check_sampling
 from .input_paths import MODEL, check_reads, reads
 from .model_paths import resolve_model_dir
 from .errors import NamiError
-from .output_names import sample_name
+from .output_names import grid_name, sample_name
 from .text.prompt_styles import PROMPT_STYLES
 from .sample_writer import write_sample
 
 
 MAX_IMAGES = 100_000  # images of one `nami sample` call (--n); checked before any seed list is built
+FAR_FROM_TRAINED = 2.0  # an image with more than this many times (or this fraction of) the trained pixels
 
 
 @dataclass
@@ -30,7 +31,8 @@ class SampleRequest:
     In a directory every image gets a name of its own (`output_names.sample_name`). Nothing is
     replaced unless `overwrite`: a name already taken (by the PNG or its sidecar `.json`), in a
     directory or given as `out`, is numbered `-1`, `-2`, ... The image size is `width` x `height`
-    pixels, or `size` ("1024x576") parsed into them; None: the model's side.
+    pixels, or `size` ("1024x576") parsed into them; None: the model's side. `grid` also writes
+    one grid of the images beside them (`grid_path`).
     """
 
     prompt: str
@@ -55,6 +57,7 @@ class SampleRequest:
     height: int | None = field(default=None, metadata={**within(1, MAX_SIDE), "shown": "the model's side"})  # pixels
     width: int | None = field(default=None, metadata={**within(1, MAX_SIDE), "shown": "the model's side"})
     size: str | None = field(default=None, metadata={"shown": "the model's square side"})
+    grid: bool = False
 
     def __post_init__(self) -> None:
         self.loras = tuple(self.loras)
@@ -111,7 +114,7 @@ class SampleRequest:
         blocker = file_in_the_way(out)
         if blocker is not None:
             raise NamiError(f"--out {out}: {blocker} is a file, not a folder")
-        for path in named:
+        for path in named + ([named_grid(out)] if self.grid else []):
             if path.is_dir():
                 raise NamiError(f"--out {path} is a folder; give a .png file name, or a folder for the images")
             check_out_file(path, (".png",), "PNG image", inputs, make_folder=True)
@@ -127,6 +130,29 @@ class SampleReport:
     load_seconds: float
     sample_seconds: float
     metadata: list[dict] = field(default_factory=list)
+    grid: Path | None = None
+
+
+def named_grid(out: Path) -> Path:
+    """The grid beside images named after the `.png` `out`: `<stem>-grid.png`."""
+    return out.with_name(f"{out.stem}-grid.png")
+
+
+def grid_path(out: Path, named: list[Path] | None, metadata: dict) -> Path:
+    """Where `--grid` goes: beside the images, `<stem>-grid.png` for a named `.png`, else
+    `<slug>-<key>-grid.png` in the folder (the images' name without their seed)."""
+    return named_grid(out) if named is not None else out / grid_name(metadata)
+
+
+def size_warning(trained: tuple[int, int], height: int, width: int) -> str | None:
+    """One line when `height` x `width` is far from the `trained` (height, width) size, in pixels:
+    more than `FAR_FROM_TRAINED` times its pixel count, or less than that fraction of it."""
+    ratio = (height * width) / (trained[0] * trained[1])
+    if 1 / FAR_FROM_TRAINED <= ratio <= FAR_FROM_TRAINED:
+        return None
+    times = f"{ratio:.0f} times" if ratio >= 10 else f"{ratio:.2g} times"
+    return (f"the model was trained at {trained[1]}x{trained[0]} px; {width}x{height} has {times} its pixels, far "
+            f"from what it learned: expect a flat or broken picture (sizes near {trained[1]}x{trained[0]} work)")
 
 
 def named_paths(out: Path | str, seeds: list[int]) -> list[Path] | None:
@@ -164,7 +190,8 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
                on_plan: Callable[[list[int]], None] | None = None,
                on_warning: Callable[[str], None] | None = None) -> SampleReport:
     """Generate `req.n` images of `req.prompt`; image i has seed `req.seed + i`. `on_warning`
-    receives one line for each adapter that only partly fits the model (Python's warnings by default)."""
+    receives one line for each adapter that only partly fits the model, and one for a size far from
+    the one the model was trained at (Python's warnings by default)."""
     from .model.lora import apply_loras, parse_lora_spec
     from .modeldir import load_pipeline, resolve_model_dir
     from .runtime import dtype_name, resolve_device, resolve_dtype
@@ -185,6 +212,11 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
 
     run = pipe.settings(req.mode, req.steps, req.cfg, timestep_rounding=req.timestep_rounding,
                         height=req.height, width=req.width)
+    if req.height is not None or req.width is not None:
+        side = pipe.scheduler.flow.resolutions[-1]  # the size the model directory records it was trained at
+        warning = size_warning((side, side), *run.plan.flow.sizes[-1])
+        if warning is not None:
+            (on_warning or _warn)(warning)
     if on_plan is not None:
         on_plan(list(run.steps))
     described = {"prompt": req.prompt, "prompt_style": req.prompt_style, "model_prompt": model_prompt,
@@ -217,7 +249,32 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
             target = image_path(out_dir, named, len(paths), meta)
             paths.append(write_sample(image, target, meta, overwrite=req.overwrite))
             metadata_all.append(meta)
-    return SampleReport(paths, stage_seconds, load_seconds, time.perf_counter() - t1, metadata_all)
+    grid = None
+    if req.grid:
+        grid = write_grid(paths, metadata_all, grid_path(out_dir, named, described), {**described, "seeds": seeds},
+                          req.overwrite)
+    return SampleReport(paths, stage_seconds, load_seconds, time.perf_counter() - t1, metadata_all, grid)
+
+
+def write_grid(paths: list[Path], metadata: list[dict], target: Path, record: dict, overwrite: bool) -> Path:
+    """The images written (`paths`) as one grid, prompt and seed under each, at `target` (or the
+    next free numbered name, as images are)."""
+    from PIL import Image
+
+    from .grid import image_grid
+
+    images = []
+    for path in paths:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    picture = image_grid(images, [f"{meta['prompt']}\nseed {meta['seed']}" for meta in metadata])
+    return write_sample(picture, target, record, overwrite=overwrite)
+
+
+def _warn(text: str) -> None:
+    import warnings
+
+    warnings.warn(text, stacklevel=3)
 
 
 def memory_error(exc: RuntimeError, run, batch: int) -> NamiError | None:
@@ -248,4 +305,5 @@ def settings_record(run) -> dict:
 def report_dict(report: SampleReport) -> dict:
     data = asdict(report)
     data["paths"] = [str(p) for p in report.paths]
+    data["grid"] = str(report.grid) if report.grid is not None else None
     return data

@@ -59,6 +59,11 @@ def sample_name(metadata: dict) -> str:
     return f"{slug(str(metadata['prompt']))}-{settings_key(metadata)}-s{metadata['seed']}.png"
 
 
+def grid_name(metadata: dict) -> str:
+    """`<slug>-<key>-grid.png`: the grid of a call's images (`nami sample --grid`), beside them."""
+    return f"{slug(str(metadata['prompt']))}-{settings_key(metadata)}-grid.png"
+
+
 def sidecar(path: Path) -> Path:
     """The `.json` written beside a PNG."""
     return path.with_suffix(".json")

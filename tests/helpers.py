@@ -189,3 +189,27 @@ def finished_run(root: Path, out: Path, *extra: str) -> Path:
     code, _, err = run_cli(train_cli_args(root, out, *extra, batch_size=4))
     assert code == 0, err
     return out
+
+
+def kill_after_checkpoint(args: list[str], out: Path, step: int) -> None:
+    """Run `nami ARGS` (a training into `out`) in a subprocess and SIGKILL it once the checkpoint of
+    `step` is complete; the run must not have finished by then. Checkpoints after `step` that were
+    written in the meantime are removed, as if the kill had come first."""
+    import shutil
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "nami_cli.main", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    marker = out / "checkpoints" / f"step-{step:08d}" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.is_file(), "no checkpoint was written before the kill"
+    assert not (out / "final").exists(), "the run finished before it was killed"
+    for later in (out / "checkpoints").glob("step-*"):
+        if later.name[len("step-"):].isdigit() and int(later.name[len("step-"):]) > step:
+            shutil.rmtree(later)
+

@@ -64,7 +64,8 @@ MEANINGS: dict[Any, str] = {
     "--stage-ends": NUMBERS, "--size": NUMBERS, "--scene-mix": SPEC, "--keep-blocks": SPEC, "--models": CHOICES,
     "--lora": SPEC, "--resume": SPEC, "--codec": SPEC, "--text-encoder": SPEC, "--detector": SPEC,
     "prompt": TEXT, "--negative": TEXT, "--vqa-prompt": TEXT, "--title": TEXT, "--image-column": TEXT,
-    "--caption-column": TEXT, "--precision": CHOICE,
+    "--caption-column": TEXT, "--precision": CHOICE, "--validation-prompt": TEXT, "--validation-prompts": IN_FILE,
+    ("plot", "run"): IN_FOLDER, ("plot", "--out"): OUT_FILE,
 }
 
 NUMBER_EDGES = [("empty", ""), ("zero", "0"), ("negative", "-1"), ("nan", "nan"), ("inf", "inf"),
@@ -175,6 +176,9 @@ DOCUMENTED: dict[tuple, str] = {
     **{("--time-budget", edge): "Stop after this many minutes" for edge in ("huge", "huger", "1e30")},
     **{("--lr", edge): "one so large that the run diverges stops it" for edge in ("huge", "huger", "1e30")},
     ("--max-words", "huge"): "Longer prompts are left out",
+    ("--lr-warmup-steps", "zero"): "0: none", ("--adam-weight-decay", "zero"): "0: none",
+    ("--adam-beta1", "zero"): "0: no momentum", ("--adam-beta2", "zero"): "0: each step scaled by its own gradient",
+    ("--validation-seed", "zero"): "seed", ("--validation-seed", "huge"): "seed",
     ("sample", "--lora", "scale 0"): "0 applies nothing", ("sample", "--lora", "scale -1"): "a negative scale subtracts",
     ("--scale", "zero"): "0 applies nothing", ("--scale", "negative"): "a negative scale subtracts",
     ("--negative", "empty"): "'' = none", ("--negative", "blank"): "'' = none",
@@ -206,6 +210,7 @@ WORK: dict[tuple[str, ...], list[str]] = {
     ("convert", "flux"): ["nami_core.interop.flux_convert.build_transformer"],
     ("convert", "checkpoint"): ["nami_core.train.export.export_checkpoint"],
     ("convert", "lora"): ["nami_core.modeldir.merge_lora"],
+    ("plot",): ["nami_core.train.curves.plot_run"],
 }
 
 
@@ -244,6 +249,9 @@ def build_workspace(root: Path, model: Path) -> Workspace:
     (checkpoint / "trainer_state.json").write_text("{}")
     (root / "run" / "train_config.json").write_text(json.dumps({"train": {"data": str(data.resolve())}, "model": {},
                                                                 "flow": {}, "patch_size": 1}))
+    (root / "run" / "metrics.jsonl").write_text(json.dumps({"step": 4, "loss": 0.5, "loss_stage": [0.5, 0.5, 0.5],
+                                                            "lr": 1e-4, "stage_ratios": [1, 1, 1],
+                                                            "images_per_s": 10.0}) + "\n")
     release = root / "release"
     release.mkdir()
     (release / "bridge_flow.bin").write_bytes(b"")
@@ -314,6 +322,7 @@ BASE: dict[tuple[str, ...], list[str]] = {
     ("convert", "flux"): ["flux", "--out", "flux-out", "--stage-ends", "1,2,3"],
     ("convert", "checkpoint"): ["{checkpoint}", "--out", "ck-model"],
     ("convert", "lora"): ["adapter", "--model", "{model}", "--out", "merged", "--merge"],
+    ("plot",): ["run"],
 }
 # Options that apply only beside others: (command, flag) -> the others
 CONTEXT: dict[tuple[str, str], list[str]] = {
@@ -324,6 +333,9 @@ CONTEXT: dict[tuple[str, str], list[str]] = {
     ("info", "--lora-targets"): ["--train-memory", "--lora", "4"],
     ("train", "--lora"): ["--model", "{model}"], ("train", "--lora-targets"): ["--model", "{model}", "--lora", "4"],
     ("train", "--lora-alpha"): ["--model", "{model}", "--lora", "4"],
+    ("train", "--lr-warmup-steps"): ["--lr-scheduler", "linear"],
+    ("train", "--validation-every"): ["--validation-prompt", "a red circle"],
+    ("train", "--validation-seed"): ["--validation-prompt", "a red circle"],
 }
 
 
@@ -625,6 +637,25 @@ PROBES: list[tuple[str, list[str], str, str | None]] = [
                                     "999999999", "--single", "1"], "", "--double and --single must be at most 1024"),
     ("a checkpoint that is a data folder", ["convert", "checkpoint", "data", "--out", "m"], "",
      "data is not a complete nami training checkpoint"),
+    ("--validation-seed at its largest with two prompts", ["train", "--data", "data", "--out", "new-run", "--stages",
+                                                           "16,32,64", "--validation-prompt", "a", "--validation-prompt",
+                                                           "b", "--validation-seed", str(2**63 - 1)], "",
+     "beyond the largest seed"),
+    ("--validation-prompts a file of blank lines", ["train", "--data", "data", "--out", "new-run", "--stages", "16,32,64",
+                                                    "--validation-prompts", "blank.txt"], "printf '\\n  \\n' > blank.txt",
+     "holds no prompt"),
+    ("--batch-size x --gradient-accumulation-steps past a step's samples", ["train", "--data", "data", "--out", "new-run",
+                                                                            "--stages", "16,32,64", "--batch-size",
+                                                                            "100000", "--gradient-accumulation-steps",
+                                                                            "100"], "", "a step draws at most 1,000,000"),
+    ("--adam-weight-decay with lr x decay of 1", ["train", "--data", "data", "--out", "new-run", "--stages", "16,32,64",
+                                                  "--lr", "0.01", "--adam-weight-decay", "100"], "",
+     "give a decay below 1 / lr = 100"),
+    ("--lr-warmup-steps with the constant scheduler", ["train", "--data", "data", "--out", "new-run", "--stages",
+                                                       "16,32,64", "--lr-warmup-steps", "10"], "",
+     "the constant --lr-scheduler has no warmup"),
+    ("plot a folder that is not a run", ["plot", "data"], "", "data has no metrics.jsonl"),
+    ("plot --out the metrics file", ["plot", "run", "--out", "run/metrics.jsonl"], "", "--out"),
 ]
 READ_ONLY = [  # the same refusal for every command that writes: checked before any work
     ["sample", "a cat", "--model", "{model}", "--out", "ro"],
@@ -634,6 +665,7 @@ READ_ONLY = [  # the same refusal for every command that writes: checked before 
     ["bench", "latency", "--preset", "tiny", "--json", "ro/x.json"],
     ["convert", "lora", "adapter", "--model", "{model}", "--out", "ro/m", "--merge"],
     ["eval", "nami1k", "score", "annotations.json", "--json", "ro/s.json"],
+    ["plot", "run", "--out", "ro/curves.png"],
 ]
 
 

@@ -36,6 +36,7 @@ REFUSALS = {
     ("train",): (["--data", "d", "--out", "o", "--stages", "16,32,64", "--batch-size", "0"],
                  "--batch-size must be at least 1, got 0"),
     ("sample",): (["a red circle", "--n", "0"], "--n must be at least 1, got 0"),
+    ("plot",): (["missing"], "missing does not exist"),
     ("info",): (["--text-tokens", "0"], "--text-tokens must be at least 1, got 0"),
     ("bench", "latency"): (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     ("bench", "train"): (["--grad-checkpointing", "sometimes"], "--grad-checkpointing must be one of"),

@@ -1,11 +1,6 @@
 """`nami train`: end to end, overfitting, exact resume after SIGKILL, DDP on CPU, phases, errors."""
 
 import json
-import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +11,7 @@ from nami_core.data.store import LatentStore
 from nami_core.flow.plan import FlowPlan
 from nami_core.train.batches import BatchDrawer
 from nami_core.train.phases import parse_phases, value_at
-from tests.helpers import prepare_train_data, run_cli, torchrun_nami, train_cli_args
+from tests.helpers import kill_after_checkpoint, prepare_train_data, run_cli, torchrun_nami, train_cli_args
 
 
 @pytest.fixture(scope="module")
@@ -61,27 +56,13 @@ def test_overfit_halves_every_stage_loss(shapes_data, tmp_path):
         assert last[k] < 0.5 * first[k], (k, first, last)
 
 
-def run_subprocess(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "nami_cli.main", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
-
-
 def test_resume_after_sigkill_is_exact(shapes_data, tmp_path):
     common = ["--steps", "20", "--save-every", "10", "--batch-size", "32", "--keep", "0", "--ema-decay", "0.9"]
     straight = tmp_path / "straight"
     assert cli(train_args(shapes_data, straight, *common)) == 0
 
     killed = tmp_path / "killed"
-    proc = run_subprocess(train_args(shapes_data, killed, *common))
-    marker = killed / "checkpoints" / "step-00000010" / "trainer_state.json"
-    deadline = time.time() + 300
-    while not marker.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert marker.is_file()
-    assert not (killed / "final").exists(), "the run finished before it was killed"
-    shutil.rmtree(killed / "checkpoints" / "step-00000020", ignore_errors=True)
+    kill_after_checkpoint(train_args(shapes_data, killed, *common), killed, 10)
     assert cli(train_args(shapes_data, killed, *common, "--resume", "latest")) == 0
     raw = load_file(straight / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
     ema = load_file(straight / "final" / "transformer" / "diffusion_pytorch_model.ema.safetensors")
@@ -97,12 +78,20 @@ def test_resume_after_sigkill_is_exact(shapes_data, tmp_path):
 
 
 def test_torchrun_two_ranks_on_cpu(shapes_data, tmp_path):
+    """Two DDP ranks, two micro-batches a step (the first without a gradient reduction), validation
+    drawn by rank 0 while rank 1 waits."""
     out = tmp_path / "ddp"
-    result = torchrun_nami(train_args(shapes_data, out, "--steps", "4", "--save-every", "4"))
+    result = torchrun_nami(train_args(shapes_data, out, "--steps", "4", "--save-every", "4",
+                                      "--gradient-accumulation-steps", "2", "--validation-prompt", "a red circle",
+                                      "--validation-every", "2"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
     assert json.loads((out / "train_config.json").read_text())["world_size"] == 2
     assert (out / "final" / "model_index.json").is_file()
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-2.png", "step-4.png"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4]
+    assert sum(records[0]["samples_stage"]) == 4 * 8 * 2 * 2  # steps x batch x micro-batches x ranks
 
 
 def test_ranks_draw_the_same_stages_but_different_images(shapes_data):

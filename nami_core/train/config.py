@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import (ATTENTION_BACKENDS, CHECKPOINTING, DTYPE_NAMES, MAX_STEP_COUNT, MODES, PREDICTIONS, PRESETS,
+from ..config import (ATTENTION_BACKENDS, CHECKPOINTING, DTYPE_NAMES, MAX_SEED, MAX_STEP_COUNT, MODES, PREDICTIONS, PRESETS,
                       TEXT_POSITIONS, TIMESTEP_SAMPLINGS, FlowConfig, ModelConfig, check_at_least, check_fields,
                       check_field, check_range, field_default, get_preset, guidance_scales, in_range, number_text, one_of,
-                      parse_float_list, parse_int_list, parse_weights, step_counts, validate_resolutions, within)
+                      parse_float_list, parse_int_list, parse_weights, step_counts, validate_resolutions, when_empty, within)
 from ..codecs.spec import MAX_PATCH
 from ..errors import ConfigError, NamiError
 from ..input_paths import FILE, MODEL, check_input, check_reads, reads
@@ -29,11 +29,25 @@ from .phases import PAPER_LR, Phase, default_ratios, format_phases, parse_phases
 DTYPES = ("auto", *DTYPE_NAMES)  # what `--dtype` takes for training (train/precision.py resolves auto)
 PRELOADS = ("auto", "yes", "no")
 STAGE_DRAWS = ("random", "split")
-RESOLVED_PATHS = ("data", "init", "config_file")  # inputs recorded as absolute paths
+RESOLVED_PATHS = ("data", "init", "config_file", "validation_prompts")  # inputs recorded as absolute paths
 MAX_GPUS = 65_536  # GPUs of one run
-# samples per optimizer step per process: the memory guard (`memory_guard`) refuses what does not fit,
+# samples per micro-batch per process: the memory guard (`memory_guard`) refuses what does not fit,
 # with its estimate; larger counts are typos
 MAX_TRAIN_BATCH = 1_000_000
+# micro-batches of one optimizer step (--gradient-accumulation-steps); the step's samples, batch size
+# times these, are drawn and held together, at most `MAX_TRAIN_BATCH` of them
+MAX_ACCUMULATION = 10_000
+MAX_ADAM_EPSILON = 1.0  # AdamW's epsilon; a larger one swamps every gradient's scale (the step is lr x m / epsilon)
+# diffusers' `get_scheduler` names (diffusers.optimization) that `--lr-scheduler` takes
+LR_SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial", "constant_with_warmup")
+OPTIMIZERS = ("adamw", "adamw8bit")
+REPORT_TO = ("none", "tensorboard", "wandb", "all")
+# what a tracker or optimizer needs: the module that must be installed, and how to install it
+PACKAGES = {"tensorboard": ("tensorboard", "pip install 'nami[tensorboard]'"),
+            "wandb": ("wandb", "pip install wandb"),
+            "adamw8bit": ("bitsandbytes", "pip install bitsandbytes")}
+TRACKERS = ("tensorboard", "wandb")  # what `--report-to all` means: those of them installed
+DEFAULT_VALIDATION_EVERY = 500
 
 
 @dataclass
@@ -55,10 +69,19 @@ class TrainConfig:
     mode: str = field(default="nami", metadata=one_of(MODES))
     steps: int = field(default=1000, metadata=within(1, MAX_STEP_COUNT))
     batch_size: int = field(default=32, metadata=within(1, MAX_TRAIN_BATCH))
+    gradient_accumulation_steps: int = field(default=1, metadata=within(1, MAX_ACCUMULATION))
     lr: float | None = field(default=None, metadata={**in_range(0.0, None, low_open=True), "shown": "the --lr-schedule"})
     stage_mix: tuple[Phase, ...] | str | None = field(
         default=None, metadata={"shown": "0:4:2:1,120000:2:4:1,200000:1:2:4 for 3 stages, else equal"})
     lr_schedule: tuple[Phase, ...] | str | None = field(default=None, metadata={"shown": PAPER_LR})
+    lr_scheduler: str = field(default="constant", metadata=one_of(LR_SCHEDULERS))
+    lr_warmup_steps: int = field(default=0, metadata=within(0, MAX_STEP_COUNT))
+    optimizer: str = field(default="adamw", metadata=one_of(OPTIMIZERS))
+    adam_beta1: float = field(default=0.9, metadata=in_range(0.0, 1.0, high_open=True))
+    adam_beta2: float = field(default=0.999, metadata=in_range(0.0, 1.0, high_open=True))
+    # decoupled: each step multiplies the weights by 1 - lr x decay (`_validate_optimizer` keeps it above 0)
+    adam_weight_decay: float = field(default=0.0, metadata=in_range(0.0, None))
+    adam_epsilon: float = field(default=1e-8, metadata=in_range(0.0, MAX_ADAM_EPSILON, low_open=True))
     timestep_sampling: str = field(default="logit-normal", metadata=one_of(TIMESTEP_SAMPLINGS))
     stage_loss_weights: tuple[float, ...] | str = "auto"
     cfg_dropout: float = field(default=0.1, metadata=in_range(0.0, 1.0, high_open=True))
@@ -75,7 +98,6 @@ class TrainConfig:
     seed: int = 0
     log_every: int = field(default=10, metadata=within(1, MAX_STEP_COUNT))
     grad_clip: float = 1.0
-    weight_decay: float = 0.0
     max_nan_steps: int = field(default=20, metadata=within(0, MAX_STEP_COUNT))
     patch_size: int | None = field(default=None, metadata={**within(1, MAX_PATCH), "shown": "the data's"})
     window_ratios: tuple[float, ...] | str | None = field(default=None, metadata={"shown": "the config's, else equal"})
@@ -89,9 +111,18 @@ class TrainConfig:
     lora: int | None = None  # adapter rank: train a LoRA adapter on the frozen model (checked by `check_lora_settings`)
     lora_targets: str = field(default="attn", metadata=one_of(tuple(LORA_TARGETS)))
     lora_alpha: float | None = field(default=None, metadata={"shown": "the rank"})
+    report_to: str = field(default="none", metadata=one_of(REPORT_TO))
+    validation_prompt: tuple[str, ...] = field(default=(), metadata=when_empty("give the prompt to draw"))  # repeatable
+    validation_prompts: Path | None = field(default=None, metadata=reads(FILE))  # a text file, one prompt per line
+    validation_every: int | None = field(default=None, metadata={**within(1, MAX_STEP_COUNT),
+                                                                 "shown": str(DEFAULT_VALIDATION_EVERY)})
+    validation_seed: int | None = field(default=None, metadata={**within(0, MAX_SEED), "shown": "0"})
 
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
+        self.validation_prompt = tuple(self.validation_prompt)
+        if self.validation_prompts is not None:
+            self.validation_prompts = Path(self.validation_prompts)
         self.stages = parse_int_list(self.stages, "--stages")
         validate_resolutions(self.stages, "--stages")
         for name in ("stage_mix", "lr_schedule", "window_ratios", "sample_steps"):
@@ -134,6 +165,9 @@ class TrainConfig:
             raise ConfigError("give one of --preset, --config and --model")
         if self.lora is not None:
             self._validate_lora()
+        self._validate_optimizer()
+        self._validate_validation()
+        self.trackers()  # a tracker asked for that is not installed is refused now
         self.check_out()
 
     def check_inputs(self) -> None:
@@ -148,7 +182,89 @@ class TrainConfig:
 
     def inputs(self) -> dict[str, Path | None]:
         """The run's inputs by option: its folder may not be, hold or lie inside any of them."""
-        return {"--data": self.data, "--model": self.init, "--config": self.config_file}
+        return {"--data": self.data, "--model": self.init, "--config": self.config_file,
+                "--validation-prompts": self.validation_prompts}
+
+    @property
+    def images_per_step(self) -> int:
+        """Samples of one optimizer step per process: `batch_size` per micro-batch, times the micro-batches."""
+        return self.batch_size * self.gradient_accumulation_steps
+
+    def trackers(self) -> tuple[str, ...]:
+        """The accelerate trackers `report_to` names (`all`: those of `TRACKERS` installed); a named
+        one that is not installed is refused in one line."""
+        from ..packages import installed
+
+        if self.report_to == "none":
+            return ()
+        if self.report_to == "all":
+            found = tuple(name for name in TRACKERS if installed(PACKAGES[name][0]))
+            if not found:
+                raise ConfigError(f"--report-to all: none of {', '.join(TRACKERS)} is installed; "
+                                  f"{PACKAGES['tensorboard'][1]} or {PACKAGES['wandb'][1]}")
+            return found
+        _require(self.report_to, f"--report-to {self.report_to}")
+        return (self.report_to,)
+
+    def validation_prompt_list(self) -> list[str]:
+        """The prompts validation draws: `--validation-prompt`s as given, or the non-empty lines of
+        `--validation-prompts FILE` (UTF-8); [] without validation."""
+        if self.validation_prompts is None:
+            return list(self.validation_prompt)
+        from ..user_files import read_text
+
+        lines = [line.strip() for line in read_text(self.validation_prompts, "--validation-prompts").splitlines()]
+        prompts = [line for line in lines if line]
+        if not prompts:
+            raise ConfigError(f"--validation-prompts {self.validation_prompts} holds no prompt (one per line)")
+        return prompts
+
+    @property
+    def validation_interval(self) -> int:
+        return self.validation_every if self.validation_every is not None else DEFAULT_VALIDATION_EVERY
+
+    def _validate_optimizer(self) -> None:
+        """What the field bounds cannot say alone (they are checked first, by `check_fields`)."""
+        if self.optimizer != "adamw":
+            _require(self.optimizer, f"--optimizer {self.optimizer}")
+        if self.images_per_step > MAX_TRAIN_BATCH:
+            raise ConfigError(f"--batch-size {self.batch_size} x --gradient-accumulation-steps "
+                              f"{self.gradient_accumulation_steps} is {self.images_per_step:,} samples per step; "
+                              f"a step draws at most {MAX_TRAIN_BATCH:,}")
+        peak = max(value for phase in self.lr_schedule for value in phase.values)
+        if self.adam_weight_decay * peak >= 1:
+            raise ConfigError(f"--adam-weight-decay {number_text(self.adam_weight_decay)} with the learning rate "
+                              f"{number_text(peak)}: each step would multiply the weights by 1 - lr x decay "
+                              f"= {number_text(1 - peak * self.adam_weight_decay)}; give a decay below "
+                              f"1 / lr = {number_text(1 / peak)}")
+        if self.lr_warmup_steps and self.lr_scheduler == "constant":
+            raise ConfigError(f"--lr-warmup-steps {self.lr_warmup_steps}: the constant --lr-scheduler has no warmup; "
+                              "give --lr-scheduler constant_with_warmup (or linear, cosine, ...)")
+        if self.lr_warmup_steps >= self.steps:
+            raise ConfigError(f"--lr-warmup-steps {self.lr_warmup_steps} must be below --steps {self.steps} "
+                              "(the learning rate would never reach its peak)")
+
+    def _validate_validation(self) -> None:
+        if self.validation_prompt and self.validation_prompts is not None:
+            raise ConfigError("give --validation-prompt or --validation-prompts, not both")
+        wanted = bool(self.validation_prompt) or self.validation_prompts is not None
+        if not wanted:
+            extra = [flag for flag, value in (("--validation-every", self.validation_every),
+                                              ("--validation-seed", self.validation_seed)) if value is not None]
+            if extra:
+                raise ConfigError(f"{' and '.join(extra)} {'needs' if len(extra) == 1 else 'need'} "
+                                  "--validation-prompt or --validation-prompts")
+            return
+        if self.fsdp:
+            raise ConfigError("validation images are drawn by rank 0 with the whole model, which --fsdp shards; "
+                              "train with DDP, or sample checkpoints with `nami convert checkpoint` + `nami sample`")
+        if self.validation_prompts is not None:  # read now: a missing, empty or unreadable one is refused before any work
+            check_input(self.validation_prompts, "--validation-prompts", FILE)
+        count = len(self.validation_prompt_list())
+        seed = self.validation_seed or 0
+        if seed + count - 1 > MAX_SEED:
+            raise ConfigError(f"--validation-seed {seed} with {count} prompts gives seeds up to {seed + count - 1}, "
+                              f"beyond the largest seed {MAX_SEED}")
 
     def check_out(self) -> None:
         """The run folder: not empty or `.`, not an input, and a run folder (or a new or empty one)."""
@@ -176,6 +292,7 @@ class TrainConfig:
         data["stages"] = list(self.stages)
         data["stage_mix"] = format_phases(self.stage_mix)
         data["lr_schedule"] = format_phases(self.lr_schedule)
+        data["validation_prompt"] = list(self.validation_prompt)
         for key in ("window_ratios", "sample_steps", "sample_cfg", "stage_loss_weights"):
             value = getattr(self, key)
             data[key] = value if value is None or isinstance(value, str) else ",".join(map(number_text, value))
@@ -249,6 +366,15 @@ def train_memory_request(enabled: bool, **options: Any) -> TrainMemoryRequest | 
             raise ConfigError(f"{flags} {'needs' if len(given) == 1 else 'need'} --train-memory")
         return None
     return TrainMemoryRequest(**given)
+
+
+def _require(name: str, flag: str) -> None:
+    """ConfigError unless the package `PACKAGES[name]` needs is installed."""
+    from ..packages import installed
+
+    module, how = PACKAGES[name]
+    if not installed(module):
+        raise ConfigError(f"{flag} needs {module}, which is not installed; {how}")
 
 
 def _phases(value: Sequence[Phase] | str | None, parse, default: str) -> tuple[Phase, ...]:

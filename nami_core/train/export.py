@@ -23,25 +23,34 @@ TRANSFORMER_PREFIX = "transformer."
 FSDP_MODEL_FOLDER = "pytorch_model_fsdp_0"  # accelerate's sharded model checkpoint
 
 
-def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | None, plan: FlowPlan,
-                    manifest: dict, patch: int, mode: str, sample_steps: str | Sequence[int] | None,
-                    sample_cfg: str | float | Sequence[float]) -> Path:
-    """Write a complete model directory to `out` atomically (temporary folder, then rename)."""
+def pipeline_parts(plan: FlowPlan, manifest: dict, patch: int, mode: str, sample_steps: str | Sequence[int] | None,
+                   sample_cfg: str | float | Sequence[float]):
+    """(scheduler, codec, text encoder) of a model trained on `manifest`'s data: the flow of
+    `plan` with the sampling defaults, the data's codec and its text encoder's settings (the
+    encoder's weights are not loaded)."""
     from ..codecs.spec import codec_from_record
     from ..config import STEPS_PER_STAGE, guidance_record
     from ..flow.scheduler import NamiFlowScheduler
-    from ..model.transformer import NamiTransformer
-    from ..pipeline import NamiPipeline
     from ..text.encoder import NamiTextEncoder
 
-    transformer = NamiTransformer.from_config(transformer_config)
-    transformer.load_state_dict(raw)
     encoder = NamiTextEncoder.from_config(manifest["text_encoder"])  # the data's text settings
     steps = plan.stage_steps(sample_steps or (STEPS_PER_STAGE,) * plan.flow.num_stages)
     guidance = guidance_record(plan.stage_guidance(sample_cfg))
     scheduler = NamiFlowScheduler.from_flow(plan.flow, default_steps=list(steps), default_cfg=guidance,
                                             default_mode=mode)
-    codec = codec_from_record(manifest["codec"], patch)
+    return scheduler, codec_from_record(manifest["codec"], patch), encoder
+
+
+def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | None, plan: FlowPlan,
+                    manifest: dict, patch: int, mode: str, sample_steps: str | Sequence[int] | None,
+                    sample_cfg: str | float | Sequence[float]) -> Path:
+    """Write a complete model directory to `out` atomically (temporary folder, then rename)."""
+    from ..model.transformer import NamiTransformer
+    from ..pipeline import NamiPipeline
+
+    transformer = NamiTransformer.from_config(transformer_config)
+    transformer.load_state_dict(raw)
+    scheduler, codec, encoder = pipeline_parts(plan, manifest, patch, mode, sample_steps, sample_cfg)
     out = Path(out)
     with new_artefact(out) as tmp:
         NamiPipeline(transformer, scheduler, codec, encoder).save_pretrained(tmp)
