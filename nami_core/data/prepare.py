@@ -195,7 +195,9 @@ class Preparer:
             name = shard_name(unit, res, bucket)
             size = _write_shard(shard_dir / name, latents, text, [it.key for it, _ in entries], captions)
             record = {"file": f"shards/{name}", "resolution": res, "count": len(entries), "bytes": size,
-                      "sha256": file_sha256(shard_dir / name)}
+                      "sha256": file_sha256(shard_dir / name),
+                      # the longest real caption, so `nami train`'s memory check need not read the masks
+                      "text_tokens": int(text.mask.sum(1).max())}
             files.append(record if bucket is None else {**record, "bucket": bucket})
             counts[str(res)] = counts.get(str(res), 0) + len(entries)
         marker = {"unit": unit, "items": len(items), "files": files, "counts": counts,
