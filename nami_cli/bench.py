@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from nami_core.bench.requests import LatencyRequest, TrainBenchRequest
+from nami_core.config import MODES, TEXT_PADDINGS
+
+from . import options as o
+from .build import APP_SETTINGS
+from .output import print_table
+
 app = typer.Typer(
     help="Benchmarks: sampling latency per mode (paper Fig. 2 / Fig. 10) and training throughput.",
-    no_args_is_help=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    **APP_SETTINGS,
 )
 
 
@@ -21,18 +26,22 @@ def _write_json(path: Path, report: dict) -> None:
     write_json_atomic(path, report)
 
 
+def check_report_paths(json_path: Path | None, plot: Path | None, inputs: dict) -> None:
+    """--json and --plot by the output policy, before any model is built: a file of the right kind
+    (`--json .` or `--plot x.txt` is one error line), never one of the inputs."""
+    from nami_core.output_targets import check_out_file
+
+    if json_path is not None:
+        check_out_file(json_path, (".json",), "JSON report", inputs, flag="--json", make_folder=True)
+    if plot is not None:
+        check_out_file(plot, (".png", ".pdf", ".svg"), "plot", inputs, flag="--plot", make_folder=True)
+        from nami_core.bench.plot import check_plot_path
+
+        check_plot_path(plot)
+
+
 def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:,.0f}"
-
-
-def _print(table) -> None:
-    """Print a rich table; off a terminal (pipes, logs) use a fixed width wide enough for the columns."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    console.print(table)
 
 
 def _tflops(x: float) -> str:
@@ -48,30 +57,37 @@ def _pct(x: float | None) -> str:
 
 
 @app.command("latency")
+@o.defaults_from(LatencyRequest)
 def latency(
-    preset: Optional[str] = typer.Option(None, "--preset", help="Model shape: nami-2b (default) | nami-0.6b | flux-base-2b | tiny | cpu-bench."),
-    model: Optional[str] = typer.Option(None, "--model", help="A saved model directory: its configs (weights stay random)."),
-    resolutions: str = typer.Option("256,512,1024,2048", "--resolutions", help="Final resolutions; stages are (res/4, res/2, res) for 3 stages."),
-    steps: str = typer.Option("30", "--steps", help="Total Euler steps (30 = 10,10,10 per stage; flux-base runs the total), or per stage, e.g. 10,10,10."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per sampler call (default 1); times are reported per image."),
-    batch: Optional[int] = typer.Option(None, "--batch", hidden=True, help="Old name of --batch-size."),
-    modes: str = typer.Option("flux-base,flow-only,nami", "--modes", help="Modes, run interleaved in this order."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32."),
-    attention: str = typer.Option("auto", "--attention", help="Backends, each timed in turn: auto | native | xformers | flash, e.g. native,xformers,flash."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile the transformer (static shapes per stage and text bucket; the steps replayed as CUDA graphs on a GPU; compiles during warm-up); reports what compiled and what ran eagerly."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    warmup: int = typer.Option(1, "--warmup", help="Untimed rounds (every mode once) before timing."),
-    repeats: int = typer.Option(3, "--repeats", help="Timed rounds; median, min and max are over these."),
-    cfg: float = typer.Option(3.0, "--cfg", help="Guidance scale, with the empty negative prompt; 1 = off (one forward per step)."),
-    text_tokens: int = typer.Option(256, "--text-tokens", help="Text slot: random text tokens padded to this length, as a tokenizer pads."),
-    prompt_tokens: int = typer.Option(12, "--prompt-tokens", help="Real tokens of the prompt in the slot (the negative prompt has 1)."),
-    text_padding: Optional[str] = typer.Option(None, "--text-padding", help="mask (cut to the longest prompt) | none (attend to the whole slot, as the public release). Default: the model's."),
-    count_ops: bool = typer.Option(True, "--count-ops/--no-count-ops", help="Count kernel launches (CUDA) or ATen ops (CPU) per step and stage with the profiler."),
-    include_codec: bool = typer.Option(False, "--include-codec", help="Also time decoding (presets: a random FLUX-sized VAE)."),
-    include_text: bool = typer.Option(False, "--include-text", help="Also time the text encoder (needs --model)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report to this file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a latency-vs-resolution plot (.png, .pdf, .svg)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and noise."),
+    preset: o.Preset = None,
+    model: o.model("A saved model directory: its configs (the weights stay random).", o.MODEL) = None,
+    modes: o.own(str, "--modes", metavar=o.choices(MODES) + "[,...]", panel=o.MODEL,
+        help="Modes, run interleaved in this order.") = None,
+    resolutions: o.own(str, "--resolutions", help="Final resolutions; 3 stages run at (res/4, res/2, res).",
+        panel=o.WORKLOAD) = None,
+    steps: o.EulerSteps = None,
+    cfg: o.Guidance = None,
+    text_tokens: o.text_tokens("Text slot: random text tokens padded to this length, as a tokenizer pads.",
+                               o.WORKLOAD) = None,
+    prompt_tokens: o.PromptTokens = None,
+    text_padding: o.own(str, "--text-padding", metavar=o.choices(TEXT_PADDINGS), panel=o.WORKLOAD,
+        help="How attention treats the padded text slot; none attends to all of it, as the public release does.") = None,
+    batch_size: o.batch_size("Images per sampler call; times are reported per image.", o.WORKLOAD) = None,
+    batch: o.OldBatchSize = None,
+    include_codec: o.own(bool, "--include-codec", help="Also time decoding (presets: a random FLUX-sized VAE).",
+        panel=o.WORKLOAD) = None,
+    include_text: o.own(bool, "--include-text", help="Also time the text encoder (needs --model).", panel=o.WORKLOAD) = None,
+    seed: o.seed("Seed of the random weights and noise.", o.WORKLOAD) = None,
+    device: o.Device = None,
+    dtype: o.Dtype = None,
+    attention: o.AttentionList = None,
+    compile_: o.Compile = None,
+    warmup: o.warmup("Untimed rounds (every mode once) before timing (0: none).", o.TIMING) = None,
+    repeats: o.own(int, "--repeats", help="Timed rounds; median, min and max are over these.", panel=o.TIMING) = None,
+    count_ops: o.own(bool, "--count-ops/--no-count-ops", panel=o.TIMING,
+        help="Count kernel launches (CUDA) or ATen ops (CPU) per step and stage with the profiler.") = None,
+    json_path: o.json_file("Write the JSON report to this file.", o.OUTPUT) = None,
+    plot: o.plot("Write a latency-vs-resolution plot (.png, .pdf, .svg).", o.OUTPUT) = None,
 ) -> None:
     """Time the transformer sampling loop of flux-base, flow-only and nami, beside the FLOP bound.
 
@@ -91,27 +107,26 @@ def latency(
 
       nami bench latency --preset cpu-bench --device cpu --resolutions 256,512 --json cpu.json
     """
-    from nami_core.bench.latency import LatencyRequest, interleaved_schedule, run_latency
-    from nami_core.config import parse_int_list
-
     from .aliases import renamed
-    from .progress import console
 
-    if plot is not None:
-        from nami_core.bench.plot import check_plot_path
-
-        check_plot_path(plot)
-    mode_list = tuple(m.strip() for m in modes.split(",") if m.strip())
-    backend_list = tuple(b.strip() for b in attention.split(",") if b.strip())
-    req = LatencyRequest(
-        preset=preset, model_dir=model, resolutions=parse_int_list(resolutions, "--resolutions"), steps=steps,
-        batch_size=renamed(batch_size, batch, "--batch-size", "--batch", 1), modes=mode_list, dtype=dtype,
-        attention=backend_list, compile=compile_, device=device, warmup=warmup, repeats=repeats, cfg=cfg,
+    req = LatencyRequest(**o.given(
+        preset=preset, model_dir=model, resolutions=resolutions, steps=steps,
+        batch_size=renamed(batch_size, batch, "--batch-size", "--batch"), modes=modes, dtype=dtype,
+        attention=attention, compile=compile_, device=device, warmup=warmup, repeats=repeats, cfg=cfg,
         text_tokens=text_tokens, prompt_tokens=prompt_tokens, text_padding=text_padding, count_ops=count_ops,
         include_codec=include_codec, include_text=include_text, seed=seed,
-    )
-    req.validate()
+    ))
+    check_report_paths(json_path, plot, {"--model": req.model_dir})
+    run_latency(req, json_path, plot)
+
+
+def run_latency(req: LatencyRequest, json_path: Path | None, plot: Path | None) -> None:
+    """Time with a progress bar on stderr; write the report and plot; print the table (imports torch)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nami_core.bench.latency import interleaved_schedule, run_latency as measure
+
+    from .progress import console
 
     runs = len(interleaved_schedule(req.modes, req.warmup, req.repeats)) * len(req.resolutions) * len(req.attention)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -121,7 +136,7 @@ def latency(
         def on_run(res: int, mode: str, rnd: int, timed: bool) -> None:
             progress.update(task, advance=1, description=f"{res}px {mode}" + ("" if timed else " (warm-up)"))
 
-        report = run_latency(req, on_run)
+        report = measure(req, on_run)
     if json_path is not None:
         _write_json(json_path, report)
     if plot is not None:
@@ -144,7 +159,7 @@ def _compile_table(report: dict) -> None:
     for col in columns:
         table.add_column(col.replace("_", " "), justify="right", no_wrap=True)
     table.add_row(*(f"{stats[col]:,}" for col in columns))
-    _print(table)
+    print_table(table)
 
 
 # optional result keys (--include-text, --include-codec) and their table columns
@@ -173,31 +188,34 @@ def _latency_table(report: dict, steps: str) -> None:
             _pct(reduction), _pct(bound), "-" if fraction is None else f"{fraction:.2f}", _mib(r["peak_mem_bytes"]),
             *([_ops(r["ops_per_step"])] if ops else []),
         )
-    _print(table)
+    print_table(table)
 
 
 @app.command("train")
+@o.defaults_from(TrainBenchRequest)
 def train(
-    preset: Optional[str] = typer.Option(None, "--preset", help="Model shape: nami-2b (default) | nami-0.6b | tiny | cpu-bench."),
-    stages: Optional[str] = typer.Option(None, "--stages", help="Stage resolutions, e.g. 256,512,1024 (default: the preset's)."),
-    mode: str = typer.Option("nami", "--mode", help="nami | flow-only | flux-base (one full-resolution stage)."),
-    ratio: str = typer.Option("4:2:1", "--ratio", help="Stage sampling ratio of the mixed batch, low to high resolution."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per optimizer step (default 8)."),
-    batch: Optional[int] = typer.Option(None, "--batch", hidden=True, help="Old name of --batch-size."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32 (autocast over fp32 weights)."),
-    attention: str = typer.Option("auto", "--attention", help="auto | native | xformers | flash."),
-    grad_checkpointing: str = typer.Option("none", "--grad-checkpointing", help="none | full (also the bare flag) | last-stage | auto, as `nami train`."),
-    compile_: bool = typer.Option(False, "--compile", help="torch.compile every transformer block; reports what compiled and what ran eagerly."),
-    steps: int = typer.Option(10, "--steps", help="Timed optimizer steps per configuration."),
-    warmup: int = typer.Option(2, "--warmup", help="Untimed steps before timing each configuration."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    text_tokens: int = typer.Option(256, "--text-tokens", help="Text slot of each synthetic caption."),
-    prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help="Real tokens of each caption in the slot (default 12, at most the slot)."),
-    realistic: bool = typer.Option(True, "--realistic/--no-realistic", help="Time `nami train`'s own step (data, EMA, DDP); --no-realistic: the network alone, an upper bound."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report to this file."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and data."),
+    preset: o.Preset = None,
+    mode: o.Mode = None,
+    stages: o.Stages = None,
+    stage_mix: o.StageMix = None,
+    ratio: o.OldRatio = None,
+    batch_size: o.batch_size("Samples per optimizer step.", o.WORKLOAD) = None,
+    batch: o.OldBatchSize = None,
+    text_tokens: o.text_tokens("Text slot of each synthetic caption.", o.WORKLOAD) = None,
+    prompt_tokens: o.PromptTokens = None,
+    realistic: o.own(bool, "--realistic/--no-realistic", panel=o.WORKLOAD,
+        help="Time `nami train`'s own step (data, EMA, DDP); --no-realistic: the network alone, an upper bound.") = None,
+    seed: o.seed("Seed of the random weights and data.", o.WORKLOAD) = None,
+    device: o.Device = None,
+    dtype: o.Dtype = None,
+    attention: o.Attention = None,
+    grad_checkpointing: o.GradCheckpointing = None,
+    compile_: o.Compile = None,
+    steps: o.optimizer_steps("Timed optimizer steps per configuration.", o.TIMING) = None,
+    warmup: o.warmup("Untimed steps before timing each configuration (0: none).", o.TIMING) = None,
+    json_path: o.json_file("Write the JSON report to this file.", o.OUTPUT) = None,
 ) -> None:
-    """Training throughput of `nami train`'s step on synthetic data: each stage alone, then the ratio mix.
+    """Training throughput of `nami train`'s step on synthetic data: each stage alone, then the stage mix.
 
     A timed step is `nami train`'s: batches drawn ahead from a prepared-data folder of random latents, the staged loss, backward, AdamW and the EMA (under DDP when launched with several processes); each step splits the batch by the mix exactly. With --no-realistic only the network's forward, backward and AdamW are timed.
 
@@ -207,24 +225,29 @@ def train(
 
       nami bench train --preset nami-2b --device cuda --batch-size 4 --grad-checkpointing auto --compile --json train.json
 
-      nami bench train --preset nami-2b --device cuda --stages 256,512,1024 --ratio 4:2:1 --compile
+      nami bench train --preset nami-2b --device cuda --stages 256,512,1024 --stage-mix 4:2:1 --compile
 
       nami bench train --preset tiny --device cpu --batch-size 8 --steps 5
     """
-    from nami_core.bench.throughput import TrainBenchRequest, run_train_bench
-    from nami_core.config import parse_int_list
-
     from .aliases import renamed
-    from .progress import console
 
-    req = TrainBenchRequest(
-        preset=preset, stages=parse_int_list(stages, "--stages") if stages else None, mode=mode, ratio=ratio,
-        batch_size=renamed(batch_size, batch, "--batch-size", "--batch", 8), dtype=dtype, attention=attention,
+    req = TrainBenchRequest(**o.given(
+        preset=preset, stages=stages, mode=mode, stage_mix=renamed(stage_mix, ratio, "--stage-mix", "--ratio"),
+        batch_size=renamed(batch_size, batch, "--batch-size", "--batch"), dtype=dtype, attention=attention,
         grad_checkpointing=grad_checkpointing, compile=compile_, steps=steps, warmup=warmup, device=device,
         text_tokens=text_tokens, prompt_tokens=prompt_tokens, realistic=realistic, seed=seed,
-    )
-    req.validate()
+    ))
+    check_report_paths(json_path, None, {})
+    run_train(req, json_path)
+
+
+def run_train(req: TrainBenchRequest, json_path: Path | None) -> None:
+    """Time with a progress bar on stderr; write the report; print the table (imports torch)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nami_core.bench.throughput import run_train_bench
+
+    from .progress import console
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -255,4 +278,4 @@ def _train_table(report: dict) -> None:
             f"{r['images_per_s']:,.2f}", f"{r['tokens_per_s']:,.0f}", _tflops(r["tflops_per_s"]),
             _pct(r["mfu"]), _mib(r["peak_mem_bytes"]),
         )
-    _print(table)
+    print_table(table)

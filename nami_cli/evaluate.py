@@ -1,7 +1,8 @@
 """`nami eval`: benchmarks (GenEval, DPG-Bench, NAMI-1K) and metrics (CLIPScore, FID).
 
-Every command imports torch and the models lazily, reads weights only from local paths, and
-writes its result files atomically after all scoring finished.
+Every command builds its core request first (a bad option is one error line before torch
+loads), imports torch and the models lazily, reads weights only from local paths, and writes its
+result files atomically after all scoring finished.
 """
 
 from __future__ import annotations
@@ -9,30 +10,37 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List
 
 import typer
+
+from nami_core.eval.dpg import ANSWER_MATCHES
+from nami_core.eval.dpg_run import DpgRequest
+from nami_core.eval.geneval_run import GenevalRequest
+from nami_core.eval.metric_requests import ClipScoreRequest, FidRequest
+from nami_core.eval.nami1k import annotate as nami1k_annotate_core
+from nami_core.eval.nami1k import build as nami1k_build_core
+from nami_core.eval.nami1k.generate import Nami1kGeneration
+
+from . import options as o
+from .build import APP_SETTINGS
+from .output import print_table as print_rich_table
 
 app = typer.Typer(
     name="eval",
     help="Evaluate a model on a benchmark (GenEval, DPG-Bench, NAMI-1K) or compute a metric (CLIPScore, FID).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    **APP_SETTINGS,
 )
 nami1k_app = typer.Typer(
     name="nami1k",
     help="NAMI-1K human evaluation: build the prompt set, generate, annotate in a browser, score.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    **APP_SETTINGS,
 )
 app.add_typer(nami1k_app, name="nami1k")
 
-DEVICE_HELP = "auto | cpu | cuda."
-DTYPE_HELP = "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 for the transformer."
+# the options every generating benchmark takes (geneval, dpg, nami1k generate)
+EvalModel = o.model("Model directory, or 'default' for the bundled model.", o.MODEL)
+EvalBatch = o.batch_size("Images generated per model call.", o.PRECISION)
 
 
 # -- shared helpers -------------------------------------------------------------------------------------
@@ -69,15 +77,7 @@ def device_name(device: str) -> str:
     return str(resolve_device(device))
 
 
-def check_positive(value: int, flag: str) -> None:
-    from nami_core.errors import NamiError
-
-    if value < 1:
-        raise NamiError(f"{flag} must be at least 1, got {value}")
-
-
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
@@ -85,7 +85,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(column, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    print_rich_table(table)
 
 
 def fmt(value: float, digits: int = 2) -> str:
@@ -95,28 +95,26 @@ def fmt(value: float, digits: int = 2) -> str:
 # -- GenEval --------------------------------------------------------------------------------------------
 
 
-def default_suite() -> Path:
-    """The bundled GenEval-schema suite in the shapes vocabulary (300 prompts, 50 per tag)."""
-    import nami_core
-
-    return Path(nami_core.__file__).resolve().parent / "assets" / "geneval" / "shapes_suite.jsonl"
-
-
 @app.command("geneval")
+@o.defaults_from(GenevalRequest)
 def geneval(
-    out: Path = typer.Option(..., "--out", help="GenEval folder: <out>/00000/metadata.jsonl + samples/0000.png, then results.jsonl and summary.json."),
-    metadata: Optional[Path] = typer.Option(None, "--metadata", help="GenEval metadata .jsonl (default: the bundled 300-prompt shapes suite)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model directory, or 'default' for the bundled model."),
-    images_per_prompt: int = typer.Option(4, "--images-per-prompt", help="Images generated per prompt."),
-    detector: str = typer.Option("shapes", "--detector", help="Object detector: shapes, or mask2former:PATH (a transformers Mask2Former COCO-instance folder)."),
-    clip: Optional[str] = typer.Option(None, "--clip", help="Folder of a transformers CLIP model (GenEval uses ViT-L/14) naming object colours for mask2former."),
-    skip_generation: bool = typer.Option(False, "--skip-generation", help="Score the images already in --out."),
-    seed: int = typer.Option(0, "--seed", help="Image j of prompt i uses seed S + i * images-per-prompt + j."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage, e.g. 10,10,10. Default: the model's."),
-    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (at most 100), or one per stage such as 8,3,3. Default: the model's."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
+    out: o.out("GenEval folder: <out>/00000/metadata.jsonl + samples/0000.png, then results.jsonl and summary.json.",
+               o.OUTPUT),
+    metadata: o.own(Path, "--metadata", help="GenEval metadata .jsonl.", panel=o.PROMPTS) = None,
+    model: EvalModel = None,
+    images_per_prompt: o.ImagesPerPrompt = None,
+    seed: o.seed("Image j of prompt i has seed S + i x images-per-prompt + j.", o.SAMPLING) = None,
+    steps: o.EulerSteps = None,
+    cfg: o.Guidance = None,
+    detector: o.own(str, "--detector", metavar="shapes|mask2former:PATH", panel=o.SCORING,
+        help="Object detector: the shapes world's own, or GenEval's Mask2Former (a transformers COCO-instance "
+             "folder at PATH; colours by CLIP with --clip).") = None,
+    clip: o.clip("Folder of a transformers CLIP model (GenEval uses ViT-L/14) naming object colours for "
+                 "mask2former.", o.SCORING) = None,
+    skip_generation: o.SkipGeneration = None,
+    device: o.Device = None,
+    dtype: o.Dtype = None,
+    batch_size: EvalBatch = None,
 ) -> None:
     """Generate images for GenEval prompts, detect their objects and score them by GenEval's rules.
 
@@ -132,37 +130,34 @@ def geneval(
 
       nami eval geneval --out eval/run1 --skip-generation --detector shapes
     """
-    from nami_core.errors import NamiError
     from nami_core.eval import geneval as ge
+    from nami_core.eval import geneval_run
     from nami_core.eval.detectors import DetectorOptions, get_detector
-    from nami_core.config import guidance_scales
-    from nami_core.output_targets import check_folder_target
 
-    check_positive(images_per_prompt, "--images-per-prompt")
-    check_positive(batch_size, "--batch-size")
-    found = get_detector(detector, DetectorOptions(clip=clip, device=device_name(device) if ":" in detector else "cpu"))
-    suite_lines = None
-    if metadata is not None or not skip_generation:
-        suite_lines = ge.read_metadata_lines(metadata if metadata is not None else default_suite())
-    if skip_generation:
-        prompts = ge.read_layout(out)
+    req = GenevalRequest(out=out, **o.given(
+        metadata=metadata, model=model, images_per_prompt=images_per_prompt, seed=seed, steps=steps, cfg=cfg,
+        detector=detector, clip=clip, skip_generation=skip_generation, device=device, dtype=dtype,
+        batch_size=batch_size))
+    found = get_detector(req.detector, DetectorOptions(
+        clip=req.clip, device=device_name(req.device) if ":" in req.detector else "cpu"))
+    suite_lines = req.suite_lines()
+    if req.skip_generation:
+        prompts = ge.read_layout(req.out)
         if suite_lines is not None:
-            check_same_prompts(prompts, [line for _, line in suite_lines], str(metadata))
+            geneval_run.check_same_prompts(prompts, [line for _, line in suite_lines], str(req.metadata))
         scored_lines = [(f"{p.path / ge.METADATA_NAME}:1", p.metadata) for p in prompts]
     else:
-        check_folder_target(out, "--out")
-        if out.is_dir() and any(p.name.isdigit() for p in out.iterdir()):
-            raise NamiError(f"{out} already holds GenEval samples; score them with --skip-generation "
-                            f"or choose an empty --out")
-        if cfg is not None:  # before the model loads; the generator checks it too
-            guidance_scales(cfg, "--cfg")
+        req.check_out()
+    req.check_inputs()
     ge.check_detector(suite_lines if suite_lines is not None else scored_lines, found)
-    if not skip_generation:
-        generate([line for _, line in suite_lines], out, model, images_per_prompt, seed, steps, cfg, device, dtype,
-                 batch_size)
+    if not req.skip_generation:
+        suite = [line for _, line in suite_lines]
+        generator = req.generator()
+        with progress_bar("generating") as update:
+            geneval_run.generate_samples(generator, suite, req, req.out, update)
 
     with progress_bar("scoring") as update:
-        results = ge.evaluate_folder(out, found, update)
+        results = ge.evaluate_folder(req.out, found, update)
     summary = ge.summarize(results)
     rows = []
     for tag, value in summary["tags"].items():
@@ -172,55 +167,33 @@ def geneval(
     typer.echo(f"overall {summary['overall']:.3f}")
 
 
-def check_same_prompts(prompts, suite: list[dict], source: str) -> None:
-    """With --skip-generation and --metadata: the folder must hold exactly the file's prompts, in order."""
-    from nami_core.errors import NamiError
-
-    if len(prompts) != len(suite):
-        raise NamiError(f"{source} has {len(suite)} prompts but the folder has {len(prompts)} prompt folders")
-    for number, (prompt, line) in enumerate(zip(prompts, suite), start=1):
-        if prompt.metadata != line:
-            raise NamiError(f"{prompt.path} holds a different prompt than line {number} of {source}")
-
-
-def generate(suite: list[dict], out: Path, model: Optional[str], images_per_prompt: int, seed: int,
-             steps: Optional[str], cfg: Optional[str], device: str, dtype: str, batch_size: int) -> None:
-    """Write GenEval's layout for `suite` under `out`: image j of prompt i has seed seed + i*n + j."""
-    from nami_core.eval import geneval as ge
-    from nami_core.eval.generation import Generator
-    from nami_core.png import save_png
-
-    generator = Generator(model, device, steps, cfg, dtype)
-    ge.write_prompt_folders(out, suite)
-    with progress_bar("generating") as update:
-        total = len(suite) * images_per_prompt
-        for done, made in enumerate(generator.images([line["prompt"] for line in suite], images_per_prompt, seed,
-                                                     batch_size), start=1):
-            save_png(made.image, ge.sample_path(out, made.index, made.j),
-                     generator.info(suite[made.index]["prompt"], made.seed))
-            update(done, total)
-
-
 # -- DPG-Bench ------------------------------------------------------------------------------------------
 
 
 @app.command("dpg")
+@o.defaults_from(DpgRequest)
 def dpg(
-    csv: Path = typer.Option(..., "--csv", help="DPG-Bench questions (dpg_bench.csv of the ELLA repository)."),
-    vqa: str = typer.Option(..., "--vqa", help="Folder of a transformers VQA model + processor (e.g. BLIP-VQA, ViLT)."),
-    out: Path = typer.Option(..., "--out", help="Folder for the <item_id>.png grids, dpg_results.jsonl and dpg_summary.json."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Folder of DPG-Bench <item_id>.txt prompts (needed unless --skip-generation)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model directory, or 'default' for the bundled model."),
-    skip_generation: bool = typer.Option(False, "--skip-generation", help="Score the grids already in --out."),
-    seed: int = typer.Option(0, "--seed", help="Cell k (0..3) of prompt i (prompts in name order) uses seed S + 4 i + k."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage. Default: the model's."),
-    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (at most 100), or one per stage such as 8,3,3. Default: the model's."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
-    vqa_prompt: str = typer.Option("{question}", "--vqa-prompt", help="How a question is put to a generative VQA model, e.g. 'Question: {question} Answer:' for BLIP-2."),
-    keep_first_row: bool = typer.Option(False, "--keep-first-row", help="Also use the csv's first question (ELLA's script skips it; off = ELLA's numbers)."),
-    answer_match: str = typer.Option("exact", "--answer-match", help="exact: only the answer 'yes' scores (ELLA's rule, the default) | lenient: the answer is stripped and lower-cased first, so ' Yes' scores too (not comparable to ELLA's numbers)."),
+    csv: o.own(Path, "--csv", help="DPG-Bench questions (dpg_bench.csv of the ELLA repository).", panel=o.PROMPTS),
+    vqa: o.own(str, "--vqa", help="Folder of a transformers VQA model + processor (e.g. BLIP-VQA, ViLT).",
+        panel=o.SCORING),
+    out: o.out("Folder for the <item_id>.png grids, dpg_results.jsonl and dpg_summary.json.", o.OUTPUT),
+    prompts: o.prompts("Folder of DPG-Bench <item_id>.txt prompts (needed unless --skip-generation).",
+                       o.PROMPTS) = None,
+    model: EvalModel = None,
+    seed: o.seed("Cell k (0..3) of prompt i (prompts in name order) has seed S + 4 i + k.", o.SAMPLING) = None,
+    steps: o.EulerSteps = None,
+    cfg: o.Guidance = None,
+    skip_generation: o.SkipGeneration = None,
+    vqa_prompt: o.own(str, "--vqa-prompt", panel=o.SCORING,
+        help="How a question is put to a generative VQA model, e.g. 'Question: {question} Answer:' for BLIP-2.") = None,
+    keep_first_row: o.own(bool, "--keep-first-row", panel=o.SCORING,
+        help="Also use the csv's first question (ELLA's script skips it; off = ELLA's numbers).") = None,
+    answer_match: o.own(str, "--answer-match", metavar=o.choices(ANSWER_MATCHES), panel=o.SCORING,
+        help="How an answer is read: ELLA's rule scores the answer 'yes' exactly; lenient strips and lower-cases "
+             "it first, so ' Yes' scores too (not comparable to ELLA's numbers).") = None,
+    device: o.Device = None,
+    dtype: o.Dtype = None,
+    batch_size: EvalBatch = None,
 ) -> None:
     """Generate a 2x2 grid per DPG-Bench prompt and score it with a VQA model, as ELLA's DPG-Bench script does.
 
@@ -232,32 +205,29 @@ def dpg(
 
       nami eval dpg --csv dpg_bench/dpg_bench.csv --vqa /w/blip-vqa-base --out eval/dpg --skip-generation
     """
-    from nami_core.errors import NamiError
     from nami_core.eval import dpg as dpg_core
     from nami_core.eval import dpg_run
-    from nami_core.eval.generation import Generator
-    from nami_core.eval.vqa import TransformersVQA
-    from nami_core.config import guidance_scales
 
-    check_positive(batch_size, "--batch-size")
-    dpg_core.answer_rule(answer_match)
-    items = dpg_core.read_dpg_csv(csv, drop_first_row=not keep_first_row)
-    if skip_generation:
-        dpg_run.grid_files(out, items)
+    req = DpgRequest(csv=csv, vqa=vqa, out=out, **o.given(
+        prompts=prompts, model=model, seed=seed, steps=steps, cfg=cfg, skip_generation=skip_generation,
+        vqa_prompt=vqa_prompt, keep_first_row=keep_first_row, answer_match=answer_match, device=device, dtype=dtype,
+        batch_size=batch_size))
+    items = dpg_core.read_dpg_csv(req.csv, drop_first_row=not req.keep_first_row)
+    if req.skip_generation:
+        dpg_run.grid_files(req.out, items)
     else:
-        if prompts is None:
-            raise NamiError("--prompts DIR is required to generate (or pass --skip-generation to score --out)")
-        prompt_texts = dpg_run.read_prompt_dir(prompts)
-        dpg_run.check_new_grid_folder(out)
-        if cfg is not None:  # before the VQA model loads; the generator checks it too
-            guidance_scales(cfg, "--cfg")
-    answerer = TransformersVQA(vqa, device_name(device), vqa_prompt)
-    if not skip_generation:
-        generator = Generator(model, device, steps, cfg, dtype)
+        prompt_texts = dpg_run.read_prompt_dir(req.prompts)
+        dpg_run.check_new_grid_folder(req.out, req.inputs())
+    req.check_inputs()
+    from nami_core.eval.vqa import TransformersVQA
+
+    answerer = TransformersVQA(req.vqa, device_name(req.device), req.vqa_prompt)
+    if not req.skip_generation:
+        generator = req.generator()
         with progress_bar("generating") as update:
-            dpg_run.generate_grids(generator, prompt_texts, out, seed, batch_size, update)
+            dpg_run.generate_grids(generator, prompt_texts, req.out, req.seed, req.batch_size, update)
     with progress_bar("asking") as update:
-        summary = dpg_run.evaluate_grids(out, items, answerer, update, answer_match)
+        summary = dpg_run.evaluate_grids(req.out, items, answerer, update, req.answer_match)
     if summary["note"]:
         typer.echo(f"note: {summary['note']}")
     for skipped in summary["skipped"]:
@@ -271,30 +241,20 @@ def dpg(
 # -- NAMI-1K --------------------------------------------------------------------------------------------
 
 
-def parse_counts(text: str) -> dict[str, int]:
-    from nami_core.errors import NamiError
-    from nami_core.eval.nami1k.prompts import SOURCES
-
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) != len(SOURCES) or any(v < 0 for v in values):
-        raise NamiError(f"--counts takes {len(SOURCES)} non-negative numbers (open,human,generated), got {text!r}")
-    return dict(zip(SOURCES, values))
-
-
 @nami1k_app.command("build")
+@o.defaults_from(nami1k_build_core.build_prompt_set)
 def nami1k_build(
-    out: Path = typer.Option(..., "--out", help="The prompt set to write (.jsonl: id, prompt, source, topic, words)."),
-    open_files: List[Path] = typer.Option([], "--open", help="Short prompts from open benchmarks: .txt (one per line) or .jsonl with \"prompt\" (GenEval's metadata works). Repeatable."),
-    human_files: List[Path] = typer.Option([], "--human", help="Human-written prompts (.txt or .jsonl). Repeatable."),
-    generated_files: List[Path] = typer.Option([], "--generated", help="Long generated captions (.txt or .jsonl). Repeatable."),
-    counts: str = typer.Option("360,320,320", "--counts", help="Prompts drawn per source: open,human,generated (the paper's 360,320,320)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the draw; the same files and seed give the same set."),
-    max_words: int = typer.Option(120, "--max-words", help="Longer prompts are left out."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Histogram PNG (lengths by source, topics). Default: --out with .png."),
+    out: o.out("The prompt set to write (.jsonl: id, prompt, source, topic, words).", o.OUTPUT),
+    open_files: o.own(List[Path], "--open", panel=o.PROMPTS,
+        help="Short prompts from open benchmarks: .txt (one per line) or .jsonl with \"prompt\" (GenEval's "
+             "metadata works). Repeatable.") = None,
+    human_files: o.own(List[Path], "--human", help="Human-written prompts (.txt or .jsonl). Repeatable.", panel=o.PROMPTS) = None,
+    generated_files: o.own(List[Path], "--generated", help="Long generated captions (.txt or .jsonl). Repeatable.", panel=o.PROMPTS) = None,
+    counts: o.own(str, "--counts", help="Prompts drawn per source: open,human,generated (the paper's).", panel=o.PROMPTS,
+        show_default=",".join(map(str, nami1k_build_core.DEFAULT_COUNTS.values()))) = None,
+    max_words: o.own(int, "--max-words", help="Longer prompts are left out.", panel=o.PROMPTS) = None,
+    seed: o.seed("Seed of the draw; the same files and seed give the same set.", o.PROMPTS) = None,
+    plot: o.plot("Histogram PNG (lengths by source, topics).", o.OUTPUT, show_default="OUT with .png") = None,
 ) -> None:
     """Assemble a NAMI-1K prompt set from source files and plot its length and topic histograms.
 
@@ -305,20 +265,21 @@ def nami1k_build(
       nami eval nami1k build --open a.txt --human b.txt --generated c.txt --counts 36,32,32 --seed 1 --out small.jsonl --plot small.png
     """
     from nami_core.errors import NamiError
-    from nami_core.eval.nami1k.build import build_prompt_set
     from nami_core.eval.nami1k.plots import topic_counts, write_histograms
     from nami_core.eval.nami1k.prompts import SOURCES, write_prompt_set
-    from nami_core.output_targets import check_file_target
+    from nami_core.output_targets import check_out_file
 
+    out = Path(out)
     if out.is_dir():
         raise NamiError(f"--out {out} is a folder; give the .jsonl file to write")
-    check_file_target(out, "--out")
+    inputs = {"--open": open_files, "--human": human_files, "--generated": generated_files}
+    check_out_file(out, (".jsonl",), "NAMI-1K prompt set", inputs)
     plot = plot if plot is not None else out.with_suffix(".png")
-    check_file_target(plot, "--plot")
-    sources = {"open": open_files, "human": human_files, "generated": generated_files}
-    records = build_prompt_set({k: v for k, v in sources.items() if v}, parse_counts(counts), seed, max_words)
-    write_histograms(records, plot)
-    write_prompt_set(out, records)
+    check_out_file(plot, (".png",), "histogram PNG", inputs, flag="--plot")
+    sources = {flag.removeprefix("--"): files for flag, files in inputs.items() if files}
+    records = nami1k_build_core.build_prompt_set(sources, **o.given(counts=counts, seed=seed, max_words=max_words))
+    write_histograms(records, plot, inputs=inputs)
+    write_prompt_set(out, records, inputs)
     rows = [[s, str(sum(r.source == s for r in records)),
              str(max((r.words for r in records if r.source == s), default=0))] for s in SOURCES]
     print_table(f"NAMI-1K prompt set ({len(records)} prompts)", ["source", "prompts", "longest (words)"], rows)
@@ -327,17 +288,18 @@ def nami1k_build(
 
 
 @nami1k_app.command("generate")
+@o.defaults_from(Nami1kGeneration)
 def nami1k_generate(
-    prompts: Path = typer.Option(..., "--prompts", help="NAMI-1K prompt set (.jsonl from `build`)."),
-    out: Path = typer.Option(..., "--out", help="Empty folder for <id>_<j>.png and manifest.jsonl."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model directory, or 'default' for the bundled model."),
-    images_per_prompt: int = typer.Option(1, "--images-per-prompt", help="Images per prompt."),
-    seed: int = typer.Option(0, "--seed", help="Image j of prompt i uses seed S + i * images-per-prompt + j."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Euler steps per stage. Default: the model's."),
-    cfg: Optional[str] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (at most 100), or one per stage such as 8,3,3. Default: the model's."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images generated per model call."),
+    prompts: o.prompts("NAMI-1K prompt set (.jsonl from `build`).", o.PROMPTS),
+    out: o.out("Empty folder for <id>_<j>.png and manifest.jsonl.", o.OUTPUT),
+    model: EvalModel = None,
+    images_per_prompt: o.ImagesPerPrompt = None,
+    seed: o.seed("Image j of prompt i has seed S + i x images-per-prompt + j.", o.SAMPLING) = None,
+    steps: o.EulerSteps = None,
+    cfg: o.Guidance = None,
+    device: o.Device = None,
+    dtype: o.Dtype = None,
+    batch_size: EvalBatch = None,
 ) -> None:
     """Generate a model's images for a NAMI-1K prompt set (reproducible seeds), with a manifest for `annotate`.
 
@@ -347,29 +309,33 @@ def nami1k_generate(
 
       nami eval nami1k generate --prompts nami1k.jsonl --out eval/nami1k/default --seed 100
     """
-    from nami_core.eval.generation import Generator
-    from nami_core.eval.nami1k.generate import generate_set
+    from nami_core.eval.nami1k.generate import check_image_folder, generate_set
     from nami_core.eval.nami1k.prompts import read_prompt_set
-    from nami_core.output_targets import check_folder_target
 
-    check_positive(images_per_prompt, "--images-per-prompt")
-    check_positive(batch_size, "--batch-size")
-    check_folder_target(out, "--out")
-    records = read_prompt_set(prompts)
-    generator = Generator(model, device, steps, cfg, dtype)
+    req = Nami1kGeneration(prompts=prompts, out=out, **o.given(
+        model=model, images_per_prompt=images_per_prompt, seed=seed, steps=steps, cfg=cfg, device=device, dtype=dtype,
+        batch_size=batch_size))
+    check_image_folder(req.out, req.inputs())
+    req.check_inputs()
+    records = read_prompt_set(req.prompts)
+    generator = req.generator()
     with progress_bar("generating") as update:
-        manifest = generate_set(generator, records, out, images_per_prompt, seed, batch_size, update)
-    typer.echo(f"wrote {len(manifest)} images and {out / 'manifest.jsonl'}")
+        manifest = generate_set(generator, records, req.out, req.images_per_prompt, req.seed, req.batch_size, update,
+                                req.inputs())
+    typer.echo(f"wrote {len(manifest)} images and {req.out / 'manifest.jsonl'}")
 
 
 @nami1k_app.command("annotate")
+@o.defaults_from(nami1k_annotate_core.PageRequest)
 def nami1k_annotate(
-    images: List[str] = typer.Option(..., "--images", help="A folder from `generate` (one model), as DIR or NAME=DIR. Repeatable."),
-    out: Path = typer.Option(..., "--out", help="The HTML page to write."),
-    link: bool = typer.Option(False, "--link", help="Refer to the images by relative paths instead of embedding them."),
-    max_side: int = typer.Option(768, "--max-side", help="Embedded images are JPEGs at most this many pixels wide/high; 0 embeds the PNGs as they are."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the blind shuffle of the images."),
-    title: str = typer.Option("NAMI-1K annotation", "--title", help="Page title."),
+    images: o.own(List[str], "--images", help="A folder from `generate` (one model), as DIR or NAME=DIR. Repeatable.",
+        panel=o.PROMPTS),
+    out: o.out("The HTML page to write.", o.OUTPUT),
+    link: o.own(bool, "--link", help="Refer to the images by relative paths instead of embedding them.", panel=o.PAGE) = None,
+    max_side: o.own(int, "--max-side", panel=o.PAGE,
+        help="Embedded images are JPEGs at most this many pixels wide/high; 0 embeds the PNGs as they are.") = None,
+    seed: o.seed("Seed of the blind shuffle of the images.", o.PAGE) = None,
+    title: o.own(str, "--title", help="Page title.", panel=o.PAGE) = None,
 ) -> None:
     """Write ONE self-contained HTML page on which annotators score every image 0-100 on relevance, coherence, aesthetics and realism.
 
@@ -381,18 +347,19 @@ def nami1k_annotate(
 
       nami eval nami1k annotate --images eval/nami1k/2b --out eval/nami1k/page.html --link
     """
-    from nami_core.eval.nami1k.annotate import parse_model_folder, write_page
+    from nami_core.eval.nami1k.annotate import PageRequest, write_page
 
-    data = write_page([parse_model_folder(spec) for spec in images], out, embed=not link, max_side=max_side,
-                      seed=seed, title=title)
+    page = PageRequest(images, out, embed=not link, **o.given(max_side=max_side, seed=seed, title=title))
+    data = write_page(page.models, page.out, page.embed, page.max_side, page.seed, page.title)
     typer.echo(f"wrote {out} ({len(data['items'])} images)")
 
 
 @nami1k_app.command("score")
 def nami1k_score(
-    annotations: List[Path] = typer.Argument(..., help="Exported nami1k-<annotator>.json files, one per annotator."),
-    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models to report, in this order (default: all, sorted)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the scores as JSON to this file."),
+    annotations: Annotated[List[Path], typer.Argument(help="Exported nami1k-<annotator>.json files, one per annotator.")],
+    models: o.own(str, "--models", help="Comma-separated models to report, in this order.", show_default="all, sorted",
+        panel=o.SCORING) = None,
+    json_out: o.json_file("Also write the scores as JSON to this file.", o.OUTPUT) = None,
 ) -> None:
     """Average the annotators and print Table-4-style scores per model and per source, with inter-annotator agreement.
 
@@ -408,11 +375,13 @@ def nami1k_score(
     from nami_core.eval.nami1k.annotate import DIMENSIONS
     from nami_core.eval.nami1k.prompts import SOURCES
     from nami_core.eval.nami1k.score import read_annotations, score_annotations
-    from nami_core.output_targets import check_file_target
+    from nami_core.output_targets import check_out_file
 
     if json_out is not None:
-        check_file_target(json_out, "--json")
-    chosen = [m.strip() for m in models.split(",") if m.strip()] if models else None
+        check_out_file(json_out, (".json",), "JSON scores", {"annotation file": list(annotations)}, flag="--json")
+    from nami_core.config import parse_name_list
+
+    chosen = list(parse_name_list(models, "--models")) if models is not None else None
     result = score_annotations(read_annotations(annotations), chosen)
     print_table(f"NAMI-1K ({len(result['annotators'])} annotators)", ["model", *DIMENSIONS, "overall", "images"],
                 [[m, *(fmt(t[d]) for d in DIMENSIONS), fmt(t["overall"]), str(t["images"])]
@@ -429,12 +398,15 @@ def nami1k_score(
 
 
 @app.command("clipscore")
+@o.defaults_from(ClipScoreRequest)
 def clipscore(
-    images: Path = typer.Argument(..., help="Folder of images (searched recursively); prompts from nami PNG chunks or same-stem .txt files."),
-    clip: str = typer.Option(..., "--clip", help="Folder of a transformers CLIP model + processor (e.g. openai/clip-vit-large-patch14 saved with save_pretrained)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write per-image scores and the mean as JSON."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per CLIP call."),
+    images: Annotated[Path, typer.Argument(
+        help="Folder of images (searched recursively); prompts from nami PNG chunks or same-stem .txt files.")],
+    clip: o.clip("Folder of a transformers CLIP model + processor (e.g. openai/clip-vit-large-patch14 saved with "
+                 "save_pretrained).", o.SCORING),
+    json_out: o.json_file("Also write per-image scores and the mean as JSON.", o.OUTPUT) = None,
+    device: o.Device = None,
+    batch_size: o.batch_size("Images per CLIP call.", o.PRECISION) = None,
 ) -> None:
     """CLIPScore = 100 x max(cos(image, prompt), 0), averaged over the images (last line: `clipscore <mean>`).
 
@@ -446,34 +418,34 @@ def clipscore(
 
       nami eval clipscore eval/geneval/run1 --clip /w/clip-vit-base-patch32 --json clipscore.json --device cuda
     """
+    req = ClipScoreRequest(images=images, clip=clip, **o.given(json_out=json_out, device=device,
+                                                               batch_size=batch_size))
     from nami_core.eval.clip_model import ClipEncoder
     from nami_core.eval.clipscore import prompted_images, score_images
     from nami_core.files import write_json_atomic
-    from nami_core.output_targets import check_file_target
 
-    check_positive(batch_size, "--batch-size")
-    if json_out is not None:
-        check_file_target(json_out, "--json")
-    pairs = prompted_images(images)
-    encoder = ClipEncoder(clip, device_name(device))
+    pairs = prompted_images(req.images)
+    encoder = ClipEncoder(req.clip, device_name(req.device))
     with warnings_as_lines(), progress_bar("scoring") as update:
-        scores = score_images(encoder, pairs, batch_size, update)
+        scores = score_images(encoder, pairs, req.batch_size, update)
     mean = sum(scores) / len(scores)
-    if json_out is not None:
-        write_json_atomic(json_out, {"clipscore": mean, "images": len(scores), "clip": str(clip),
-                                     "definition": "100 * max(cos, 0)",
-                                     "per_image": {str(p.relative_to(images)): s for (p, _), s in zip(pairs, scores)}})
+    if req.json_out is not None:
+        write_json_atomic(req.json_out, {
+            "clipscore": mean, "images": len(scores), "clip": str(req.clip), "definition": "100 * max(cos, 0)",
+            "per_image": {str(p.relative_to(req.images)): s for (p, _), s in zip(pairs, scores)}})
     typer.echo(f"clipscore {mean:.4f}")
 
 
 @app.command("fid")
+@o.defaults_from(FidRequest)
 def fid(
-    real: Path = typer.Argument(..., help="Folder of reference images (searched recursively)."),
-    fake: Path = typer.Argument(..., help="Folder of generated images (searched recursively)."),
-    inception: str = typer.Option(..., "--inception", help="Path of inception-2015-12-05.pt (the TorchScript FID Inception of StyleGAN2-ADA / clean-fid)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON."),
-    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per Inception call."),
+    real: Annotated[Path, typer.Argument(help="Folder of reference images (searched recursively).")],
+    fake: Annotated[Path, typer.Argument(help="Folder of generated images (searched recursively).")],
+    inception: o.own(str, "--inception", panel=o.SCORING,
+        help="Path of inception-2015-12-05.pt (the TorchScript FID Inception of StyleGAN2-ADA / clean-fid)."),
+    json_out: o.json_file("Also write the result as JSON.", o.OUTPUT) = None,
+    device: o.Device = None,
+    batch_size: o.batch_size("Images per Inception call.", o.PRECISION) = None,
 ) -> None:
     """Fréchet Inception Distance between two image folders (last line: `fid <value>`).
 
@@ -485,15 +457,14 @@ def fid(
 
       nami eval fid real/ fake/ --inception /w/inception-2015-12-05.pt --json fid.json
     """
+    req = FidRequest(real=real, fake=fake, inception=inception, **o.given(
+        json_out=json_out, device=device, batch_size=batch_size))
     from nami_core.eval.fid import InceptionFeatures, folder_fid
     from nami_core.files import write_json_atomic
-    from nami_core.output_targets import check_file_target
 
-    check_positive(batch_size, "--batch-size")
-    if json_out is not None:
-        check_file_target(json_out, "--json")
-    extractor = InceptionFeatures(inception, device_name(device))
-    result = folder_fid(real, fake, extractor, batch_size)
-    if json_out is not None:
-        write_json_atomic(json_out, {**result, "inception": str(inception), "resize": "bilinear 299, no antialias"})
+    extractor = InceptionFeatures(req.inception, device_name(req.device))
+    result = folder_fid(req.real, req.fake, extractor, req.batch_size)
+    if req.json_out is not None:
+        write_json_atomic(req.json_out, {**result, "inception": str(req.inception),
+                                         "resize": "bilinear 299, no antialias"})
     typer.echo(f"fid {result['fid']:.4f}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from functools import lru_cache
 
@@ -13,77 +12,29 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click import exceptions as click_exceptions
 
-from . import bench, convert, evaluate, info, prepare, sample, teardown, train
+from . import bench, convert, evaluate, info, plot, prepare, sample, teardown, train
+from .build import APP_SETTINGS, finish, with_optional_values
 
 app = typer.Typer(
     name="nami",
     help="NAMI progressive rectified flow transformers: prepare data, train, sample, benchmark, evaluate.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    **APP_SETTINGS,
 )
 
 app.command("prepare-data")(prepare.prepare_data)
 app.command("train")(train.train)
 app.command("sample")(sample.sample)
+app.command("plot")(plot.plot)
 app.add_typer(bench.app, name="bench")
 app.add_typer(evaluate.app, name="eval")
 app.add_typer(convert.app, name="convert")
 app.command("info")(info.info)
 
 
-# Options whose value may be left out: the bare flag means this value (`--grad-checkpointing` = full).
-OPTIONAL_VALUES = {"--grad-checkpointing": "full"}
-
-
-def with_optional_values(argv: list[str]) -> list[str]:
-    """Insert the implied value after a bare option of `OPTIONAL_VALUES` (last, or before another option)."""
-    out = []
-    for i, arg in enumerate(argv):
-        out.append(arg)
-        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
-            out.append(OPTIONAL_VALUES[arg])
-    return out
-
-
-INT_RANGE = (-(2**63), 2**63 - 1)  # every integer option fits a 64-bit signed integer
-SEED_RANGE = (0, 2**63 - 1)
-
-
-def checked_number(param, value):
-    """Refuse a NaN or infinite float and an integer outside 64 bits (seeds: 0 and up) as a usage
-    error naming the option, before any command runs."""
-    if value is None or isinstance(value, bool):
-        return value
-    flag = max(param.opts, key=len)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise click_exceptions.BadParameter(f"{value} is not a finite number", param_hint=flag)
-    if isinstance(value, int):
-        low, high = SEED_RANGE if param.name == "seed" else INT_RANGE
-        if not low <= value <= high:
-            raise click_exceptions.BadParameter(f"{value} is out of range ({low} to {high})", param_hint=flag)
-    return value
-
-
-def guard_numbers(command) -> None:
-    """Chain `checked_number` onto every int and float option of `command` and its subcommands."""
-    for sub in getattr(command, "commands", {}).values():
-        guard_numbers(sub)
-    for param in getattr(command, "params", []):
-        annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
-        if annotation not in (int, float):
-            continue
-        inner = param.callback
-        param.callback = (lambda ctx, p, v, inner=inner: checked_number(p, inner(ctx, p, v) if inner else v))
-
-
 @lru_cache(maxsize=1)
 def command():
-    """The click command tree of `app`, built once, with its numeric options guarded."""
-    built = typer.main.get_command(app)
-    guard_numbers(built)
-    return built
+    """The click command tree of `app`, built once and finished (`build.finish`)."""
+    return finish(typer.main.get_command(app))
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -3,45 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
+from nami_core.data.prepare_request import PrepareRequest
+from nami_core.data.scene_settings import SceneSettings
 
-# Options that mean something for one kind of source only: given for another, they are refused.
-SHAPES_ONLY = ("--n", "--seed", "--images-dir", "--scene-mix", "--usual-color", "--gap")
-
-
-def given_options(ctx: typer.Context, flags: tuple[str, ...]) -> list[str]:
-    """The `flags` the user gave on the command line (not left at their defaults)."""
-    given = []
-    for flag in flags:
-        where = ctx.get_parameter_source(flag.lstrip("-").replace("-", "_"))
-        if where is not None and where.name != "DEFAULT":
-            given.append(flag)
-    return given
+from . import options as o
 
 
+@o.defaults_from(PrepareRequest, SceneSettings)
 def prepare_data(
-    ctx: typer.Context,
-    source: str = typer.Argument(..., help="Image folder, datasets folder, parquet file(s), webdataset .tar pattern, or 'shapes'."),
-    out: str = typer.Option(..., "--out", help="Output folder (re-running resumes it; finished units are checked and a damaged one is redone)."),
-    stages: str = typer.Option(..., "--stages", help="Stage resolutions in pixels, low to high, e.g. 256,512,1024."),
-    codec: str = typer.Option("pixel", "--codec", help="pixel | pixel:PATCH | flux-vae:PATH."),
-    text_encoder: str = typer.Option("minilm", "--text-encoder", help="minilm | t5:PATH | mt5:PATH,mclip:PATH | PATH."),
-    max_text_tokens: Optional[int] = typer.Option(None, "--max-text-tokens", help="Text length (default: 32 for minilm, else 256)."),
-    shard_size: int = typer.Option(1024, "--shard-size", help="Source items per work unit / shard."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per codec / text-encoder batch."),
-    image_column: Optional[str] = typer.Option(None, "--image-column", help="datasets/parquet only: the image column."),
-    caption_column: Optional[str] = typer.Option(None, "--caption-column", help="datasets/parquet only: the caption column."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda for the codec and text encoder."),
-    buckets: bool = typer.Option(False, "--buckets", help="Store each image in its aspect-ratio bucket (1:2 to 2:1, about each stage's area; only the excess over the bucket's ratio is cropped) instead of a centre square crop; `nami train` then draws each step from one bucket. E.g. --stages 256,512,1024 --buckets."),
-    n: int = typer.Option(10000, "--n", help="shapes only: number of scenes."),
-    seed: int = typer.Option(0, "--seed", help="shapes only: seed of the scene generator."),
-    images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="shapes only: also write the scenes as PNGs here."),
-    scene_mix: Optional[str] = typer.Option(None, "--scene-mix", help="shapes only: weights of the scene kinds relation, objects, pair, count (default: relation:1,objects:3)."),
-    usual_color: Optional[float] = typer.Option(None, "--usual-color", help="shapes only: chance that an object whose caption names no colour takes its class's usual colour (circle red, square blue, triangle yellow, diamond green) instead of a random one (default: 0)."),
-    gap: Optional[float] = typer.Option(None, "--gap", help="shapes only: least distance between two objects, in pixels of a 64 px image (default: 2)."),
+    source: Annotated[str, typer.Argument(
+        help="Image folder, datasets folder, parquet file(s), webdataset .tar pattern, or 'shapes'.")],
+    out: o.out("Output folder (re-running resumes it; finished units are checked and a damaged one is redone).",
+               o.OUTPUT),
+    stages: o.Stages,
+    buckets: o.own(bool, "--buckets", panel=o.STAGES,
+        help="Store each image in its aspect-ratio bucket (1:2 to 2:1, about each stage's area; only the excess "
+             "over the bucket's ratio is cropped) instead of a centre square crop; `nami train` then draws each "
+             "step from one bucket.") = None,
+    codec: o.own(str, "--codec", metavar="pixel|pixel:PATCH|flux-vae:PATH", panel=o.MODEL,
+        help="The image codec: pixels (in PATCH x PATCH tokens), or a FLUX VAE folder.") = None,
+    text_encoder: o.own(str, "--text-encoder", metavar="minilm|t5:PATH|mt5:PATH,mclip:PATH|PATH", panel=o.MODEL,
+        help="The text encoder whose embeddings are stored.") = None,
+    max_text_tokens: o.own(int, "--max-text-tokens", help="Text length in tokens.", panel=o.MODEL) = None,
+    image_column: o.own(str, "--image-column", help="datasets/parquet only: the image column.", panel=o.SOURCE) = None,
+    caption_column: o.own(str, "--caption-column", help="datasets/parquet only: the caption column.", panel=o.SOURCE) = None,
+    n: o.SceneCount = None,
+    seed: o.seed("Seed of the scene generator.", o.SHAPES) = None,
+    images_dir: o.own(Path, "--images-dir", help="Also write the scenes as PNGs (with captions) here.", panel=o.SHAPES) = None,
+    scene_mix: o.own(str, "--scene-mix", help="Weights of the scene kinds relation, objects, pair, count.",
+        panel=o.SHAPES) = None,
+    usual_color: o.own(float, "--usual-color", panel=o.SHAPES,
+        help="Chance that an object whose caption names no colour takes its class's usual colour (circle red, "
+             "square blue, triangle yellow, diamond green) instead of a random one.") = None,
+    gap: o.own(float, "--gap", help="Least distance between two objects, in pixels of a 64 px image.",
+        panel=o.SHAPES) = None,
+    device: o.Device = None,
+    batch_size: o.batch_size("Images per codec / text-encoder batch.", o.PRECISION) = None,
+    shard_size: o.own(int, "--shard-size", help="Source items per work unit / shard.", panel=o.PRECISION) = None,
 ) -> None:
     """Prepare training data once: codec latents at the largest stage each image fills, plus text embeddings.
 
@@ -61,39 +63,28 @@ def prepare_data(
 
       nami prepare-data shapes --n 20000 --out data/shapes-usual --stages 16,32,64 --usual-color 0.8 --gap 6
     """
+    from nami_core.data.prepare_request import open_prepare_source
+
+    req = PrepareRequest(out, stages, **o.given(
+        codec=codec, text_encoder=text_encoder, max_text_tokens=max_text_tokens, shard_size=shard_size,
+        batch_size=batch_size, device=device, buckets=buckets))
+    src = open_prepare_source(source, req.stages[-1], image_column, caption_column, n=n, seed=seed,
+                              images_dir=images_dir, scene_mix=scene_mix, usual_color=usual_color, gap=gap)
+    req.check_out(src)
+    run(src, req)
+
+
+def run(src, req: PrepareRequest) -> None:
+    """Prepare with a progress bar on stderr, then print the counts and the manifest's path (imports torch)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from nami_core.config import parse_int_list
-    from nami_core.data.prepare import Preparer, PrepareRequest, prepare
-    from nami_core.data.sources import open_source
-    from nami_core.errors import NamiError
+    from nami_core.data.prepare import Preparer, prepare
     from nami_core.modeldir import quiet_loading
-    from nami_core.runtime import resolve_device
 
+    from .output import log
     from .progress import console
 
     quiet_loading()
-    if not out.strip():
-        raise NamiError("--out is empty; give the folder to write the prepared data to")
-    resolutions = parse_int_list(stages, "--stages")
-    if source == "shapes":
-        from nami_core.data.shapes import DEFAULT_STYLE, SceneStyle, ShapesSource, parse_scene_mix
-        from nami_core.data.sources import refuse_columns
-
-        refuse_columns(image_column, caption_column, "the shapes source")
-        mix = parse_scene_mix(scene_mix) if scene_mix else None
-        style = SceneStyle(usual_color=DEFAULT_STYLE.usual_color if usual_color is None else usual_color,
-                           gap=DEFAULT_STYLE.gap if gap is None else gap)
-        src = ShapesSource(n=n, seed=seed, size=resolutions[-1], images_dir=images_dir, mix=mix, style=style)
-    else:
-        shapes_only = given_options(ctx, SHAPES_ONLY)
-        if shapes_only:
-            raise NamiError(f"{shapes_only[0]} applies to the shapes source only")
-        src = open_source(source, image_column, caption_column)
-    req = PrepareRequest(
-        out=Path(out), stages=resolutions, codec=codec, text_encoder=text_encoder, max_text_tokens=max_text_tokens,
-        shard_size=shard_size, batch_size=batch_size, device=str(resolve_device(device)), buckets=buckets,
-    )
     preparer = Preparer(req)
     progress = Progress(TextColumn("[bold]preparing"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), console=console)
@@ -107,22 +98,19 @@ def prepare_data(
         rate = report.images / report.seconds if report.seconds > 0 else 0.0
         progress.update(task, completed=seen, total=total, rate=f"{rate:.1f}")
 
-    def notice(line: str) -> None:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-
     try:
-        report = prepare(src, req, update, preparer, notice)
+        report = prepare(src, req, update, preparer, log)
     finally:
         if shown:
             progress.stop()
     counts = ", ".join(f"{n} at {r}px" for r, n in sorted(report.counts.items())) or "none"
     redone = f" ({report.units_redone} redone)" if report.units_redone else ""
-    console.print(f"{report.images} images ({counts}) in {report.seconds:.1f}s; "
-                  f"{report.units_done} units written{redone}, {report.units_skipped} already done")
+    log(f"{report.images} images ({counts}) in {report.seconds:.1f}s; "
+        f"{report.units_done} units written{redone}, {report.units_skipped} already done")
     if report.buckets:
-        console.print("buckets: " + ", ".join(f"{k} x{v}" for k, v in sorted(report.buckets.items())))
+        log("buckets: " + ", ".join(f"{k} x{v}" for k, v in sorted(report.buckets.items())))
     if report.skipped:
-        console.print("skipped: " + ", ".join(f"{k} x{v}" for k, v in report.skipped.items()))
+        log("skipped: " + ", ".join(f"{k} x{v}" for k, v in report.skipped.items()))
     if report.converted:
-        console.print("converted: " + ", ".join(f"{k} x{v}" for k, v in report.converted.items()))
-    typer.echo(str(Path(out) / "manifest.json"))
+        log("converted: " + ", ".join(f"{k} x{v}" for k, v in report.converted.items()))
+    typer.echo(str(req.out / "manifest.json"))

@@ -7,15 +7,37 @@ the bad field, so the CLI can print one line and exit.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, replace
+import re
+from dataclasses import MISSING, Field, asdict, dataclass, fields, replace
 from typing import Any, Iterable, Sequence
 
 from .errors import ConfigError
 
-MODES = ("nami", "flow-only", "flux-base")
-DTYPE_NAMES = ("fp32", "bf16", "fp16")  # --dtype choices (plus "auto" where the device decides)
+
+@dataclass(frozen=True)
+class ModeRule:
+    """What a mode runs: every stage window or only the full-resolution one (`single_window`), and
+    each stage's block prefix or all blocks (`nested_blocks`). `flow.plan.FlowPlan` applies it."""
+
+    single_window: bool
+    nested_blocks: bool
+
+
+MODE_RULES = {
+    "nami": ModeRule(single_window=False, nested_blocks=True),
+    "flow-only": ModeRule(single_window=False, nested_blocks=False),
+    "flux-base": ModeRule(single_window=True, nested_blocks=False),
+}
+MODES = tuple(MODE_RULES)
+DTYPE_NAMES = ("fp32", "bf16", "fp16")  # the dtypes a tensor is kept in
+DTYPE_CHOICES = ("auto", *DTYPE_NAMES)  # --dtype where the device decides: bf16 on CUDA, fp32 on the CPU
+DEVICES = ("auto", "cpu", "cuda")  # "cuda:N" names one GPU
+ATTENTION_BACKENDS = ("auto", "native", "xformers", "flash")
+CHECKPOINTING = ("none", "full", "last-stage", "auto")  # train/checkpointing.py says what each recomputes
+TIMESTEP_SAMPLINGS = ("logit-normal", "uniform")  # how training draws the local ratio r
 BASELINE_MODE = "flux-base"  # what `nami info` and `nami bench` measure reductions against
 PAPER_TOTAL_STEPS = 30  # Euler steps per image in the paper's comparisons, split evenly over the stages
+STEPS_PER_STAGE = 10  # Euler steps per stage a model samples with unless it records others
 PREDICTIONS = ("velocity", "sample")
 TEXT_POSITIONS = ("none", "ordered")
 TEXT_PADDINGS = ("mask", "none")
@@ -24,7 +46,161 @@ TIMESTEP_ROUNDINGS = ("none", "fp16")
 JUMPS = ("renoise", "bridge")
 
 
-def _positive_int(name: str, value: Any) -> int:
+# -- checks that request and config dataclasses declare on their fields ------------------------------
+#
+# `field(default=8, metadata=at_least(1))`, `metadata=within(1, MAX_BATCH_SIZE)`, `metadata=one_of(MODES)`
+# or `metadata=in_range(0.0, 1.0, high_open=True)`: `check_fields(obj)` applies them and names the
+# option (`--batch-size`, or `option=` given here), so every caller, the CLI and Python alike, gets the
+# same check and the same message. A text field refuses an empty value unless `empty_means(...)` says
+# what the empty string means. The help of an option shows its field's bounds (`bounds_text`).
+
+MAX_BATCH_SIZE = 4096  # samples or images of one batch (a larger one is a typo, not a batch)
+MAX_TEXT_TOKENS = 4096  # tokens of a text slot (T5 reads 512; the release pads to 256)
+MAX_SIDE = 65536  # pixels of an image side or a stage resolution (a larger one is a typo, not an image)
+MAX_STEP_COUNT = 1_000_000_000  # optimizer steps of a run, and the step counts tied to them (--save-every, ...)
+MAX_REPEATS = 10_000  # timed or untimed rounds of a benchmark
+MAX_SEED = 2**63 - 1  # seeds are 64-bit: 0 to 2^63 - 1
+MAX_WEIGHT = 1e6  # a relative weight (stage mix, window ratio, loss weight, scene mix): larger ones are typos
+
+
+def at_least(low: int, option: str | None = None) -> dict[str, Any]:
+    """Field metadata: the value (each value of a tuple) is an integer of at least `low`."""
+    return {"at_least": low, **({"option": option} if option else {})}
+
+
+def within(low: int, high: int, option: str | None = None) -> dict[str, Any]:
+    """Field metadata: the value (each value of a tuple) is an integer from `low` to `high`."""
+    return {"at_least": low, "at_most": high, **({"option": option} if option else {})}
+
+
+def in_range(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+             high_open: bool = False, option: str | None = None) -> dict[str, Any]:
+    """Field metadata: the value is a finite number in the interval from `low` to `high` (None: no
+    bound on that side; `*_open`: the bound itself is excluded)."""
+    return {"range": (low, high, low_open, high_open), **({"option": option} if option else {})}
+
+
+def one_of(choices: Sequence[str], option: str | None = None) -> dict[str, Any]:
+    """Field metadata: the value (each value of a tuple) is one of `choices`; for `DEVICES`,
+    "cuda:N" too."""
+    return {"one_of": tuple(choices), **({"option": option} if option else {})}
+
+
+def empty_means(meaning: str) -> dict[str, Any]:
+    """Field metadata: an empty text value is allowed and means `meaning` (as the help says)."""
+    return {"empty": meaning}
+
+
+def when_empty(hint: str) -> dict[str, Any]:
+    """Field metadata: what the refusal of an empty text value tells to give instead."""
+    return {"when_empty": hint}
+
+
+def option_of(field: Field) -> str:
+    """The command-line spelling of a request field: `batch_size` -> `--batch-size`."""
+    return field.metadata.get("option") or "--" + field.name.replace("_", "-")
+
+
+def is_choice(value: Any, choices: Sequence[str]) -> bool:
+    if choices == DEVICES and isinstance(value, str) and re.fullmatch(r"cuda:[0-9]+", value):
+        return True
+    return value in choices
+
+
+def check_fields(obj: Any) -> None:
+    """Apply the checks `obj`'s dataclass fields declare (`at_least`, `within`, `in_range`,
+    `one_of`) and refuse empty text (each item of a repeated option too) where no meaning is
+    declared; None passes (it means "not given")."""
+    for f in fields(obj):
+        check_field(obj, f.name)
+
+
+def check_field(obj: Any, name: str) -> None:
+    """`check_fields` for the field `name` of `obj` alone (for a value needed before the others)."""
+    f = obj.__dataclass_fields__[name]
+    value = getattr(obj, name)
+    if value is None:
+        return
+    for item in value if isinstance(value, tuple) else (value,):
+        if isinstance(item, str) and not item.strip() and "empty" not in f.metadata:
+            hint = f.metadata.get("when_empty", "give a value, or leave it out for the default")
+            raise ConfigError(f"{option_of(f)} is empty; {hint}")
+        if "at_least" in f.metadata:
+            check_at_least(option_of(f), item, f.metadata["at_least"])
+        if "at_most" in f.metadata:
+            check_at_most(option_of(f), item, f.metadata["at_most"])
+        if "range" in f.metadata:
+            check_range(option_of(f), item, *f.metadata["range"])
+        if "one_of" in f.metadata:
+            check_choice(option_of(f), item, f.metadata["one_of"])
+
+
+def check_choice(option: str, value: Any, choices: Sequence[str]) -> None:
+    """ConfigError unless `value` is one of `choices` (for `DEVICES`, "cuda:N" too), naming `option`."""
+    if not is_choice(value, choices):
+        raise ConfigError(f"{option} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_at_least(option: str, value: Any, low: int) -> None:
+    """ConfigError unless `value` is an integer of at least `low`, naming `option`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        bound = "0 or more" if low == 0 else f"at least {low}"
+        raise ConfigError(f"{option} must be {bound}, got {value!r}")
+
+
+def check_at_most(option: str, value: Any, high: int | float) -> None:
+    """ConfigError unless `value` is a number of at most `high`, naming `option`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value <= high:
+        raise ConfigError(f"{option} must be at most {bound_text(high)}, got {value!r}")
+
+
+def check_range(option: str, value: Any, low: float | None, high: float | None, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """ConfigError unless `value` is a finite number in the interval `in_range` declares, naming `option`."""
+    fits = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and (low is None or (value > low if low_open else value >= low))
+            and (high is None or (value < high if high_open else value <= high)))
+    if not fits:
+        shown = number_text(float(value)) if isinstance(value, (int, float)) else repr(value)
+        raise ConfigError(f"{option} must be {interval_text(low, high, low_open, high_open)}, got {shown}")
+
+
+def bound_text(value: int | float) -> str:
+    """A bound as the help and the errors show it: 4096 -> "4,096", 1e6 -> "1,000,000"."""
+    return f"{int(value):,}" if float(value).is_integer() else number_text(value)
+
+
+def interval_text(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
+    """`in_range`'s interval in words: "in [0, 1)", "above 0", "at most 1"."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{number_text(low)}, {number_text(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f"above {number_text(low)}" if low_open else f"at least {number_text(low)}"
+    if high is not None:
+        return f"below {number_text(high)}" if high_open else f"at most {number_text(high)}"
+    return "a finite number"
+
+
+def bounds_text(metadata: Any) -> str | None:
+    """What the help says about a field's bounds: "1 to 4,096", "in [0, 1)"; None when it declares
+    no upper bound (a lower bound of 0 or 1 goes without saying)."""
+    if "at_most" in metadata:
+        return f"{bound_text(metadata.get('at_least', 0))} to {bound_text(metadata['at_most'])}"
+    if "range" in metadata:
+        low, high, low_open, high_open = metadata["range"]
+        words = [f"{'above' if low_open else 'at least'} {number_text(low)}" if low is not None else None,
+                 f"{'below' if high_open else 'at most'} {number_text(high)}" if high is not None else None]
+        return ", ".join(w for w in words if w) or None
+    return None
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of dataclass `cls`'s field `name` (for callers that must say what it is)."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     return value
@@ -59,7 +235,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("width", "heads", "in_channels", "text_dim", "pooled_dim"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("double_blocks", "single_blocks"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -159,23 +335,23 @@ class ModelConfig:
         return data
 
 
-def validate_stage_ends(stage_ends: Sequence[int], depth: int) -> None:
-    """Stage ends must be strictly increasing, start above 0 and end at the full depth."""
+def validate_stage_ends(stage_ends: Sequence[int], depth: int, name: str = "stage_ends") -> None:
+    """Stage ends must be strictly increasing, start above 0 and end at the full depth; errors name `name`."""
     if len(stage_ends) == 0:
-        raise ConfigError("stage_ends must list at least one stage")
+        raise ConfigError(f"{name} must list at least one stage")
     previous = 0
     for k, end in enumerate(stage_ends):
         if end <= previous:
             raise ConfigError(
-                f"stage_ends {list(stage_ends)} must be strictly increasing and positive "
+                f"{name} {list(stage_ends)} must be strictly increasing and positive "
                 f"(stage {k + 1} ends at {end})"
             )
         previous = end
     if stage_ends[-1] > depth:
-        raise ConfigError(f"stage_ends {list(stage_ends)} exceed the model depth of {depth} blocks")
+        raise ConfigError(f"{name} {list(stage_ends)} exceed the model depth of {depth} blocks")
     if stage_ends[-1] != depth:
         raise ConfigError(
-            f"stage_ends {list(stage_ends)} must end at the model depth of {depth} blocks "
+            f"{name} {list(stage_ends)} must end at the model depth of {depth} blocks "
             "(the last stage runs every block)"
         )
 
@@ -263,27 +439,39 @@ class FlowConfig:
         return out
 
 
-def validate_resolutions(resolutions: Sequence[int]) -> None:
+def validate_resolutions(resolutions: Sequence[int], name: str = "stage resolutions") -> None:
+    """Stage resolutions: positive, at most `MAX_SIDE`, each twice the last; errors name `name`."""
     if len(resolutions) == 0:
-        raise ConfigError("stages must list at least one resolution")
+        raise ConfigError(f"{name} must list at least one resolution")
     for r in resolutions:
         if r <= 0:
-            raise ConfigError(f"stage resolutions must be positive, got {list(resolutions)}")
+            raise ConfigError(f"{name} must be positive, got {list(resolutions)}")
+        if r > MAX_SIDE:
+            raise ConfigError(f"{name} must be at most {bound_text(MAX_SIDE)} pixels, got {list(resolutions)}")
     for low, high in zip(resolutions, resolutions[1:]):
         if high != 2 * low:
             raise ConfigError(
-                f"stage resolutions must double from one stage to the next, got {list(resolutions)} "
+                f"{name} must double from one stage to the next, got {list(resolutions)} "
                 f"({low} -> {high})"
             )
+
+
+def list_items(text: str, name: str, separators: str = ",") -> list[str]:
+    """The items of a list option ("256,512,1024"; with `separators` ",:" also "4:2:1"), stripped;
+    a `ConfigError` naming `name` when it is empty or has an empty item ("1,,2", "16,32,")."""
+    if not text.strip():
+        raise ConfigError(f"{name} is empty")
+    items = [p.strip() for p in re.split("|".join(map(re.escape, separators)), text)]
+    if not all(items):
+        raise ConfigError(f"{name} has an empty item in {text!r}; separate the values by single commas")
+    return items
 
 
 def parse_int_list(text: str | Iterable[int], name: str) -> tuple[int, ...]:
     """Parse "256,512,1024" into (256, 512, 1024); errors name the option."""
     if not isinstance(text, str):
         return tuple(int(v) for v in text)
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise ConfigError(f"{name} is empty")
+    parts = list_items(text, name)
     try:
         values = tuple(int(p) for p in parts)
     except ValueError:
@@ -292,9 +480,7 @@ def parse_int_list(text: str | Iterable[int], name: str) -> tuple[int, ...]:
 
 
 def parse_float_list(text: str, name: str) -> tuple[float, ...]:
-    parts = [p.strip() for p in text.replace(":", ",").split(",") if p.strip()]
-    if not parts:
-        raise ConfigError(f"{name} is empty")
+    parts = list_items(text, name, ",:")
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
@@ -304,28 +490,84 @@ def parse_float_list(text: str, name: str) -> tuple[float, ...]:
     return values
 
 
-def split_steps(steps: str | int | Sequence[int], num_stages: int) -> tuple[int, ...]:
-    """Per-stage Euler step counts.
+def parse_weights(text: str | Sequence[float], name: str, count: int | None = None,
+                  positive: bool = False) -> tuple[float, ...]:
+    """Relative weights ("4:2:1" or "1,1,1", or a sequence): finite, at least 0 (above 0 with
+    `positive`), at most `MAX_WEIGHT`, not all 0, and `count` of them when given; errors name `name`."""
+    weights = parse_float_list(text, name) if isinstance(text, str) else tuple(float(w) for w in text)
+    shown = ":".join(number_text(w) for w in weights)
+    if count is not None and len(weights) != count:
+        raise ConfigError(f"{name} has {len(weights)} weight{'s' * (len(weights) != 1)} for {count} stage"
+                          f"{'s' * (count != 1)}, got {shown}")
+    if not all(math.isfinite(w) and (w > 0 if positive else w >= 0) for w in weights):
+        raise ConfigError(f"{name} must be {'positive' if positive else 'non-negative'}, got {shown}")
+    if any(w > MAX_WEIGHT for w in weights):
+        raise ConfigError(f"{name}: the weights are relative, each at most {bound_text(MAX_WEIGHT)}, got {shown}")
+    if not any(w > 0 for w in weights):
+        raise ConfigError(f"{name} {shown}: the weights are all 0; give at least one positive weight")
+    return weights
+
+
+MAX_SAMPLING_STEPS = 10_000  # Euler steps of one sampling call, all stages together (usual: 10 to 100)
+
+
+def step_counts(steps: str | int | Sequence[int], name: str = "steps") -> tuple[int, ...]:
+    """The Euler step counts of `steps` (30, "30" or "10,10,10"): positive, and at most
+    `MAX_SAMPLING_STEPS` in all, checked before any model is loaded or any grid is built."""
+    if isinstance(steps, int):
+        counts: tuple[int, ...] = (steps,)
+    elif isinstance(steps, str):
+        counts = parse_int_list(steps, name)
+    else:
+        counts = tuple(int(s) for s in steps)
+    if any(c <= 0 for c in counts):
+        raise ConfigError(f"{name} must be positive, got {list(counts)}")
+    if sum(counts) > MAX_SAMPLING_STEPS:
+        raise ConfigError(f"{name} must be at most {MAX_SAMPLING_STEPS} in all (usual: 10 to 100), got {sum(counts)}")
+    return counts
+
+
+def number_text(value: float) -> str:
+    """A number as short as it reads back exactly: 3.0 -> "3", 1e-4 -> "0.0001", 0.1234567891 as is."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
+def parse_name_list(text: str | Iterable[str], name: str) -> tuple[str, ...]:
+    """Parse "nami,flux-base" into ("nami", "flux-base"); a sequence is taken as it is."""
+    if not isinstance(text, str):
+        return tuple(text)
+    return tuple(list_items(text, name))
+
+
+def parse_size(text: str, option: str = "--size") -> tuple[int, int]:
+    """"1024x576" -> (width 1024, height 576) in pixels; a `ConfigError` naming `option` otherwise."""
+    match = re.fullmatch(r"\s*([0-9]+)\s*[x×]\s*([0-9]+)\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ConfigError(f"{option} must be WIDTHxHEIGHT in pixels, e.g. 1024x576, got {text!r}")
+    width, height = int(match[1]), int(match[2])
+    if width < 1 or height < 1:
+        raise ConfigError(f"{option} sides must be at least 1 pixel, got {text!r}")
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise ConfigError(f"{option} sides must be at most {bound_text(MAX_SIDE)} pixels, got {text!r}")
+    return width, height
+
+
+def split_steps(steps: str | int | Sequence[int], num_stages: int, name: str = "steps") -> tuple[int, ...]:
+    """Per-stage Euler step counts; errors name `name`.
 
     "10,10,10" is taken as is (one count per stage). A single number is split evenly,
     the remainder going to the earliest (cheapest) stages: 31 over 3 stages -> 11,10,10.
     """
-    if isinstance(steps, int):
-        counts: tuple[int, ...] = (steps,)
-    elif isinstance(steps, str):
-        counts = parse_int_list(steps, "steps")
-    else:
-        counts = tuple(int(s) for s in steps)
-    if any(c <= 0 for c in counts):
-        raise ConfigError(f"steps must be positive, got {list(counts)}")
+    counts = step_counts(steps, name)
     if len(counts) == 1 and num_stages > 1:
         total = counts[0]
         if total < num_stages:
-            raise ConfigError(f"steps={total} is fewer than the {num_stages} stages")
+            raise ConfigError(f"{name}={total} is fewer than the {num_stages} stages")
         base, extra = divmod(total, num_stages)
         return tuple(base + (1 if k < extra else 0) for k in range(num_stages))
     if len(counts) != num_stages:
-        raise ConfigError(f"steps lists {len(counts)} counts but the plan has {num_stages} stages")
+        raise ConfigError(f"{name} lists {len(counts)} counts but the plan has {num_stages} stages")
     return counts
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import DiskFullError, NamiError
 
@@ -49,8 +51,56 @@ def disk_full(path: str | Path, needed: int | None = None) -> DiskFullError:
     return DiskFullError("; ".join(parts) + " (files written before are intact)")
 
 
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+IO_ERRNOS = (errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM)
+# What writers that do not raise OSError say on a failed write: safetensors (`SafetensorError: ... I/O
+# error: No space left on device (os error 28)`) and torch.save (`RuntimeError: [enforce fail at
+# inline_container.cc] unexpected pos`, `PytorchStreamWriter failed writing file`, `iostream error`).
+_OS_ERROR = re.compile(r"os error (\d+)")
+_WRITER_FAILURE = re.compile(r"inline_container|PytorchStreamWriter|iostream error|unexpected pos|file write failed")
+NEARLY_FULL = 1 << 20  # bytes: a writer's failure with less free than this is a full disk
+
+
 def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    """Whether `exc`, raised by any writer (open/write, PIL, json, safetensors), says the disk is full."""
+    if isinstance(exc, OSError):
+        return exc.errno in FULL_ERRNOS
+    found = _OS_ERROR.search(str(exc))
+    return (found is not None and int(found.group(1)) in FULL_ERRNOS) or "No space left on device" in str(exc)
+
+
+def write_failure(path: str | Path, exc: BaseException, needed: int | None = None) -> NamiError | None:
+    """The one-line error for a writer's failure on `path`: a full disk (`disk_full`), another I/O
+    error (`cannot write PATH: why`), or None when `exc` is not a failed write. torch.save says
+    nothing of the cause, so its failures count as a full disk when less than 1 MiB is left."""
+    if isinstance(exc, NamiError):
+        return exc
+    if is_disk_full(exc):
+        return disk_full(path, needed)
+    if isinstance(exc, OSError) and exc.errno in IO_ERRNOS:
+        return NamiError(f"cannot write {path}: {exc.strerror} (files written before are intact)")
+    found = _OS_ERROR.search(str(exc))
+    if found is not None:  # safetensors: "I/O error: Input/output error (os error 5)"
+        return NamiError(f"cannot write {path}: {os.strerror(int(found.group(1)))} (files written before are intact)")
+    if isinstance(exc, RuntimeError) and _WRITER_FAILURE.search(str(exc)):
+        free = free_bytes(path)
+        if free is not None and free < NEARLY_FULL:
+            return disk_full(path, needed)
+        return NamiError(f"cannot write {path}: the write failed ({str(exc).splitlines()[0][:120]})")
+    return None
+
+
+@contextmanager
+def writing(path: str | Path, needed: int | None = None) -> Iterator[None]:
+    """Turn the failure of any writer inside (diffusers' save_pretrained, safetensors, torch.save,
+    PIL, json) on a full disk or an I/O error into the one-line error naming `path`."""
+    try:
+        yield
+    except Exception as exc:
+        error = write_failure(path, exc, needed)
+        if error is None or error is exc:
+            raise
+        raise error from None
 
 
 def temp_sibling(path: str | Path, shared: bool = False) -> Path:
@@ -60,17 +110,17 @@ def temp_sibling(path: str | Path, shared: bool = False) -> Path:
     return path.with_name(f"{TEMP_PREFIX}{path.name}{suffix}")
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` to write the file, then rename it to `path`; `tmp` never outlives the call."""
+def write_atomic(path: str | Path, write: Callable[[Path], None], needed: int | None = None) -> None:
+    """Call `write(tmp)` to write the file, then rename it to `path`; `tmp` never outlives the call.
+    A failed write is one error line naming `path` (`writing`; `needed`: bytes, if known)."""
     path = Path(path)
+    if path.name in ("", ".", "..") or path.is_dir():
+        raise NamiError(f"{path} is a folder; a file was to be written there (give a file name)")
     tmp = temp_sibling(path)
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full(path) from None
-        raise
+        with writing(path, needed):
+            write(tmp)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()

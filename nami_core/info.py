@@ -1,19 +1,21 @@
-"""`nami info`: the plan of a model before any weights are loaded or GPU hours spent."""
+"""`nami info`: the plan of a model before any weights are loaded or GPU hours spent.
+
+`InfoRequest` checks what was asked for without numpy; the plan and the FLOP model load when a
+description is fitted to a size or a report is made."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .flow.flops import plan_flops
-from .config import BASELINE_MODE, PAPER_TOTAL_STEPS, FlowConfig, ModelConfig, get_preset, split_steps
+from .config import (BASELINE_MODE, MAX_TEXT_TOKENS, PAPER_TOTAL_STEPS, PRESETS, FlowConfig, ModelConfig, check_fields, one_of,
+                     get_preset, parse_int_list, parse_size, split_steps, step_counts, validate_resolutions, within)
+from .input_paths import MODEL, check_reads, reads
 from .errors import NamiError
-from .flow.plan import FlowPlan, fit_size, runnable_modes
-from .model.params import count_parameters
+from .flow.saved import FLUX_VAE_PIXELS_PER_TOKEN, read_saved_model
+from .model_paths import resolve_model_dir
 
-FLUX_VAE_PIXELS_PER_TOKEN = 16  # f8 VAE, 2x2 packing
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,9 @@ def at_size(desc: ModelDescription, size: tuple[int, int] | None) -> ModelDescri
     if size is None:
         return desc
     width, height = size
+    from .flow.plan import fit_size
+
     return replace(desc, flow=fit_size(desc.flow, height, width, desc.pixels_per_token))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise NamiError(f"missing {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NamiError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
 def describe_model_dir(path: str | Path, resolutions: Sequence[int] | None = None,
@@ -62,45 +57,68 @@ def describe_model_dir(path: str | Path, resolutions: Sequence[int] | None = Non
     """Read a saved model directory's configs (no weights); `resolutions` or the final image
     `size` (width, height) replace its stage resolutions."""
     root = Path(path)
-    if not root.is_dir():
-        raise NamiError(f"model directory {root} does not exist")
-    transformer = _read_json(root / "transformer" / "config.json")
-    scheduler = _read_json(root / "scheduler" / "scheduler_config.json")
-    codec = _read_json(root / "codec" / "config.json")
-    model = ModelConfig.from_transformer_config(transformer)
-    flow = FlowConfig(
-        resolutions=tuple(resolutions or scheduler["resolutions"]),
-        window_ratios=tuple(scheduler.get("window_ratios") or ()),
-        gamma=scheduler.get("gamma", 1 / 3),
-        grid=scheduler.get("grid", "exact"),
-        jump=scheduler.get("jump", "renoise"),
-    )
-    if codec.get("_class_name") == "PixelCodec":
-        ppt = int(codec.get("patch_size", 1))
-    else:
-        ppt = FLUX_VAE_PIXELS_PER_TOKEN
-    desc = ModelDescription(
-        root.name,
-        model,
-        flow,
-        ppt,
-        tuple(scheduler.get("default_steps", (10,) * flow.num_stages)),
-        scheduler.get("default_mode", "nami"),
-    )
+    found = read_saved_model(root)
+    flow = replace(found.saved.flow, resolutions=tuple(resolutions)) if resolutions else found.saved.flow
+    desc = ModelDescription(root.name, found.model, flow, found.pixels_per_token, found.saved.default_steps,
+                            found.saved.default_mode)
     return at_size(desc, size)
 
 
-def plan_report(desc: ModelDescription, steps: Sequence[int] | str | None = None, text_tokens: int = 256) -> dict[str, Any]:
+@dataclass
+class InfoRequest:
+    """What `nami info` describes: a preset, or a model directory (the bundled model when neither
+    is given), at its stage resolutions, at `stages` ("512,1024,2048"), or ending at `size`
+    ("1024x576"); `steps` per stage (the model's) and `text_tokens` count in the FLOPs."""
+
+    preset: str | None = field(default=None, metadata=one_of(tuple(PRESETS)))
+    model: str | None = field(default=None, metadata={**reads(MODEL), "shown": "the bundled nami-shapes model"})
+    stages: tuple[int, ...] | str | None = field(default=None, metadata={"shown": "the model's"})
+    size: tuple[int, int] | str | None = None
+    steps: str | None = field(default=None, metadata={"shown": "the model's"})
+    text_tokens: int = field(default=256, metadata=within(1, MAX_TEXT_TOKENS))
+    train_memory: bool = False  # the memory of a training step instead (`train.memory.TrainMemoryRequest`)
+
+    def __post_init__(self) -> None:
+        if self.train_memory and self.steps is not None:
+            raise NamiError("--steps does not apply to --train-memory")
+        if self.preset is not None and self.model is not None:
+            raise NamiError("give --preset or --model, not both")
+        if self.stages is not None and self.size is not None:
+            raise NamiError("give --stages or --size, not both")
+        if self.stages is not None:
+            self.stages = parse_int_list(self.stages, "--stages")
+            validate_resolutions(self.stages, "--stages")
+        if isinstance(self.size, str):
+            self.size = parse_size(self.size)
+        if self.steps is not None:
+            step_counts(self.steps, "--steps")
+        check_fields(self)
+        check_reads(self)
+
+    def describe(self) -> ModelDescription:
+        """The model described (reads a model directory's configs, no weights)."""
+        if self.preset is not None:
+            return describe_preset(self.preset, self.stages, self.size)
+        return describe_model_dir(resolve_model_dir(self.model), self.stages, self.size)
+
+    def report(self) -> dict[str, Any]:
+        """The JSON of `nami info` (`plan_report`)."""
+        return plan_report(self.describe(), self.steps, self.text_tokens)
+
+
+def plan_report(desc: ModelDescription, steps: Sequence[int] | str | None, text_tokens: int) -> dict[str, Any]:
     """The JSON of `nami info`: params, stages, flops per mode, reduction vs flux-base."""
-    if text_tokens <= 0:
-        raise NamiError(f"text tokens must be positive, got {text_tokens}")
+    from .flow.flops import plan_flops
+    from .flow.plan import FlowPlan, runnable_modes
+    from .model.params import count_parameters
+
     model, flow = desc.model, desc.flow
     total, per_block = count_parameters(model)
     shared = total - sum(per_block)
     modes = runnable_modes(model.stage_ends, flow)
     mode = desc.default_mode if desc.default_mode in modes else BASELINE_MODE
     plan = FlowPlan(mode, flow, model.stage_ends, desc.pixels_per_token)
-    stage_steps = plan.stage_steps(steps if steps is not None else desc.default_steps)
+    stage_steps = plan.stage_steps(steps if steps is not None else desc.default_steps, "--steps")
     stages = []
     for k, window in enumerate(plan):
         last = k == len(plan) - 1

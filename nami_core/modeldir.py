@@ -5,34 +5,16 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from .errors import NamiError, first_line
+from .checksums import verify_artefact
+from .errors import ConfigError, NamiError, first_line
+from .model.lora import LORA_SCALE
+from .model_paths import DEFAULT_MODEL_NAME, bundled_model_dir, resolve_model_dir  # noqa: F401
 
-DEFAULT_MODEL_NAME = "nami-shapes"
 COMPONENTS = ("transformer", "scheduler", "codec", "text_encoder")
-
-
-def bundled_model_dir() -> Path:
-    return Path(__file__).resolve().parent / "assets" / DEFAULT_MODEL_NAME
-
-
-def resolve_model_dir(model: str | Path | None) -> Path:
-    """A model directory from `--model`; None or "default" means the bundled model."""
-    if model is None or str(model) == "default":
-        path = bundled_model_dir()
-        if not (path / "model_index.json").is_file():
-            raise NamiError(
-                f"the bundled default model is not installed ({path}); pass --model DIR"
-            )
-        return path
-    path = Path(model)
-    if not path.exists():
-        raise NamiError(f"model directory {path} does not exist")
-    if not path.is_dir():
-        raise NamiError(f"--model must be a model directory, {path} is a file")
-    return path
 
 
 def check_model_dir(path: Path) -> None:
@@ -104,52 +86,92 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     if weights == "ema" and (public or not has_ema(path)):
         raise NamiError(f"{path} has no EMA weights (transformer/diffusion_pytorch_model.ema.safetensors)")
     variant = "ema" if weights == "ema" or (weights == "auto" and not public and has_ema(path)) else None
+    verify_artefact(path, "model directory")  # checksums.json: every file as written (cached)
     quiet_loading()
     try:
         pipe = load_public_pipeline(path) if public else NamiPipeline.from_pretrained(path, variant=variant)
+        pipe.settings()  # the saved flow settings make a plan (a damaged config fails here, not mid-run)
+    except ConfigError as exc:  # a config value out of range (codec patch_size 0): name the directory
+        raise NamiError(f"cannot load the model in {path}: {exc}") from None
     except NamiError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise NamiError(f"cannot load the model in {path}: {first_line(exc)}") from None
+    except UNREADABLE as exc:
+        raise NamiError(f"cannot load the model in {path}: {describe(exc)}") from None
     use_fast_matmul(device)
     pipe.transformer.to(device=device, dtype=dtype)
     pipe.codec.to(device=device, dtype=codec_dtype(pipe.codec, dtype))
     pipe.text_encoder.to(device)
     if pipe.bridge is not None:
         pipe.bridge.to(device)
+    check_finite_weights(pipe, path)
     apply_backend(pipe.transformer, attention)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: float = 1.0) -> Path:
+# What loading a damaged or hand-edited model directory raises (a config value of the wrong type or
+# size, a zero where a count belongs); each becomes one line naming the directory.
+UNREADABLE = (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, IndexError, ArithmeticError)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in one phrase: its first line, with its type when that says more (ZeroDivisionError)."""
+    line = first_line(exc)
+    common = (OSError, ValueError, KeyError, RuntimeError)
+    return line if isinstance(exc, common) else f"{type(exc).__name__}: {line}"
+
+
+def check_finite_weights(pipe, path: Path) -> None:
+    """NamiError when the transformer's (or codec's, bridge's) weights hold NaN or inf: such a model
+    draws black or noisy pictures without a word. One host sync per device."""
+    from .runtime import non_finite
+
+    parts = {name: dict(module.named_parameters()) for name in ("transformer", "codec", "bridge")
+             if (module := getattr(pipe, name, None)) is not None}
+    bad = non_finite({f"{part}/{name}": t for part, tensors in parts.items() for name, t in tensors.items()})
+    if bad:
+        part, name = bad[0].split("/", 1)
+        count = sum(b.startswith(f"{part}/") for b in bad)
+        raise NamiError(f"model directory {path}: the {part} weights hold non-finite values "
+                        f"({count} of {len(parts[part])} tensors, e.g. {name}); the model is damaged")
+
+
+def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: float = LORA_SCALE, overwrite: bool = False,
+               on_warning: Callable[[str], None] | None = None) -> Path:
     """Fold `adapter` (at `scale`) into the weights of the model directory `model` and write the
     result as a new model directory `out` (atomically): the merged transformer is its only weights.
-    The adapter applies to the weights `nami sample` uses by default (EMA when the model has it)."""
-    import math
-
-    from .files import fresh_temp_dir, publish_dir
-    from .model.lora import adapter_folder, apply_loras, parse_lora_spec
+    The adapter applies to the weights `nami sample` uses by default (EMA when the model has it).
+    `out` follows the output policy (`output_targets`): never the model or the adapter, nor around
+    them; an existing model directory is replaced only with `overwrite`. Merged weights that are
+    not all finite are refused, nothing written."""
+    from .checksums import new_artefact
+    from .model.lora import adapter_folder, apply_loras, check_lora_scale, parse_lora_spec
+    from .output_targets import MODEL, check_out_folder
+    from .runtime import non_finite
     from .vocabulary import combined_vocabulary
 
-    if not math.isfinite(scale):
-        raise NamiError(f"--scale must be a finite number, got {scale}")
+    check_lora_scale(scale, "--scale")
     path, _ = parse_lora_spec(str(adapter))
     source = resolve_model_dir(model)
+    check_out_folder(out, MODEL, {"--model": source, "adapter": adapter_folder(path)}, overwrite)
     pipe = load_pipeline(source, torch.device("cpu"), torch.float32)
     stored = stored_dtype(source)
-    apply_loras(pipe, [str(path)])
+    apply_loras(pipe, [str(path)], on_warning)
     pipe.fuse_lora(components=["transformer"], lora_scale=scale)
     pipe.unload_lora_weights()
     pipe.transformer.to(stored)  # saved as the model's weights were (fp16 stays fp16)
+    weights = dict(pipe.transformer.named_parameters())
+    bad = non_finite(weights)
+    if bad:
+        raise NamiError(f"merging {adapter} at scale {scale:g} gives non-finite weights ({len(bad)} of {len(weights)} "
+                        f"tensors, e.g. {bad[0]}, in {stored}); nothing was written (try a smaller --scale)")
     pipe.transformer.register_to_config(_name_or_path="")
     out = Path(out)
-    tmp = fresh_temp_dir(out)
-    pipe.save_pretrained(tmp)
     vocabulary = combined_vocabulary(source, [adapter_folder(path)])
-    if vocabulary is not None:
-        vocabulary.save(tmp)
-    publish_dir(tmp, out)
+    with new_artefact(out) as tmp:
+        pipe.save_pretrained(tmp)
+        if vocabulary is not None:
+            vocabulary.save(tmp)
     return out
 
 

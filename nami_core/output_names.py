@@ -1,5 +1,8 @@
-"""File names of `nami sample` images in an output folder: readable, and never the same for two
-different pictures.
+"""File names derived from what users supply: `nami sample` images, and ids from benchmark files.
+
+Every name made from outside text goes through `slug` or `safe_name`, so none holds a path
+separator, `..` or a control character. `nami sample` names are readable, and never the same for
+two different pictures:
 
 An image is named `<slug>-<key>-s<seed>.png`: `slug` is the prompt's Latin letters and digits
 ("a-red-circle"; "image" when it has none, as "猫" has), `key` the first 8 hex digits of the
@@ -20,12 +23,28 @@ from pathlib import Path
 
 KEY_DIGITS = 8
 SLUG_LIMIT = 48
+NAME_LIMIT = 64  # characters of a name derived from an outside id, before its suffix
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def slug(text: str, limit: int = SLUG_LIMIT) -> str:
     """Lower-case ASCII letters and digits of `text` joined by "-" (at most `limit` characters), or "image"."""
     s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return (s[:limit].rstrip("-")) or "image"
+
+
+def safe_name(text: str, limit: int = NAME_LIMIT) -> str:
+    """A file name for an id or prompt that comes from outside (a NAMI-1K id, a DPG-Bench item id):
+    `text` itself when it is already a plain name (ASCII letters, digits, `.`, `_`, `-`; not
+    starting with a dot or a dash, no `..`, at most `limit` characters), else its slug plus the first
+    8 hex digits of its SHA-256 (`../../escape` -> `escape-5e1b...`), so the name never holds a
+    separator, a control character or `..`, never names a hidden or temporary file, and two
+    different ids never share a name."""
+    text = str(text)
+    if _SAFE_NAME.fullmatch(text) and ".." not in text and len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()[:KEY_DIGITS]
+    return f"{slug(text, limit - KEY_DIGITS - 1)}-{digest}"
 
 
 def settings_key(metadata: dict) -> str:
@@ -38,6 +57,11 @@ def settings_key(metadata: dict) -> str:
 def sample_name(metadata: dict) -> str:
     """`<slug>-<key>-s<seed>.png` for an image whose metadata holds its prompt and seed."""
     return f"{slug(str(metadata['prompt']))}-{settings_key(metadata)}-s{metadata['seed']}.png"
+
+
+def grid_name(metadata: dict) -> str:
+    """`<slug>-<key>-grid.png`: the grid of a call's images (`nami sample --grid`), beside them."""
+    return f"{slug(str(metadata['prompt']))}-{settings_key(metadata)}-grid.png"
 
 
 def sidecar(path: Path) -> Path:

@@ -16,9 +16,9 @@ from diffusers.utils import BaseOutput
 # Every component class must be importable from sys.modules when diffusers loads a saved pipeline.
 from .codecs import flux_vae, pixel  # noqa: F401
 from .denoiser import Denoiser
-from .errors import ConfigError
+from .errors import ConfigError, NamiError
 from .flow.jump import RenoiseJump
-from .flow.plan import FlowPlan, fit_size
+from .flow.plan import FlowPlan, sampling_plan
 from .flow.sampler import ProgressiveSampler, initial_noise
 from .flow.scheduler import NamiFlowScheduler
 from .model.lora import PIPELINE_LORA_METHODS, LoraOnFirstUse
@@ -83,17 +83,8 @@ class NamiPipeline(LoraOnFirstUse, DiffusionPipeline):
              width: int | None = None) -> FlowPlan:
         """The `FlowPlan` of `mode` with the last stage at `resolution` (square) or `height` x
         `width` pixels (either defaults to the model's side); defaults: the model's."""
-        flow = self.scheduler.flow
-        if height is not None or width is not None:
-            if resolution is not None:
-                raise ConfigError("give a resolution or a height and width, not both")
-            final = flow.resolutions[-1]
-            height, width = (final if side is None else side for side in (height, width))
-            flow = fit_size(flow, height, width, self.codec.pixels_per_token)
-        elif resolution is not None:
-            flow = fit_size(flow, resolution, resolution, self.codec.pixels_per_token)
-        mode = mode or self.scheduler.config.default_mode
-        return FlowPlan(mode, flow, self.transformer.stage_ends, self.codec.pixels_per_token)
+        return sampling_plan(self.scheduler.flow, self.transformer.stage_ends, self.codec.pixels_per_token,
+                             mode or self.scheduler.config.default_mode, resolution, height, width)
 
     def settings(self, mode: str | None = None, steps=None, cfg=None, resolution: int | None = None,
                  timestep_rounding: str | None = None, height: int | None = None,
@@ -161,6 +152,10 @@ class NamiPipeline(LoraOnFirstUse, DiffusionPipeline):
         self._onload("codec")
         pixels = self.codec.decode(latents)
         array = ((pixels.float() + 1.0) / 2.0).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        bad = int((~np.isfinite(array).reshape(len(array), -1).all(axis=1)).sum())  # on the host copy: no extra sync
+        if bad:
+            raise NamiError(f"{bad} of {len(array)} sampled image(s) came out non-finite (NaN or inf pixels) and "
+                            "were not written; the model's weights, a --lora scale or the guidance overflow")
         return array if output_type == "np" else self.numpy_to_pil(array)
 
     @torch.no_grad()

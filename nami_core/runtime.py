@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .config import DTYPE_NAMES
+from .config import DEVICES, DTYPE_NAMES
 from .errors import NamiError
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,3 +56,17 @@ def use_fast_matmul(device: torch.device) -> None:
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.allow_tf32 = True
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating tensors of `tensors` that hold a NaN or an infinity, read back from
+    the device once (one flag per tensor, stacked per device: a single host sync on one device)."""
+    floating = [(name, t) for name, t in tensors.items() if t.is_floating_point() and t.numel()]
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for name, t in floating:
+        by_device.setdefault(t.device, []).append((name, t))
+    bad = []
+    for items in by_device.values():
+        flags = torch.stack([torch.isfinite(t).all() for _, t in items]).tolist()
+        bad += [name for (name, _), ok in zip(items, flags) if not ok]
+    return bad

@@ -156,3 +156,60 @@ def torchrun_nami(args: list[str], ranks: int = 2) -> subprocess.CompletedProces
     command = [str(torchrun), "--standalone", "--nproc-per-node", str(ranks), "--no-python", str(nami), *args]
     return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           timeout=600)
+
+
+def save_tiny_adapter(folder: Path, rank: int = 4, seed: int = 0) -> Path:
+    """A LoRA adapter of `rank` for `build_tiny_pipeline()`'s transformer, with random non-zero
+    weights (a trained one's stand-in), saved as `nami train --lora` saves one (no record)."""
+    from nami_core.model.lora import add_lora, lora_config, save_lora
+
+    pipe = build_tiny_pipeline()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in add_lora(pipe.transformer, lora_config(rank)):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return save_lora(pipe.transformer, folder)
+
+
+def one_error(err: str) -> str:
+    """The one `error:` line of a command's stderr, its last line (progress lines may come before),
+    with no traceback."""
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative name) with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def finished_run(root: Path, out: Path, *extra: str) -> Path:
+    """`out` after a `nami train` on `prepare_train_data(root)` with batch 4 and `extra` succeeded."""
+    code, _, err = run_cli(train_cli_args(root, out, *extra, batch_size=4))
+    assert code == 0, err
+    return out
+
+
+def kill_after_checkpoint(args: list[str], out: Path, step: int) -> None:
+    """Run `nami ARGS` (a training into `out`) in a subprocess and SIGKILL it once the checkpoint of
+    `step` is complete; the run must not have finished by then. Checkpoints after `step` that were
+    written in the meantime are removed, as if the kill had come first."""
+    import shutil
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "nami_cli.main", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    marker = out / "checkpoints" / f"step-{step:08d}" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.is_file(), "no checkpoint was written before the kill"
+    assert not (out / "final").exists(), "the run finished before it was killed"
+    for later in (out / "checkpoints").glob("step-*"):
+        if later.name[len("step-"):].isdigit() and int(later.name[len("step-"):]) > step:
+            shutil.rmtree(later)
+

@@ -145,13 +145,13 @@ def test_missing_xformers_names_the_extra(capsys):
         (["latency", "--preset", "tiny", "--modes", "nami,nami"], "lists a mode twice"),
         (["latency", "--preset", "tiny", "--repeats", "0"], "--repeats must be at least 1"),
         (["latency", "--preset", "tiny", "--include-text"], "--include-text needs --model"),
-        (["latency", "--preset", "tiny", "--plot", "fig.txt"], "unknown image format .txt"),
-        (["latency", "--preset", "nope"], "unknown preset 'nope'"),
+        (["latency", "--preset", "tiny", "--plot", "fig.txt"], "--plot fig.txt: the plot is written as .png or .pdf or .svg"),
+        (["latency", "--preset", "nope"], "--preset must be one of nami-2b, nami-0.6b, flux-base-2b, tiny, cpu-bench, got 'nope'"),
         (["latency", "--preset", "tiny", "--model", "x"], "not both"),
         (["latency", "--preset", "tiny", "--dtype", "fp8"], "dtype must be one of"),
-        (["train", "--preset", "tiny", "--ratio", "1:1"], "--ratio lists 2 weights but there are 3 stages"),
+        (["train", "--preset", "tiny", "--stage-mix", "1:1"], "--stage-mix has 2 weights for 3 stages, got 1:1"),
         (["train", "--preset", "tiny", "--stages", "64,128,250"], "must double"),
-        (["train", "--preset", "tiny", "--batch", "0"], "--batch-size must be at least 1"),
+        (["train", "--preset", "tiny", "--batch-size", "0"], "--batch-size must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line(args, message, capsys):
@@ -163,7 +163,7 @@ def test_bad_input_is_one_line(args, message, capsys):
 def test_train_reports_throughput_flops_and_no_mfu_on_cpu(tmp_path, capsys):
     out = tmp_path / "train.json"
     code, stdout, err = run_cli(
-        ["bench", "train", "--preset", "tiny", "--device", "cpu", "--stages", "32,64,128", "--batch", "7",
+        ["bench", "train", "--preset", "tiny", "--device", "cpu", "--stages", "32,64,128", "--batch-size", "7",
          "--steps", "2", "--warmup", "1", "--text-tokens", "8", "--json", str(out)], capsys)
     assert code == 0, err
     report = json.loads(out.read_text())

@@ -141,7 +141,9 @@ def test_sample_other_modes(tiny_model_dir, tmp_path, capsys):
         (["--steps", "1,2"], "steps lists 2 counts but the plan has 3 stages"),
         (["--mode", "fast"], "mode must be one of"),
         (["--dtype", "fp8"], "dtype must be one of"),
-        (["--n", "0"], "--n must be at least 1"),
+        (["--n", "0"], "--n must be at least 1, got 0"),
+        (["--n", "1000000000"], "--n must be at most 100,000, got 1000000000"),
+        (["--steps", "1000000000000"], "--steps must be at most 10000 in all (usual: 10 to 100), got 1000000000000"),
     ],
 )
 def test_sample_bad_input_is_one_line(tiny_model_dir, tmp_path, capsys, extra, message):

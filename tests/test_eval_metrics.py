@@ -89,18 +89,20 @@ def test_cli_fid_end_to_end(tmp_path, capsys, fake_inception):
 
 def test_cli_fid_missing_or_corrupt_weights(tmp_path, capsys):
     real = colour_folder(tmp_path / "real", [(0, 0, 0), (2, 0, 0)])
-    code, stdout, err = run_cli(["eval", "fid", str(real), str(real), "--inception", str(tmp_path / "none.pt")], capsys)
+    fake = colour_folder(tmp_path / "fake", [(0, 0, 0), (2, 0, 0)])
+    code, stdout, err = run_cli(["eval", "fid", str(real), str(fake), "--inception", str(tmp_path / "none.pt")], capsys)
     assert code == 2 and stdout == "" and err.count("\n") == 1
     assert "--inception: " in err and "does not exist; download inception-2015-12-05.pt" in err
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"definitely not torchscript")
-    code, _, err = run_cli(["eval", "fid", str(real), str(real), "--inception", str(corrupt)], capsys)
+    code, _, err = run_cli(["eval", "fid", str(real), str(fake), "--inception", str(corrupt)], capsys)
     assert code == 2 and err.startswith(f"error: --inception: cannot load {corrupt} as TorchScript") and err.count("\n") == 1
 
 
 def test_cli_fid_needs_two_images(tmp_path, capsys, fake_inception):
     one = colour_folder(tmp_path / "one", [(0, 0, 0)])
-    code, _, err = run_cli(["eval", "fid", str(one), str(one), "--inception", str(fake_inception),
+    other = colour_folder(tmp_path / "other", [(0, 0, 0), (2, 0, 0)])
+    code, _, err = run_cli(["eval", "fid", str(other), str(one), "--inception", str(fake_inception),
                             "--json", str(tmp_path / "fid.json")], capsys)
     assert code == 2 and "holds 1 image(s); FID needs at least 2" in err
     assert not (tmp_path / "fid.json").exists()

@@ -252,7 +252,7 @@ def test_cli_score_prints_the_tables(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content, problem", [
-    ("{", "is not JSON"),
+    ("{", "not valid JSON"),
     ('{"format": "other"}', "is not a NAMI-1K annotation export"),
     ('{"format": "nami1k-annotations/1", "annotator": "a", "items": [{"key": "m/x", "model": "m", "source": "open", '
      '"relevance": 120}]}', "relevance must be a number from 0 to 100 or null, got 120"),

@@ -98,7 +98,7 @@ def test_cli_layout_with_a_binary_metadata_file_is_one_line(tmp_path, capsys):
     (tmp_path / "00000" / "metadata.jsonl").write_bytes(b"\xff\xfe\x00")
     code, _, err = run_cli(["eval", "geneval", "--out", str(tmp_path), "--skip-generation"], capsys)
     assert code == 2
-    assert one_error_line(err) == f"error: {tmp_path / '00000' / 'metadata.jsonl'} is not UTF-8 text"
+    assert one_error_line(err) == f"error: metadata file {tmp_path / '00000' / 'metadata.jsonl'} is not UTF-8 text"
 
 
 # -- ELLA's "yes" ----------------------------------------------------------------------------------------

@@ -373,7 +373,7 @@ def test_official_metadata_parses_and_round_trips(tmp_path):
 
 
 def test_bundled_suite_is_the_shapes_suite():
-    from nami_cli.evaluate import default_suite
+    from nami_core.eval.geneval_run import default_suite
     from nami_core.data.shapes import make_suite
 
     lines = ge.read_metadata(default_suite())

@@ -88,7 +88,7 @@ def test_info_table_and_errors(capsys):
     out = capsys.readouterr().out
     assert "forward FLOPs" in out and "flux-base" in out
     for args, message in [
-        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--preset", "nope"], "--preset must be one of nami-2b, nami-0.6b, flux-base-2b, tiny, cpu-bench, got 'nope'"),
         (["--stages", "256,512,1000"], "must double"),
         (["--steps", "10,10"], "steps lists 2 counts but the plan has 3 stages"),
         (["--preset", "tiny", "--model", "x"], "not both"),

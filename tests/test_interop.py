@@ -130,7 +130,7 @@ def test_convert_flux_reads_sharded_safetensors(flux_source, tmp_path, capsys):
     (["--keep-blocks", "d0,d5", "--stage-ends", "1,2"], "block d5 does not exist: the source has 3 double blocks (d0-2)"),
     (["--keep-blocks", "s0,d1", "--stage-ends", "1,2"], "lists d1 after single blocks"),
     (["--keep-blocks", "d1,d0", "--stage-ends", "1,2"], "lists d0 after d1"),
-    (["--double", "2", "--single", "1", "--stage-ends", "1,2,4"], "stage_ends [1, 2, 4] exceed the model depth of 3 blocks"),
+    (["--double", "2", "--single", "1", "--stage-ends", "1,2,4"], "--stage-ends [1, 2, 4] exceed the model depth of 3 blocks"),
     (["--double", "2", "--stage-ends", "1,2"], "--double and --single go together"),
 ])
 def test_convert_flux_errors_are_one_line(flux_source, tmp_path, capsys, args, expected):
@@ -152,12 +152,12 @@ def test_train_init_from_converted_flux(flux_source, tmp_path, capsys):
     lr, steps = 1e-4, 2
 
     def train(init_dir, out):
-        return cli(["train", "--data", str(tmp_path / "data"), "--out", str(out), "--init", str(init_dir),
+        return cli(["train", "--data", str(tmp_path / "data"), "--out", str(out), "--model", str(init_dir),
                     "--stages", "16,32,64", "--steps", str(steps), "--batch-size", "4", "--lr", str(lr),
                     "--ema-decay", "0", "--save-every", "100", "--log-every", "1"], capsys)
 
     code, _, err = train(tmp_path / "nowhere", tmp_path / "bad-run")
-    assert code == 2 and "--init" in err and "has no transformer/config.json" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--model" in err and "does not exist" in err and len(err.strip().splitlines()) == 1
     code, _, err = train(init, tmp_path / "run")
     assert code == 0, err
     final = tmp_path / "run" / "final" / "transformer"

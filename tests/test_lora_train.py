@@ -25,7 +25,7 @@ def base(tmp_path_factory):
 
 
 def lora_args(root: Path, out: Path, *extra) -> list[str]:
-    return ["train", "--data", str(root / "data"), "--out", str(out), "--init", str(root / "base" / "final"),
+    return ["train", "--data", str(root / "data"), "--out", str(out), "--model", str(root / "base" / "final"),
             "--stages", "16,32,64", "--batch-size", "4", "--lr", "1e-2", "--lora", "4", "--log-every", "2",
             "--ema-decay", "0.9", *extra]
 
@@ -189,7 +189,7 @@ def test_bf16_runs_keep_the_frozen_model_in_bf16(base, tmp_path):
 @pytest.mark.parametrize(
     "change,message",
     [
-        (["--init", None], "--lora trains an adapter on a model: give the model with --init MODEL"),
+        (["--model", None], "--lora trains an adapter on a model: give the model with --model MODEL"),
         (["--lora", "0"], "--lora must be a rank of at least 1, got 0"),
         (["--lora-targets", "everything"], "--lora-targets must be one of attn, attn+mlp, got 'everything'"),
         (["--lora-alpha", "0"], "--lora-alpha must be above 0, got 0"),
@@ -255,6 +255,9 @@ def test_a_merged_model_keeps_the_stored_dtype_vocabulary_and_file_modes(base, l
     from nami_core.vocabulary import Vocabulary
 
     Vocabulary(frozenset({"a", "photo"}), "two words").save(model)
+    from nami_core.checksums import write_record
+
+    write_record(model)  # edited on purpose: its integrity record written anew
     merged = tmp_path / "merged"
     code, _, err = run_cli(["convert", "lora", str(lora_run / "final"), "--model", str(model), "--out", str(merged),
                             "--merge"], capsys)

@@ -24,7 +24,7 @@ H100_FREE = 79.0 * GIB  # what an 80 GB H100 (79.6 GiB) shows free once the CUDA
 
 def nami_2b_settings(**overrides) -> tuple[TrainConfig, object, FlowPlan]:
     desc = describe_preset("nami-2b")
-    settings = TrainConfig(data=Path("unused"), out=Path("unused"), stages=(256, 512, 1024), preset="nami-2b",
+    settings = TrainConfig(data=Path("unused-data"), out=Path("unused-run"), stages=(256, 512, 1024), preset="nami-2b",
                            batch_size=4, dtype="bf16", grad_checkpointing="none", **overrides)
     plan = FlowPlan("nami", FlowConfig(resolutions=(256, 512, 1024)), desc.model.stage_ends, desc.pixels_per_token)
     return settings, desc.model, plan
@@ -109,6 +109,30 @@ def test_the_data_decides_the_text_tokens(tmp_path):
     assert 1 <= longest < 40 == int(manifest["text_encoder"]["max_tokens"])
     assert memory_guard.data_text_tokens(tmp_path / "data", manifest, "mask") == longest
     assert memory_guard.data_text_tokens(tmp_path / "data", manifest, "none") == 40
+    assert max(shard["text_tokens"] for shard in manifest["shards"]) == longest
+
+
+def test_the_text_tokens_come_from_the_manifest_without_opening_the_shards(tmp_path, monkeypatch):
+    """The manifest records each shard's longest caption, so a large set is not read for its masks;
+    a manifest written before that record (no `text_tokens`) is read from the shards' masks."""
+    import safetensors
+
+    from nami_core.data.prepare import PrepareRequest, prepare
+    from nami_core.data.shapes import ShapesSource
+    from nami_core.data.store import load_manifest
+
+    prepare(ShapesSource(n=6, seed=0, size=32), PrepareRequest(out=tmp_path / "data", stages=(16, 32), max_text_tokens=40))
+    manifest = load_manifest(tmp_path / "data")
+    longest = memory_guard.data_text_tokens(tmp_path / "data", manifest, "mask")
+    opened = []
+    real_open = safetensors.safe_open
+    monkeypatch.setattr(safetensors, "safe_open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    assert memory_guard.data_text_tokens(tmp_path / "data", manifest, "mask") == longest
+    assert opened == [str(tmp_path / "data" / manifest["null_text"])]
+    old = {**manifest, "shards": [{k: v for k, v in s.items() if k != "text_tokens"} for s in manifest["shards"]]}
+    opened.clear()
+    assert memory_guard.data_text_tokens(tmp_path / "data", old, "mask") == longest
+    assert len(opened) == len(manifest["shards"]) + 1
 
 
 def test_available_memory_counts_what_the_allocator_holds_free(monkeypatch):

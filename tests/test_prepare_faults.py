@@ -181,8 +181,8 @@ def test_settings_of_a_refused_run_are_not_pinned(tmp_path, capsys):
     src = image_folder(tmp_path / "src", 2)
     out = tmp_path / "data"
     code, _, err = run_cli(["prepare-data", str(src), "--out", str(out), "--stages", STAGES,
-                            "--max-text-tokens", "100000"], capsys)
-    assert code == 2 and err == ("error: --max-text-tokens 100000 exceeds the text encoder's maximum of 512 tokens "
+                            "--max-text-tokens", "1000"], capsys)
+    assert code == 2 and err == ("error: --max-text-tokens 1000 exceeds the text encoder's maximum of 512 tokens "
                                  "(minilm); use --max-text-tokens 512 or less\n")
     assert not out.exists()
     # a folder with a prepare.json but no finished unit takes new settings

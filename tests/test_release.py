@@ -223,7 +223,7 @@ def test_convert_nami_t2i_gives_the_same_image(public_dir, reference, captured_f
     assert type(loaded) is NamiPipeline and loaded.scheduler.config.jump == "bridge"
     assert torch.equal(loaded.bridge.shift[1].data, torch.load(public_dir / "bridge_flow.bin")["shift.1"])
     code, _, err = cli(["convert", "nami-t2i", str(public_dir), "--out", str(tmp_path / "moved")], capsys)
-    assert code == 2 and "already exists" in err
+    assert code == 2 and "already holds a nami model directory; pass --overwrite to replace it" in err
 
 
 
@@ -451,7 +451,7 @@ def test_demo_prompt_style_adds_the_release_suffix_and_negative(public_dir, tmp_
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--prompt-style", "fancy"], "error: prompt style must be one of plain, nami-t2i-demo, got 'fancy'"),
+    (["--prompt-style", "fancy"], "error: --prompt-style must be one of plain, nami-t2i-demo, got 'fancy'"),
     (["--timestep-rounding", "bf16"], "error: --timestep-rounding must be one of none, fp16, got 'bf16'"),
 ])
 def test_bad_prompt_style_or_rounding_is_one_line(public_dir, tmp_path, capsys, args, expected):

@@ -1,11 +1,6 @@
 """`nami train`: end to end, overfitting, exact resume after SIGKILL, DDP on CPU, phases, errors."""
 
 import json
-import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +11,7 @@ from nami_core.data.store import LatentStore
 from nami_core.flow.plan import FlowPlan
 from nami_core.train.batches import BatchDrawer
 from nami_core.train.phases import parse_phases, value_at
-from tests.helpers import prepare_train_data, run_cli, torchrun_nami, train_cli_args
+from tests.helpers import kill_after_checkpoint, prepare_train_data, run_cli, torchrun_nami, train_cli_args
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +47,7 @@ def test_overfit_halves_every_stage_loss(shapes_data, tmp_path):
     """12 images, uniform ratios, fixed weights: the per-stage loss of the last 20 steps is under half the first 20's."""
     out = tmp_path / "overfit"
     code = cli(train_args(shapes_data, out, "--steps", "120", "--save-every", "1000", "--log-every", "20",
-                          "--ratio-schedule", "0:1:1:1", "--stage-loss-weights", "1,1,1", "--cfg-dropout", "0",
+                          "--stage-mix", "0:1:1:1", "--stage-loss-weights", "1,1,1", "--cfg-dropout", "0",
                           "--lr", "3e-3", "--ema-decay", "0", "--timestep-sampling", "uniform"))
     assert code == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -61,27 +56,13 @@ def test_overfit_halves_every_stage_loss(shapes_data, tmp_path):
         assert last[k] < 0.5 * first[k], (k, first, last)
 
 
-def run_subprocess(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "nami_cli.main", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
-
-
 def test_resume_after_sigkill_is_exact(shapes_data, tmp_path):
     common = ["--steps", "20", "--save-every", "10", "--batch-size", "32", "--keep", "0", "--ema-decay", "0.9"]
     straight = tmp_path / "straight"
     assert cli(train_args(shapes_data, straight, *common)) == 0
 
     killed = tmp_path / "killed"
-    proc = run_subprocess(train_args(shapes_data, killed, *common))
-    marker = killed / "checkpoints" / "step-00000010" / "trainer_state.json"
-    deadline = time.time() + 300
-    while not marker.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert marker.is_file()
-    assert not (killed / "final").exists(), "the run finished before it was killed"
-    shutil.rmtree(killed / "checkpoints" / "step-00000020", ignore_errors=True)
+    kill_after_checkpoint(train_args(shapes_data, killed, *common), killed, 10)
     assert cli(train_args(shapes_data, killed, *common, "--resume", "latest")) == 0
     raw = load_file(straight / "final" / "transformer" / "diffusion_pytorch_model.safetensors")
     ema = load_file(straight / "final" / "transformer" / "diffusion_pytorch_model.ema.safetensors")
@@ -97,12 +78,20 @@ def test_resume_after_sigkill_is_exact(shapes_data, tmp_path):
 
 
 def test_torchrun_two_ranks_on_cpu(shapes_data, tmp_path):
+    """Two DDP ranks, two micro-batches a step (the first without a gradient reduction), validation
+    drawn by rank 0 while rank 1 waits."""
     out = tmp_path / "ddp"
-    result = torchrun_nami(train_args(shapes_data, out, "--steps", "4", "--save-every", "4"))
+    result = torchrun_nami(train_args(shapes_data, out, "--steps", "4", "--save-every", "4",
+                                      "--gradient-accumulation-steps", "2", "--validation-prompt", "a red circle",
+                                      "--validation-every", "2"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "checkpoints" / "step-00000004" / "trainer_state.json").is_file()
     assert json.loads((out / "train_config.json").read_text())["world_size"] == 2
     assert (out / "final" / "model_index.json").is_file()
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["step-2.png", "step-4.png"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4]
+    assert sum(records[0]["samples_stage"]) == 4 * 8 * 2 * 2  # steps x batch x micro-batches x ranks
 
 
 def test_ranks_draw_the_same_stages_but_different_images(shapes_data):
@@ -117,8 +106,8 @@ def test_ranks_draw_the_same_stages_but_different_images(shapes_data):
     assert all(torch.equal(x.latents, y.latents) and torch.equal(x.noise, y.noise) for x, y in zip(a, again))
 
 
-def test_stage_ratio_schedule_switches_phases(shapes_data):
-    phases = parse_phases("0:4:2:1,100:0:1:0,200:1:0:3", "--ratio-schedule", 3)
+def test_stage_mix_schedule_switches_phases(shapes_data):
+    phases = parse_phases("0:4:2:1,100:0:1:0,200:1:0:3", "--stage-mix", 3)
     assert value_at(phases, 99) == (4, 2, 1) and value_at(phases, 100) == (0, 1, 0) and value_at(phases, 250) == (1, 0, 3)
     store = LatentStore(shapes_data / "data")
     drawer = BatchDrawer(store, FlowPlan("nami", FlowConfig((16, 32, 64)), (1, 2, 3), 4), 1, 70, seed=0)
@@ -147,12 +136,12 @@ def test_non_finite_losses_stop_the_run_with_a_checkpoint(shapes_data, tmp_path,
     [
         ({"--data": "missing"}, "does not exist"),
         ({"--stages": "32,64,128"}, "differ from the data's stages 16,32,64"),
-        ({"--config": None, "--preset": "giant"}, "unknown preset 'giant'"),
-        ({"--ratio-schedule": "0:1:1"}, "has 2 values, expected 3"),
+        ({"--config": None, "--preset": "giant"}, "--preset must be one of nami-2b, nami-0.6b, flux-base-2b, tiny, cpu-bench, got 'giant'"),
+        ({"--stage-mix": "0:1:1,100:1:1:1"}, "phase '0:1:1' has 2 values, expected 3"),
         ({"--mode": "turbo"}, "mode must be one of"),
         ({"--fsdp": ""}, "--fsdp needs CUDA GPUs"),
         ({"--text-positions": "shuffled"}, "--text-positions must be one of none, ordered, got 'shuffled'"),
-        ({"--sample-cfg": "6,2"}, "--sample-cfg lists 2 scales but the plan has 3 stages"),
+        ({"--sample-cfg": "6,2"}, "--sample-cfg lists 2 values for 3 stages; give one, or one per stage"),
         ({"--sample-cfg": "0"}, "--sample-cfg must be positive"),
     ],
 )
@@ -176,14 +165,14 @@ def test_bad_train_input_is_one_line(shapes_data, tmp_path, capsys, change, mess
 
 
 def test_init_can_switch_to_ordered_text_positions(shapes_data, tmp_path):
-    """The text ids own no weights, so a run from an --init model may order them; the model it writes keeps that."""
+    """The text ids own no weights, so a run from a --model may order them; the model it writes keeps that."""
     from nami_core.denoiser import Denoiser
     from nami_core.model.transformer import NamiTransformer
 
     first = tmp_path / "first"
     assert cli(train_args(shapes_data, first, "--steps", "2", "--ema-decay", "0")) == 0
     second = tmp_path / "second"
-    args = train_args(shapes_data, second, "--steps", "2", "--init", str(first / "final"), "--text-positions", "ordered")
+    args = train_args(shapes_data, second, "--steps", "2", "--model", str(first / "final"), "--text-positions", "ordered")
     i = args.index("--config")
     del args[i : i + 2]
     assert cli(args) == 0

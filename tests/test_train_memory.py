@@ -379,7 +379,7 @@ def test_cli_train_memory_table_and_errors(capsys):
     assert "peak" in out and "AdamW" in out and "activations" in out
     for args, message in [
         (["--train-memory", "--grad-checkpointing", "sometimes"], "--grad-checkpointing must be one of none, full, last-stage, auto"),
-        (["--train-memory", "--dtype", "int8"], "--dtype must be one of fp32, bf16, fp16"),
+        (["--train-memory", "--dtype", "int8"], "--dtype must be one of auto, fp32, bf16, fp16"),
         (["--train-memory", "--dtype", "bf16", "--precision", "fp16"], "--precision is the old name of --dtype"),
         (["--train-memory", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["--train-memory", "--stage-mix", "1:1"], "--stage-mix has 2 weights for 3 stages"),

@@ -40,7 +40,7 @@ def trained(request, shapes_data):
     code = run_cli(["train", "--data", str(shapes_data / "data"), "--out", str(out), "--mode", mode,
                     "--config", str(shapes_data / "model.json"), "--stages", ",".join(map(str, STAGES)),
                     "--steps", str(STEPS), "--batch-size", str(BATCH), "--lr", "3e-3", "--log-every", str(LOG_EVERY),
-                    "--save-every", "1000", "--ratio-schedule", "0:1:1:1", "--stage-loss-weights", weights,
+                    "--save-every", "1000", "--stage-mix", "0:1:1:1", "--stage-loss-weights", weights,
                     "--cfg-dropout", "0", "--ema-decay", "0", "--timestep-sampling", "uniform"])[0]
     assert code == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -125,7 +125,7 @@ def test_checkpointing_granularity_recomputes_where_it_says(data, tmp_path, monk
         return original(block, *args, **kwargs)
 
     run = TrainingRun.setup(settings(data, tmp_path / granularity, grad_checkpointing=granularity, ema_decay=0,
-                                     batch_size=3, ratio_schedule="0:1:1:1", stage_draw="split"))
+                                     batch_size=3, stage_mix="0:1:1:1", stage_draw="split"))
     run.resume()
     groups = one_sample_per_window(run)
     monkeypatch.setattr(transformer_module, "checkpoint", counting)
@@ -140,7 +140,7 @@ def test_recomputation_gives_the_same_gradients(data, tmp_path):
     results = {}
     for granularity in ("none", "full", "last-stage", "auto"):
         run = TrainingRun.setup(settings(data, tmp_path / granularity, grad_checkpointing=granularity, ema_decay=0,
-                                         batch_size=3, ratio_schedule="0:1:1:1", stage_draw="split"))
+                                         batch_size=3, stage_mix="0:1:1:1", stage_draw="split"))
         run.resume()
         groups = one_sample_per_window(run)
         losses = loop_module.stage_losses(run.objective, groups, run.plan, "velocity")
@@ -161,7 +161,7 @@ def test_ddp_trains_the_blocks_a_step_touches_without_searching_unused_ones(data
         out = tmp_path / name
         result = torchrun_nami(["train", "--data", str(data / "data"), "--out", str(out), "--config", str(data / "model.json"),
                                 "--stages", "16,32,64", "--batch-size", "4", "--lr", "1e-2", "--steps", str(steps),
-                                "--save-every", "2", "--keep", "0", "--ratio-schedule", mix, "--ema-decay", "0",
+                                "--save-every", "2", "--keep", "0", "--stage-mix", mix, "--ema-decay", "0",
                                 "--seed", "1"])
         assert result.returncode == 0, result.stderr[-2000:]
         finals[name] = load_file(out / "final" / "transformer" / "diffusion_pytorch_model.safetensors")

@@ -7,7 +7,7 @@
 # 1. render shapes scenes (PNG + caption) with `nami prepare-data shapes --images-dir`
 # 2. keep every scene whose caption names COLOR, and as many others; in 3 of 4 of the COLOR captions
 #    the colour word becomes WORD ("a purple square left of a red circle" -> "a dax square left of ...")
-# 3. `nami prepare-data FOLDER`, then `nami train --init MODEL --lora 8` on the frozen model
+# 3. `nami prepare-data FOLDER`, then `nami train --model MODEL --lora 8` on the frozen model
 # 4. convert the checkpoints of steps 100, 200, ... to adapters; `nami convert lora --merge` the final one
 # 5. score.py: before (MODEL), after (MODEL + adapter EMA), merged, and the learning curve
 # 6. print a markdown table; check that the merged model draws what the adapter draws
@@ -63,9 +63,9 @@ EOF
 t_data=$SECONDS
 
 # 3. LoRA on the frozen model: rank 8 on the attention projections, EMA 0.99, every stage alike
-"$NAMI" train --data "$WORK/data" --out "$WORK/run" --stages 16,32,64 --init "$MODEL" \
+"$NAMI" train --data "$WORK/data" --out "$WORK/run" --stages 16,32,64 --model "$MODEL" \
   --lora "$RANK" --lora-targets attn --lr "$LR" --steps "$STEPS" --batch-size "$BATCH" --ema-decay 0.99 \
-  --ratio-schedule 0:1:1:1 --save-every "$CURVE_EVERY" --keep 0 --log-every 50 --seed 0
+  --stage-mix 0:1:1:1 --save-every "$CURVE_EVERY" --keep 0 --log-every 50 --seed 0
 t_train=$SECONDS
 
 # 4. the checkpoints as adapters (learning curve), and the final adapter's EMA merged into the model

@@ -21,22 +21,22 @@ TRAIN=(nami train --data "$DATA" --out "$RUN" --config examples/nami-shapes/mode
   --dtype bf16 --compile --seed 0)
 LR="0:5e-4,9000:2.5e-4"
 LATE_MIX="0:4:2:1,5000:2:4:1,12000:1:2:4"
-"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1,8500:1:2:4" --steps 12000 --time-budget 100 "$@"
+"${TRAIN[@]}" --lr-schedule "$LR" --stage-mix "0:4:2:1,5000:2:4:1,8500:1:2:4" --steps 12000 --time-budget 100 "$@"
 # Then resumed with the stage mix kept at 2:4:1: 28 minutes (to step 10,814), then on to step 12,000:
-"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1" --steps 12000 --time-budget 28 --resume latest "$@"
-"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "0:4:2:1,5000:2:4:1" --steps 12000 --resume latest "$@"
+"${TRAIN[@]}" --lr-schedule "$LR" --stage-mix "0:4:2:1,5000:2:4:1" --steps 12000 --time-budget 28 --resume latest "$@"
+"${TRAIN[@]}" --lr-schedule "$LR" --stage-mix "0:4:2:1,5000:2:4:1" --steps 12000 --resume latest "$@"
 # Then 113 minutes more with the paper's last mix, 1:2:4: the 64 px window
 # is where a blob becomes a circle or a square, and its loss was still falling.
-"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "$LATE_MIX" --steps 40000 --time-budget 113 \
+"${TRAIN[@]}" --lr-schedule "$LR" --stage-mix "$LATE_MIX" --steps 40000 --time-budget 113 \
   --resume latest "$@"
 # Then 117 minutes more, the learning rate halving at step 21,000 and again at 22,500 (a short anneal):
 LR="$LR,21000:1.25e-4,22500:6e-5"
-"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "$LATE_MIX" --steps 40000 --time-budget 117 \
+"${TRAIN[@]}" --lr-schedule "$LR" --stage-mix "$LATE_MIX" --steps 40000 --time-budget 117 \
   --resume latest "$@"
 # Then 122 minutes more: the learning rate back up to 1.25e-4 from step 23,295, annealed again at
 # 27,300 (6e-5) and 28,800 (3e-5):
 LR="$LR,23295:1.25e-4,27300:6e-5,28800:3e-5"
-"${TRAIN[@]}" --lr-schedule "$LR" --ratio-schedule "$LATE_MIX" --steps 40000 --time-budget 122 \
+"${TRAIN[@]}" --lr-schedule "$LR" --stage-mix "$LATE_MIX" --steps 40000 --time-budget 122 \
   --resume latest "$@"
 # Then a new run from those EMA weights (as bundled, float16) on 60k scenes weighted toward the kinds
 # the model got wrong: two classes one each, counts of one class, stated relations. fp32 eager on an
@@ -44,8 +44,8 @@ LR="$LR,23295:1.25e-4,27300:6e-5,28800:3e-5"
 python examples/nami-shapes/bundle.py "$RUN/final" "$RUN/ema-29927"
 nami prepare-data shapes --n 60000 --seed 2 --out "$DATA-mix" --stages 16,32,64 \
   --max-text-tokens 20 --shard-size 5000 --batch-size 256 --scene-mix relation:2,objects:2,pair:1,count:1
-nami train --data "$DATA-mix" --out "$RUN-mix" --init "$RUN/ema-29927" "${SHARED[@]}" --dtype fp32 \
-  --seed 1 --ratio-schedule "0:1:2:4" --lr-schedule "0:2e-5,100:6e-5,900:3e-5" --steps 1000 "$@"
+nami train --data "$DATA-mix" --out "$RUN-mix" --model "$RUN/ema-29927" "${SHARED[@]}" --dtype fp32 \
+  --seed 1 --stage-mix "0:1:2:4" --lr-schedule "0:2e-5,100:6e-5,900:3e-5" --steps 1000 "$@"
 RUN="$RUN-mix"
 # Then a new run from those weights (the EMA at step 1,000, as bundled, float16) on a world where an
 # object whose caption names no colour takes its class's usual colour 80% of the time and objects keep
@@ -55,8 +55,8 @@ python examples/nami-shapes/bundle.py "$RUN/final" "$RUN/ema-1000"
 nami prepare-data shapes --n 60000 --seed 3 --out "$DATA-usual" --stages 16,32,64 \
   --max-text-tokens 20 --shard-size 5000 --batch-size 256 --scene-mix relation:2,objects:2,pair:1,count:1 \
   --usual-color 0.8 --gap 6
-USUAL=(nami train --data "$DATA-usual" --out "$RUN-usual" --init "$RUN/ema-1000" "${SHARED[@]}" --sample-cfg 3
-  --dtype bf16 --compile --seed 4 --ratio-schedule "0:2:3:2")
+USUAL=(nami train --data "$DATA-usual" --out "$RUN-usual" --model "$RUN/ema-1000" "${SHARED[@]}" --sample-cfg 3
+  --dtype bf16 --compile --seed 4 --stage-mix "0:2:3:2")
 "${USUAL[@]}" --lr-schedule "0:3e-5,100:1e-4" --steps 1598 "$@"
 "${USUAL[@]}" --lr-schedule "0:3e-5,100:1e-4,1598:3e-5" --steps 2300 --resume latest "$@"
 RUN="$RUN-usual"
@@ -72,10 +72,10 @@ nami prepare-data shapes --n 60000 --seed 4 --out "$DATA-usual-rel" --stages 16,
   --usual-color 0.8 --gap 6
 FIRST=(nami train --data "$DATA-usual-rel" "${SHARED[@]}" --sample-cfg 3 --dtype bf16 --compile
   --lr-schedule "0:3e-5,50:1e-4")
-"${FIRST[@]}" --out "$RUN-s1" --init "$RUN/ema-2300" --batch-size 128 --seed 8 --ratio-schedule "0:1:0:0" \
+"${FIRST[@]}" --out "$RUN-s1" --model "$RUN/ema-2300" --batch-size 128 --seed 8 --stage-mix "0:1:0:0" \
   --steps 3313 "$@"
-"${FIRST[@]}" --out "$RUN-s1r" --init "$RUN-s1/final" --seed 9 --ratio-schedule "0:3:3:2" --steps 1399 "$@"
+"${FIRST[@]}" --out "$RUN-s1r" --model "$RUN-s1/final" --seed 9 --stage-mix "0:3:3:2" --steps 1399 "$@"
 RUN="$RUN-s1r"
 # Interrupted, or want more? Run the same command with --resume latest (the budget counts per run),
-# or start a new run from the shipped weights with --init nami_core/assets/nami-shapes.
+# or start a new run from the shipped weights with --model nami_core/assets/nami-shapes.
 # Then: python examples/nami-shapes/bundle.py "$RUN/final" nami_core/assets/nami-shapes

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from ..config import BASELINE_MODE, MODES, TEXT_PADDINGS, check_mode
+from ..config import BASELINE_MODE
 from ..errors import NamiError
+from .requests import LatencyRequest
 from .workload import BenchModel
 
 if TYPE_CHECKING:
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from ..flow.plan import FlowPlan
     from ..text.embeddings import TextEmbeddings
 
-DEFAULT_RESOLUTIONS = (256, 512, 1024, 2048)
-DEFAULT_MODES = ("flux-base", "flow-only", "nami")
 BENCH_PROMPT = "a photo of a red fox in the snow"
 
 # on_run(resolution, mode, round, timed) after every run; rounds count warm-up rounds too.
@@ -54,56 +53,6 @@ def interleaved_schedule(modes: Sequence[str], warmup: int, repeats: int) -> lis
         for r in range(warmup + repeats)
         for mode in modes
     ]
-
-
-@dataclass
-class LatencyRequest:
-    """The options of `nami bench latency`. `dtype` "auto" is bf16 on CUDA, fp32 on the CPU."""
-
-    preset: str | None = None
-    model_dir: str | None = None
-    resolutions: tuple[int, ...] = DEFAULT_RESOLUTIONS
-    steps: str = "30"
-    batch_size: int = 1
-    modes: tuple[str, ...] = DEFAULT_MODES
-    dtype: str = "auto"
-    attention: tuple[str, ...] = ("auto",)
-    compile: bool = False
-    device: str = "auto"
-    warmup: int = 1
-    repeats: int = 3
-    cfg: float = 3.0
-    text_tokens: int = 256
-    prompt_tokens: int = 12
-    text_padding: str | None = None
-    count_ops: bool = True
-    include_codec: bool = False
-    include_text: bool = False
-    seed: int = 0
-
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise NamiError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.warmup < 0:
-            raise NamiError(f"--warmup must be 0 or more, got {self.warmup}")
-        if self.repeats < 1:
-            raise NamiError(f"--repeats must be at least 1, got {self.repeats}")
-        if not self.modes:
-            raise NamiError(f"--modes is empty; choose from {', '.join(MODES)}")
-        for mode in self.modes:
-            check_mode(mode)
-        if len(set(self.modes)) != len(self.modes):
-            raise NamiError(f"--modes lists a mode twice: {','.join(self.modes)}")
-        if not self.resolutions:
-            raise NamiError("--resolutions is empty")
-        if len(set(self.resolutions)) != len(self.resolutions):
-            raise NamiError(f"--resolutions lists a resolution twice: {','.join(map(str, self.resolutions))}")
-        if not self.cfg > 0:
-            raise NamiError(f"--cfg must be positive (1 = no guidance), got {self.cfg}")
-        if not self.attention or len(set(self.attention)) != len(self.attention):
-            raise NamiError(f"--attention must list each backend once, got {','.join(self.attention)}")
-        if self.text_padding is not None and self.text_padding not in TEXT_PADDINGS:
-            raise NamiError(f"--text-padding must be one of {', '.join(TEXT_PADDINGS)}, got {self.text_padding!r}")
 
 
 @dataclass

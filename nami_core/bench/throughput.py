@@ -23,60 +23,12 @@ import torch
 
 from ..errors import NamiError
 from ..train.batches import split_batch
+from .requests import TrainBenchRequest
 
 TRAIN_FLOPS_PER_FORWARD = 3.0
-DEFAULT_RATIO = "4:2:1"
 
 # on_step(config name, step index counting warm-up steps, total steps of the config)
 StepCallback = Callable[[str, int, int], None]
-
-
-@dataclass
-class TrainBenchRequest:
-    """The options of `nami bench train`. `stages` default to the preset's; `dtype` "auto" is bf16
-    on CUDA, fp32 on the CPU."""
-
-    preset: str | None = None
-    stages: tuple[int, ...] | None = None
-    mode: str = "nami"
-    ratio: str = DEFAULT_RATIO
-    batch_size: int = 8
-    dtype: str = "auto"
-    attention: str = "auto"
-    grad_checkpointing: str = "none"
-    compile: bool = False
-    steps: int = 10
-    warmup: int = 2
-    device: str = "auto"
-    text_tokens: int = 256
-    prompt_tokens: int | None = None
-    realistic: bool = True
-    only: tuple[str, ...] | None = None  # configuration names to run ("stage 3", "mix 4:2:1"); None: all
-    seed: int = 0
-
-    @property
-    def real_tokens(self) -> int:
-        """Real tokens of each caption: `prompt_tokens`, or 12 (at most the slot)."""
-        return self.prompt_tokens if self.prompt_tokens is not None else min(12, self.text_tokens)
-
-    def validate(self) -> None:
-        from ..config import check_mode
-
-        check_mode(self.mode)
-        if self.batch_size < 1:
-            raise NamiError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.steps < 1:
-            raise NamiError(f"--steps must be at least 1, got {self.steps}")
-        if self.warmup < 0:
-            raise NamiError(f"--warmup must be 0 or more, got {self.warmup}")
-        if self.text_tokens < 1 or not 1 <= self.real_tokens <= self.text_tokens:
-            raise NamiError(f"--prompt-tokens must be between 1 and --text-tokens ({self.text_tokens}), "
-                            f"got {self.real_tokens}")
-        from ..train.checkpointing import CHECKPOINTING
-
-        if self.grad_checkpointing not in CHECKPOINTING:
-            raise NamiError(f"--grad-checkpointing must be one of {', '.join(CHECKPOINTING)}, "
-                            f"got {self.grad_checkpointing!r}")
 
 
 @dataclass(frozen=True)
@@ -95,7 +47,7 @@ def step_configs(num_windows: int, batch: int, ratios: Sequence[float] | None) -
     ]
     if num_windows > 1 and ratios is not None:
         if len(ratios) != num_windows:
-            raise NamiError(f"--ratio lists {len(ratios)} weights but there are {num_windows} stages")
+            raise NamiError(f"--stage-mix lists {len(ratios)} weights but there are {num_windows} stages")
         label = ":".join(f"{w:g}" for w in ratios)
         configs.append(StepConfig(f"mix {label}", tuple(split_batch(batch, ratios))))
     return configs
@@ -214,7 +166,7 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
     """Run the benchmark; returns the JSON report (see `nami bench train --help`)."""
     import tempfile
 
-    from ..config import FlowConfig, parse_float_list
+    from ..config import FlowConfig
     from ..flow.plan import FlowPlan
     from ..model.attention import apply_backend, resolve_backend
     from ..runtime import dtype_name as resolved_dtype_name
@@ -240,8 +192,8 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
     bench = load_bench_model(req.preset, None)
     flow = FlowConfig(resolutions=tuple(req.stages)) if req.stages else bench.description.flow
     plan = FlowPlan(req.mode, flow, bench.model.stage_ends, bench.pixels_per_token)
-    ratios = parse_float_list(req.ratio, "--ratio") if req.ratio else None
-    configs = [c for c in step_configs(len(plan), req.batch_size, ratios) if req.only is None or c.name in req.only]
+    configs = [c for c in step_configs(len(plan), req.batch_size, req.stage_mix)
+               if req.only is None or c.name in req.only]
     peak = device_peak_tflops(device, dtype)
     clock = Clock(device)
     results = []
@@ -260,7 +212,7 @@ def run_train_bench(req: TrainBenchRequest, on_step: StepCallback | None = None)
             if req.realistic:
                 if len(plan) > 1:  # this configuration's split, exactly, every step
                     mix = ":".join(f"{n:g}" for n in config.samples_per_stage)
-                    run.schedules.stage_mix = parse_phases(f"0:{mix}", "--ratio", flow.num_stages)
+                    run.schedules.stage_mix = parse_phases(f"0:{mix}", "--stage-mix", flow.num_stages)
                 run.batches.close()
                 run.batches = Prefetcher(run._draw, run.step_count, 10**9, pin=device.type == "cuda")
                 step = lambda: run.step(window)  # noqa: E731

@@ -17,9 +17,9 @@ from ..config import FlowConfig, ModelConfig
 from ..errors import NamiError
 from ..info import FLUX_VAE_PIXELS_PER_TOKEN, ModelDescription, describe_model_dir, describe_preset
 from ..text.embeddings import TextEmbeddings
+from .requests import DEFAULT_PRESET
 
 FLUX_VAE_DOWNSAMPLE = 8
-DEFAULT_PRESET = "nami-2b"
 
 # The FLUX.1 autoencoder's shape (diffusers AutoencoderKL config), for timing decode with random weights.
 FLUX_VAE_CONFIG = dict(

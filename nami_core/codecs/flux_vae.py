@@ -9,6 +9,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from ..config import positive_int
 from ..errors import NamiError
 
 
@@ -26,7 +27,7 @@ class FluxVAECodec(ModelMixin, ConfigMixin):
         cfg = self.vae.config
         self.channels = int(cfg.latent_channels)
         self.downsample = 2 ** (len(cfg.block_out_channels) - 1)
-        self.patch_size = patch_size
+        self.patch_size = positive_int("codec patch_size", patch_size)
         self.scaling_factor = float(cfg.scaling_factor)
         self.shift_factor = float(cfg.shift_factor or 0.0)
 

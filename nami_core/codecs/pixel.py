@@ -7,6 +7,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401  (diffusers' pipeline loader looks the base class up in this module)
 
 from ..components import ConfigOnlyComponent
+from ..config import positive_int
 
 
 class PixelCodec(ConfigOnlyComponent):
@@ -15,9 +16,9 @@ class PixelCodec(ConfigOnlyComponent):
     @register_to_config
     def __init__(self, patch_size: int = 4, channels: int = 3) -> None:
         super().__init__()
-        self.channels = channels
+        self.channels = positive_int("codec channels", channels)
         self.downsample = 1
-        self.patch_size = patch_size
+        self.patch_size = positive_int("codec patch_size", patch_size)
         # No weights; a buffer gives the module a device and dtype for pipeline placement.
         self.register_buffer("anchor", torch.zeros(()), persistent=False)
 

@@ -21,34 +21,20 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ..checksums import file_sha256
 from ..codecs.spec import build_codec, codec_record
-from ..config import validate_resolutions
 from ..errors import NamiError
-from ..files import disk_full, is_disk_full, write_json_atomic
+from ..files import write_json_atomic, writing
 from ..text.embeddings import TextEmbeddings
 from ..text.encoder import NamiTextEncoder
 from .buckets import Bucket, bucket_table, covered_level, nearest_bucket
 from .images import SkipImage, center_crop_resize, cover_crop_resize, load_image, target_resolution, to_tensor
+from .prepare_request import PrepareRequest
 from .prepare_state import STATE_FILE, check_previous
 from .sources import Source, SourceItem
-from .store import FORMAT, VERSION, load_manifest, shard_nbytes, write_shard
+from .manifest import check_data_stages  # noqa: F401  (the stages check `nami train` runs)
+from .store import FORMAT, NULL_TEXT, VERSION, shard_nbytes, write_shard
 from .units import finished_unit, has_finished_units, marker_path, shard_name
-
-DEFAULT_MAX_TOKENS = {"minilm": 32}
-
-
-@dataclass
-class PrepareRequest:
-    out: Path
-    stages: tuple[int, ...]
-    codec: str = "pixel"
-    text_encoder: str = "minilm"
-    max_text_tokens: int | None = None
-    shard_size: int = 1024
-    batch_size: int = 32
-    device: str = "cpu"
-    buckets: bool = False
-
 
 @dataclass
 class PrepareReport:
@@ -95,14 +81,6 @@ def _check_buckets(out: Path, settings: dict, has_units: bool) -> None:
         raise NamiError(f"{out} was prepared {was}; use another --out or the same settings to resume")
 
 
-def _check_numbers(req: PrepareRequest) -> None:
-    for flag, value in (("--shard-size", req.shard_size), ("--batch-size", req.batch_size)):
-        if value < 1:
-            raise NamiError(f"{flag} must be at least 1, got {value}")
-    if req.max_text_tokens is not None and req.max_text_tokens < 1:
-        raise NamiError(f"--max-text-tokens must be at least 1, got {req.max_text_tokens}")
-
-
 def text_length_limit(text: NamiTextEncoder) -> int | None:
     """The most tokens the sequence encoder takes: its learned positions (RoBERTa-style models
     keep two for padding); None when it has none (T5's relative positions)."""
@@ -142,10 +120,10 @@ class Preparer:
     """Holds the codec and text encoder and turns work units into shards."""
 
     def __init__(self, req: PrepareRequest) -> None:
-        validate_resolutions(req.stages)
-        _check_numbers(req)
+        from ..runtime import resolve_device
+
         self.req = req
-        self.device = torch.device(req.device)
+        self.device = resolve_device(req.device)
         self.codec = build_codec(req.codec).to(self.device)
         lowest = req.stages[0]
         if lowest % (self.codec.downsample * self.codec.patch_size):
@@ -153,9 +131,7 @@ class Preparer:
                 f"the lowest stage ({lowest}px) is not a whole number of {self.codec.pixels_per_token}px tokens "
                 f"for codec {req.codec}"
             )
-        kind = req.text_encoder.split(":")[0]
-        default = DEFAULT_MAX_TOKENS.get(kind, 256)
-        self.max_tokens = req.max_text_tokens if req.max_text_tokens is not None else default
+        self.max_tokens = req.text_tokens()
         self.text = NamiTextEncoder.load(req.text_encoder, self.max_tokens).to(self.device)
         _check_text_length(req, self.text, self.max_tokens)
         self.buckets = bucket_table(req.stages, self.codec.pixels_per_token) if req.buckets else None
@@ -218,7 +194,10 @@ class Preparer:
             text = self.encode_text(captions)
             name = shard_name(unit, res, bucket)
             size = _write_shard(shard_dir / name, latents, text, [it.key for it, _ in entries], captions)
-            record = {"file": f"shards/{name}", "resolution": res, "count": len(entries), "bytes": size}
+            record = {"file": f"shards/{name}", "resolution": res, "count": len(entries), "bytes": size,
+                      "sha256": file_sha256(shard_dir / name),
+                      # the longest real caption, so `nami train`'s memory check need not read the masks
+                      "text_tokens": int(text.mask.sum(1).max())}
             files.append(record if bucket is None else {**record, "bucket": bucket})
             counts[str(res)] = counts.get(str(res), 0) + len(entries)
         marker = {"unit": unit, "items": len(items), "files": files, "counts": counts,
@@ -229,12 +208,22 @@ class Preparer:
 
 def _write_shard(path: Path, latents: torch.Tensor, text: TextEmbeddings, keys: list[str], captions: list[str]) -> int:
     """`write_shard`, with a full disk reported as one line naming `path` and the bytes it needs."""
-    try:
+    with writing(path, shard_nbytes(latents, text)):
         return write_shard(path, latents, text, keys, captions)
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full(path, shard_nbytes(latents, text)) from None
-        raise
+
+
+def _holds(path: Path, text: TextEmbeddings) -> bool:
+    """Whether the shard at `path` holds exactly `text` as `write_shard` stores it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            stored = {name: f.get_tensor(name) for name in ("text", "mask", "pooled")}
+    except Exception:  # missing, damaged, or another layout: written anew
+        return False
+    wanted = {"text": text.sequence.to(torch.float16), "mask": text.mask.to(torch.bool),
+              "pooled": text.pooled.to(torch.float16)}
+    return all(stored[k].shape == v.shape and torch.equal(stored[k], v) for k, v in wanted.items())
 
 
 def prepare(
@@ -250,9 +239,7 @@ def prepare(
     errors) before any progress display starts. `on_notice` is told, in one line, of each
     finished unit found damaged and redone.
     """
-    out = Path(req.out)
-    if out.exists() and not out.is_dir():
-        raise NamiError(f"--out {out} exists and is not a folder")
+    out = req.check_out(source)
     preparer = preparer or Preparer(req)
     settings = _settings(req, preparer.max_tokens, source, preparer.buckets)
     shard_dir = out / "shards"
@@ -263,7 +250,8 @@ def prepare(
     shard_dir.mkdir(exist_ok=True)
 
     null = preparer.encode_text([""])
-    write_shard(out / "null_text.safetensors", torch.zeros(1, 1), null, [""], [""])
+    if not _holds(out / NULL_TEXT, null):  # kept when equal: safetensors orders its header anew each write
+        write_shard(out / NULL_TEXT, torch.zeros(1, 1), null, [""], [""])
 
     try:
         total = len(source)
@@ -292,6 +280,12 @@ def prepare(
         report.seconds = time.perf_counter() - t0
         if on_progress is not None:
             on_progress(seen, total, report)
+    if report.images == 0:  # the units hold no shards: forget them, so a fixed source is read again
+        for marker in markers:
+            marker_path(shard_dir, marker["unit"]).unlink(missing_ok=True)
+        reasons = ", ".join(f"{k} x{v}" for k, v in report.skipped.items()) or "the source gave no items"
+        raise NamiError(f"none of the {seen} source items could be used ({reasons}); {out / 'manifest.json'} "
+                        "was not written")
     write_manifest(out, req, preparer, source, markers)
     report.seconds = time.perf_counter() - t0
     return report
@@ -335,7 +329,9 @@ def write_manifest(out: Path, req: PrepareRequest, preparer: Preparer, source: S
         },
         "counts": {str(r): counts.get(str(r), 0) for r in req.stages},
         "total": sum(counts.values()),
-        "null_text": "null_text.safetensors",
+        "null_text": NULL_TEXT,
+        "null_text_bytes": (out / NULL_TEXT).stat().st_size,
+        "null_text_sha256": file_sha256(out / NULL_TEXT),
         "shards": shards,
         "skipped": skipped,
         "skipped_by_reason": dict(Counter(s["reason"].split(" (")[0] for s in skipped)),
@@ -354,15 +350,3 @@ def _bucket_records(buckets: list[Bucket], stages: Sequence[int], shards: list[d
     for shard in shards:
         counts[shard["bucket"]][int(shard["resolution"])] += int(shard["count"])
     return [b.record(counts[b.name]) for b in buckets]
-
-
-def check_data_stages(folder: Path, stages: Sequence[int]) -> dict:
-    """The manifest of `folder`, after checking it was prepared for `stages`."""
-    manifest = load_manifest(folder)
-    prepared = [int(s) for s in manifest["stages"]]
-    if list(stages) != prepared:
-        raise NamiError(
-            f"--stages {','.join(map(str, stages))} differ from the data's stages "
-            f"{','.join(map(str, prepared))} (see {Path(folder) / 'manifest.json'})"
-        )
-    return manifest

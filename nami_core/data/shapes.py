@@ -8,7 +8,6 @@ GenEval's position rule. Scenes are deterministic by (seed, index).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..geometry import OPPOSITE, RELATIONS, relative_position
+from .scene_settings import DEFAULT_SCENE_MIX, DEFAULT_STYLE, SCENE_KIND_NAMES, SceneStyle, parse_scene_mix  # noqa: F401
 from .sources import Source, SourceItem
 
 if TYPE_CHECKING:
@@ -41,28 +41,6 @@ MIN_SIDE, MAX_SIDE = 14, 22
 USUAL_COLORS = {"circle": "red", "square": "blue", "triangle": "yellow", "diamond": "green"}
 
 
-@dataclass(frozen=True)
-class SceneStyle:
-    """What a scene's caption leaves open and the generator decides.
-
-    usual_color: chance that an object whose caption names no colour is drawn in its class's usual
-        colour (`USUAL_COLORS`) instead of a random one; 0 keeps every such colour random.
-    gap: least distance between two objects' boxes, in pixels of a 64 px image.
-    """
-
-    usual_color: float = 0.0
-    gap: float = 2.0
-
-    def __post_init__(self) -> None:
-        from ..errors import NamiError
-
-        if not 0.0 <= self.usual_color <= 1.0:
-            raise NamiError(f"--usual-color must be between 0 and 1, got {self.usual_color:g}")
-        if not 0.0 <= self.gap <= 8.0:
-            raise NamiError(f"--gap must be between 0 and 8 pixels, got {self.gap:g}")
-
-
-DEFAULT_STYLE = SceneStyle()
 
 
 @dataclass(frozen=True)
@@ -254,34 +232,7 @@ def _groups_scene(rng, size, style: SceneStyle, classes: list[str], counts: list
     return Scene(shapes, caption)
 
 
-SCENE_KINDS = {  # the order fixes how one uniform draw picks a kind
-    "relation": _relation_scene,
-    "objects": _objects_scene,
-    "pair": _pair_scene,
-    "count": _count_scene,
-}
-DEFAULT_SCENE_MIX = {"relation": 1.0, "objects": 3.0}
-
-
-def parse_scene_mix(text: str) -> dict[str, float]:
-    """'objects:3,relation:1' -> {kind: weight}; every kind must be in SCENE_KINDS."""
-    from ..errors import NamiError
-
-    mix: dict[str, float] = {}
-    for part in text.split(","):
-        kind, sep, weight = part.strip().partition(":")
-        if not sep or kind not in SCENE_KINDS:
-            raise NamiError(f"--scene-mix: {part.strip()!r} is not KIND:WEIGHT with KIND one of {', '.join(SCENE_KINDS)}")
-        try:
-            value = float(weight)
-        except ValueError:
-            value = -1.0
-        if not (value >= 0 and math.isfinite(value)):
-            raise NamiError(f"--scene-mix: the weight of {kind!r} must be a number >= 0, got {weight!r}")
-        mix[kind] = value
-    if sum(mix.values()) <= 0:
-        raise NamiError("--scene-mix: at least one weight must be above 0")
-    return mix
+SCENE_KINDS = dict(zip(SCENE_KIND_NAMES, (_relation_scene, _objects_scene, _pair_scene, _count_scene)))
 
 
 def random_scene(rng: np.random.Generator, size: int = 64, mix: dict[str, float] | None = None,
@@ -316,9 +267,11 @@ class ShapesSource(Source):
         self.n, self.seed, self.size = n, seed, size
         self.mix = dict(mix or DEFAULT_SCENE_MIX)
         self.style = style
-        self.images_dir = Path(images_dir) if images_dir else None
-        if self.images_dir:
-            self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.images_dir = Path(images_dir) if images_dir is not None else None
+        if self.images_dir is not None:
+            from ..output_targets import SCENES, check_out_folder
+
+            check_out_folder(self.images_dir, SCENES, flag="--images-dir")  # new, empty, or scenes written before
 
     def __len__(self) -> int:
         return self.n
@@ -331,6 +284,7 @@ class ShapesSource(Source):
     def _image(self, scene: Scene, index: int) -> Image.Image:
         img = render(scene.shapes, self.size)
         if self.images_dir is not None:
+            self.images_dir.mkdir(parents=True, exist_ok=True)  # made by the first scene, not by a refused command
             img.save(self.images_dir / f"{index:07d}.png")
             (self.images_dir / f"{index:07d}.txt").write_text(scene.caption + "\n")
         return img

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import NamiError, first_line
+from ..user_files import parse_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 IMAGE_COLUMNS = ("image", "img", "jpg", "png", "webp", "jpeg")
@@ -48,6 +48,11 @@ class Source:
 
     def describe(self) -> str:
         return self.name
+
+    def input_paths(self) -> list[Path]:
+        """The files and folders the items are read from (none for generated sources): the
+        prepared folder may not be, hold or lie inside any of them."""
+        return []
 
     def fingerprint(self) -> dict:
         """The listing in short: `items` (None when unknown) and a `sha256` that changes when
@@ -88,13 +93,13 @@ def refuse_columns(image_column: str | None, caption_column: str | None, what: s
 
 def _caption_for(image: Path) -> str | None:
     txt = image.with_suffix(".txt")
-    if txt.is_file():
-        return txt.read_text(encoding="utf-8", errors="replace").strip()
+    if txt.is_file():  # utf-8-sig: a byte-order mark is not part of the caption
+        return txt.read_text(encoding="utf-8-sig", errors="replace").strip()
     meta = image.with_suffix(".json")
     if meta.is_file():
         try:
-            data = json.loads(meta.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+            data = parse_json(meta.read_text(encoding="utf-8-sig"), str(meta))
+        except (NamiError, UnicodeDecodeError):
             return None
         caption = data.get("caption") if isinstance(data, dict) else None
         return str(caption).strip() if caption is not None else None
@@ -121,6 +126,9 @@ class FolderSource(Source):
 
     def describe(self) -> str:
         return f"folder {self.root} ({len(self.files)} images)"
+
+    def input_paths(self) -> list[Path]:
+        return [self.root]
 
     def fingerprint(self) -> dict:
         return listing_fingerprint(len(self.files), files_listing(self.files, self.root))
@@ -186,6 +194,9 @@ class TableSource(Source):
     def describe(self) -> str:
         return f"{self.label} ({len(self.dataset)} rows, image={self.image_column}, caption={self.caption_column})"
 
+    def input_paths(self) -> list[Path]:
+        return list(self.files or [])
+
     def fingerprint(self) -> dict:
         if self.files is None:
             return super().fingerprint()
@@ -205,23 +216,37 @@ class WebDatasetSource(Source):
         missing = [u for u in self.urls if not Path(u).is_file()]
         if missing:
             raise NamiError(f"webdataset shard {missing[0]} does not exist")
+        for url in self.urls:
+            check_tar(url)
         self.pattern = pattern
 
+    def input_paths(self) -> list[Path]:
+        return [Path(u) for u in self.urls]
+
     def __iter__(self) -> Iterator[SourceItem]:
+        import tarfile
+
         import webdataset as wds
 
         dataset = wds.WebDataset(self.urls, shardshuffle=False, empty_check=False)
+        try:
+            yield from self._items(dataset)
+        except (tarfile.TarError, OSError, EOFError) as exc:  # a shard damaged past its first header
+            raise NamiError(f"a webdataset shard of {self.pattern} cannot be read to its end "
+                            f"({type(exc).__name__}: {first_line(exc)})") from None
+
+    def _items(self, dataset) -> Iterator[SourceItem]:
         for sample in dataset:
             key = f"{Path(str(sample.get('__url__', ''))).name}/{sample['__key__']}"
             image = next((sample[k] for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
             caption = None
             if "txt" in sample:
-                caption = sample["txt"].decode("utf-8", errors="replace").strip()
+                caption = sample["txt"].decode("utf-8-sig", errors="replace").strip()
             elif "json" in sample:
                 try:
-                    meta = json.loads(sample["json"])
+                    meta = parse_json(sample["json"].decode("utf-8-sig"), key)
                     caption = meta.get("caption") if isinstance(meta, dict) else None
-                except json.JSONDecodeError:
+                except (NamiError, UnicodeDecodeError):
                     caption = None
             yield SourceItem(key, (lambda b=image: b) if image is not None else _missing_image, caption)
 
@@ -230,6 +255,29 @@ class WebDatasetSource(Source):
 
     def fingerprint(self) -> dict:
         return listing_fingerprint(None, [f"{url}\t{Path(url).stat().st_size}" for url in self.urls])
+
+
+TAR_TAIL = 1 << 20  # bytes after a tar's last member that are read to tell its zero padding from garbage
+
+
+def check_tar(url: str) -> None:
+    """NamiError unless `url` is a whole tar file: its member headers read to the end, and only zero
+    padding after the last one. (`tarfile` takes a damaged header after the first member for the
+    end of the archive, so a damaged shard would otherwise lose its later samples without a word.)"""
+    import tarfile
+
+    try:
+        with tarfile.open(url) as tar:
+            members = len(tar.getmembers())
+            end = tar.offset
+    except (tarfile.TarError, OSError, EOFError):
+        raise NamiError(f"webdataset shard {url} is not a tar file (damaged, or another format)") from None
+    with open(url, "rb") as f:
+        f.seek(end)
+        tail = f.read(TAR_TAIL)
+    if tail.strip(b"\0"):
+        raise NamiError(f"webdataset shard {url} is damaged after its member {members} (byte {end:,} of "
+                        f"{Path(url).stat().st_size:,}): its later samples cannot be read")
 
 
 def _missing_image():

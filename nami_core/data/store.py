@@ -22,9 +22,7 @@ holds latents (n, C, h, w) at the bucket's size for stage 256. Folders without t
 
 from __future__ import annotations
 
-import errno
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -33,14 +31,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..checksums import VerifiedFiles, file_problem
 from ..errors import NamiError
-from ..files import disk_full, is_disk_full, write_atomic
+from ..files import write_atomic
 from ..text.embeddings import TextEmbeddings
 from .buckets import Bucket
+from .manifest import FORMAT, VERSION, check_counts, load_manifest  # noqa: F401  (the format's reader)
 from .shard_check import damaged_shard, read_failure, shard_problem
 
-FORMAT = "nami-latents"
-VERSION = 1
+NULL_TEXT = "null_text.safetensors"
 
 
 def write_shard(path: Path, latents: torch.Tensor, text: TextEmbeddings, keys: list[str], captions: list[str]) -> int:
@@ -57,42 +56,13 @@ def write_shard(path: Path, latents: torch.Tensor, text: TextEmbeddings, keys: l
     metadata = {"keys": json.dumps(keys), "captions": json.dumps(captions)}
     needed = shard_nbytes(latents, text) + sum(map(len, metadata.values()))
 
-    def save(tmp: Path) -> None:
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-        except (OSError, SafetensorError) as exc:
-            if is_disk_full(exc) or _safetensors_disk_full(exc):
-                raise disk_full(path, needed) from None
-            raise
-
-    write_atomic(path, save)
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), needed)
     return path.stat().st_size
 
 
 def shard_nbytes(latents: torch.Tensor, text: TextEmbeddings) -> int:
     """The bytes of a shard's tensors as stored (float16 latents and text, bool mask)."""
     return 2 * (latents.numel() + text.sequence.numel() + text.pooled.numel()) + text.mask.numel()
-
-
-def _safetensors_disk_full(exc: BaseException) -> bool:
-    """safetensors reports I/O errors as `SafetensorError(... (os error 28))`."""
-    found = re.search(r"os error (\d+)", str(exc))
-    return isinstance(exc, SafetensorError) and found is not None and int(found.group(1)) in (errno.ENOSPC, errno.EDQUOT)
-
-
-def load_manifest(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / "manifest.json"
-    if not Path(folder).is_dir():
-        raise NamiError(f"data directory {folder} does not exist")
-    if not path.is_file():
-        raise NamiError(f"{folder} has no manifest.json; run `nami prepare-data` first")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NamiError(f"{path} is not valid JSON ({exc.msg})") from None
-    if manifest.get("format") != FORMAT:
-        raise NamiError(f"{path} is not a nami prepared-data manifest")
-    return manifest
 
 
 @dataclass
@@ -131,6 +101,11 @@ class LatentStore:
         self.buckets = manifest_buckets(self.manifest)
         names = {b.name for b in self.buckets or []}
         self.shards: dict[Key, list[tuple[Path, int]]] = {}
+        self._verified = VerifiedFiles.load()
+        null = self.folder / self.manifest["null_text"]
+        if self.manifest.get("null_text_sha256") is not None:
+            self._check_shard(null, {"bytes": self.manifest.get("null_text_bytes"),
+                                     "sha256": self.manifest["null_text_sha256"]})
         for shard in self.manifest["shards"]:
             path = self.folder / shard["file"]
             self._check_shard(path, shard)
@@ -139,6 +114,7 @@ class LatentStore:
                 raise NamiError(f"shard {path} names bucket {bucket!r}, which {self.folder / 'manifest.json'} "
                                 "does not list")
             self.shards.setdefault((int(shard["resolution"]), bucket), []).append((path, int(shard["count"])))
+        self._verified.save()
         if not self.shards:
             raise NamiError(f"{self.folder} holds no images (every source item was skipped)")
         self.offsets = {key: torch.tensor([0] + [n for _, n in shards]).cumsum(0) for key, shards in self.shards.items()}
@@ -147,7 +123,6 @@ class LatentStore:
         if preload:
             for key in self.shards:
                 self._cache[key] = self._load_all(key)
-        null = self.folder / self.manifest["null_text"]
         try:
             with safe_open(str(null), "pt") as f:
                 self.null_text_raw = TextEmbeddings.from_host_mask(
@@ -176,6 +151,9 @@ class LatentStore:
             size = path.stat().st_size
             if size != shard["bytes"]:
                 raise damaged_shard(path, f"{size:,} bytes, {shard['bytes']:,} when written")
+            # then its sha256, when recorded: hashed once, remembered while size, mtime and inode stay
+            if shard.get("sha256") is not None and file_problem(path, shard, self._verified) is not None:
+                raise damaged_shard(path, "its bytes changed since it was written: the sha256 differs")
             return
         problem = shard_problem(path, int(shard["count"]))
         if problem is not None:

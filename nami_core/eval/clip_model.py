@@ -12,10 +12,8 @@ from typing import Sequence
 import torch
 
 from ..errors import NamiError
-from .weights import check_model_folder, load_pretrained
+from .weights import CLIP_HINT, clip_folder, load_pretrained
 
-CLIP_HINT = ("save a transformers CLIP model there, e.g. CLIPModel and CLIPProcessor of "
-             "openai/clip-vit-large-patch14 via save_pretrained(PATH) on a machine with internet")
 
 
 def _features(output) -> torch.Tensor:
@@ -35,7 +33,7 @@ class ClipEncoder:
         from transformers import AutoProcessor, CLIPModel
 
         what = f"{flag} (a CLIP model)"
-        folder = check_model_folder(path, what, CLIP_HINT)
+        folder = clip_folder(path, flag)
         self.path = folder
         self.device = torch.device(device)
         self.model = load_pretrained(CLIPModel, folder, what, CLIP_HINT).to(self.device)

@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 
 from ..errors import NamiError
+from ..config import field_default
+from .metric_requests import ClipScoreRequest
 from .clip_model import ClipEncoder
 from ..png import read_png_metadata
 from .io import list_images, read_rgb
@@ -45,7 +47,8 @@ def prompted_images(folder: str | Path) -> list[tuple[Path, str]]:
     return pairs
 
 
-def score_images(encoder: ClipEncoder, pairs: list[tuple[Path, str]], batch_size: int = 16,
+def score_images(encoder: ClipEncoder, pairs: list[tuple[Path, str]],
+                 batch_size: int = field_default(ClipScoreRequest, "batch_size"),
                  on_batch: Callable[[int, int], None] | None = None) -> list[float]:
     """The CLIPScore of every (image, prompt) pair, in order."""
     scores: list[float] = []

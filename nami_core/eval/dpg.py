@@ -41,6 +41,7 @@ from ..errors import NamiError
 COLUMNS = ("item_id", "text", "proposition_id", "dependency", "tuple", "question_natural_language")
 CELLS = 4  # ELLA's --pic-num for DPG-Bench
 ANSWER_MATCHES = ("exact", "lenient")  # "exact" is ELLA's rule
+REFERENCE_VQA = "mPLUG-large"  # DPG-Bench's VQA model; scores from any other are not comparable
 
 
 def exact_yes(answer: str) -> bool:
@@ -99,7 +100,7 @@ def read_dpg_csv(path: str | Path, drop_first_row: bool = True) -> dict[str, Ite
         raise NamiError(f"DPG csv {path} does not exist" if not path.exists() else f"DPG csv {path} is not a file")
     items: dict[str, Item] = {}
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # a byte-order mark is not a column name
             reader = csv.DictReader(handle)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:

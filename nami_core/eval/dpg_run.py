@@ -9,20 +9,62 @@ only after every grid was scored.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from ..config import one_of
+from ..input_paths import FILE, FOLDER, reads
+from .weights import vqa_folder
 from ..errors import NamiError
 from . import dpg
+from .generation import GenerationSettings
 from ..files import write_json_atomic, write_jsonl_atomic
-from ..output_targets import check_folder_target
+from ..output_names import safe_name
+from ..output_targets import DPG, Inputs, check_out_folder
+from ..user_files import read_text
 from ..png import read_png_metadata, save_png
 from .io import read_rgb
-from .vqa import REFERENCE
 
 RESULTS_NAME = "dpg_results.jsonl"
 SUMMARY_NAME = "dpg_summary.json"
-NOT_COMPARABLE = f"not comparable to {REFERENCE}"
+NOT_COMPARABLE = f"not comparable to {dpg.REFERENCE_VQA}"
+
+
+@dataclass(kw_only=True)
+class DpgRequest(GenerationSettings):
+    """`nami eval dpg`: the questions (`csv`), the VQA model folder, the grids folder (`out`), the
+    prompts folder (needed to generate), how questions are put to the VQA model and answers
+    matched. Every prompt gets `dpg.CELLS` images, the cells of its grid."""
+
+    csv: Path | str = field(metadata=reads(FILE))
+    vqa: str = field(metadata=reads(vqa_folder))
+    out: Path | str
+    prompts: Path | str | None = field(default=None, metadata=reads(FOLDER))
+    skip_generation: bool = False
+    vqa_prompt: str = "{question}"
+    keep_first_row: bool = False
+    answer_match: str = field(default="exact", metadata=one_of(dpg.ANSWER_MATCHES))
+    images_per_prompt: int = field(default=dpg.CELLS, init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.csv, self.out = Path(self.csv), Path(self.out)
+        if self.prompts is None and not self.skip_generation:
+            raise NamiError("--prompts DIR is required to generate (or pass --skip-generation to score --out)")
+        if "{question}" not in self.vqa_prompt:
+            raise NamiError(f"--vqa-prompt must contain {{question}}, got {self.vqa_prompt!r}")
+        try:
+            self.vqa_prompt.format(question="")
+        except (KeyError, IndexError, ValueError):
+            raise NamiError(f"--vqa-prompt may hold {{question}} and no other {{field}}, got {self.vqa_prompt!r} "
+                            "(write a brace as {{ or }})") from None
+
+    def generating(self) -> bool:
+        return not self.skip_generation
+
+    def inputs(self) -> dict[str, Any]:
+        return {"--prompts": self.prompts, "--csv": self.csv, "--vqa": self.vqa, **super().inputs()}
 
 
 def read_prompt_dir(folder: str | Path) -> dict[str, str]:
@@ -32,10 +74,7 @@ def read_prompt_dir(folder: str | Path) -> dict[str, str]:
         raise NamiError(f"--prompts {folder} is not a folder of DPG-Bench <item_id>.txt prompt files")
     prompts = {}
     for path in sorted(folder.glob("*.txt")):
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except UnicodeDecodeError:
-            raise NamiError(f"prompt file {path} is not UTF-8 text") from None
+        text = read_text(path, "prompt file").strip()
         if not text:
             raise NamiError(f"prompt file {path} is empty")
         prompts[path.stem] = text
@@ -49,6 +88,9 @@ def generate_grids(generator, prompts: dict[str, str], out: str | Path, seed: in
     """Write `<out>/<item_id>.png`, a 2x2 grid of the prompt's four images, for every prompt."""
     out = Path(out)
     check_new_grid_folder(out)
+    names = [grid_name(i) for i in prompts]
+    if len(set(names)) != len(names):
+        raise NamiError("two DPG-Bench item ids give the same file name; make the prompt file names distinct")
     out.mkdir(parents=True, exist_ok=True)
     ids = list(prompts)
     cells: list = []
@@ -58,16 +100,22 @@ def generate_grids(generator, prompts: dict[str, str], out: str | Path, seed: in
             item_id = ids[made.index]
             info = generator.info(prompts[item_id], made.seed - (dpg.CELLS - 1), item_id=item_id,
                                   cell_seeds=[made.seed - (dpg.CELLS - 1) + k for k in range(dpg.CELLS)])
-            save_png(dpg.make_grid(cells), out / f"{item_id}.png", info)
+            save_png(dpg.make_grid(cells), out / grid_name(item_id), info)
             cells = []
             if on_grid is not None:
                 on_grid(made.index + 1, len(ids))
 
 
-def check_new_grid_folder(out: str | Path) -> None:
-    """NamiError unless `out` can be made a folder and holds no images yet (checked before any model loads)."""
-    out = Path(out)
-    check_folder_target(out, "--out")
+def grid_name(item_id: str) -> str:
+    """`<item_id>.png`, the id made a safe file name (`output_names.safe_name`)."""
+    return f"{safe_name(item_id)}.png"
+
+
+def check_new_grid_folder(out: str | Path, inputs: Inputs | None = None) -> None:
+    """NamiError unless `out` may receive the grids (the output policy, `output_targets`: a new or
+    empty folder, none of `inputs` nor around them) and holds no images yet (checked before any
+    model loads)."""
+    out = check_out_folder(out, DPG, inputs)
     if out.is_dir() and any(out.glob("*.png")):
         raise NamiError(f"{out} already holds images; score them with --skip-generation or choose an empty --out")
 
@@ -81,9 +129,14 @@ def grid_files(folder: str | Path, items: dict[str, dpg.Item]) -> list[Path]:
     if not files:
         raise NamiError(f"{folder} has no <item_id>.png grids")
     for path in files:
-        if path.stem not in items:
+        if path.name not in grid_names(items):
             raise NamiError(f"{path.name} in {folder} is not a DPG-Bench item of the csv; expected <item_id>.png")
     return files
+
+
+def grid_names(items: dict[str, dpg.Item]) -> dict[str, str]:
+    """grid file name -> item id, for every item of the csv."""
+    return {grid_name(item_id): item_id for item_id in items}
 
 
 def evaluate_grids(folder: str | Path, items: dict[str, dpg.Item], vqa,
@@ -97,8 +150,9 @@ def evaluate_grids(folder: str | Path, items: dict[str, dpg.Item], vqa,
     folder = Path(folder)
     files = grid_files(folder, items)
     results, records, skipped = [], [], []
+    by_name = grid_names(items)
     for done, path in enumerate(files, start=1):
-        item = items[path.stem]
+        item = items[by_name[path.name]]
         cells = dpg.grid_cells(read_rgb(path))
         questions = [q.question for q in item.questions]
         answers = [dict(zip((q.qid for q in item.questions), vqa.answer(cell, questions))) for cell in cells]
@@ -121,7 +175,7 @@ def evaluate_grids(folder: str | Path, items: dict[str, dpg.Item], vqa,
         "answer_match": answer_match,
         "note": "" if vqa.comparable else f"scored with {vqa.name}: {NOT_COMPARABLE} (DPG-Bench's reference VQA model)",
         "skipped": skipped,
-        "missing": sorted(set(items) - {p.stem for p in files}),
+        "missing": sorted(set(items) - {by_name[p.name] for p in files}),
     })
     write_jsonl_atomic(folder / RESULTS_NAME, records)
     write_json_atomic(folder / SUMMARY_NAME, summary)

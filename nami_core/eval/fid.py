@@ -27,12 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import field_default
 from ..errors import NamiError
 from .io import list_images, read_rgb
+from .metric_requests import FidRequest
+from .weights import INCEPTION_HINT, inception_file
 
 INCEPTION_SIZE = 299
-INCEPTION_HINT = ("download inception-2015-12-05.pt (the TorchScript FID Inception used by StyleGAN2-ADA and "
-                  "clean-fid) on a machine with internet and pass its path with --inception")
+BATCH = field_default(FidRequest, "batch_size")  # images per Inception call
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -76,13 +78,7 @@ class InceptionFeatures:
     """The TorchScript FID Inception: (B, 3, 299, 299) pixel values -> (B, D) features."""
 
     def __init__(self, path: str | Path | None, device: torch.device | str = "cpu") -> None:
-        if path is None or not str(path).strip():
-            raise NamiError(f"--inception is required; {INCEPTION_HINT}")
-        path = Path(path).expanduser()
-        if not path.exists():
-            raise NamiError(f"--inception: {path} does not exist; {INCEPTION_HINT}")
-        if not path.is_file():
-            raise NamiError(f"--inception: {path} is a folder, expected the .pt file; {INCEPTION_HINT}")
+        path = inception_file(path)
         self.device = torch.device(device)
         try:
             self.model = torch.jit.load(str(path), map_location=self.device).eval()
@@ -96,7 +92,7 @@ class InceptionFeatures:
         return features.reshape(pixels.shape[0], -1).float().cpu()
 
 
-def folder_features(folder: str | Path, extractor: Callable[[torch.Tensor], torch.Tensor], batch_size: int = 32,
+def folder_features(folder: str | Path, extractor: Callable[[torch.Tensor], torch.Tensor], batch_size: int = BATCH,
                     on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
     """(N, D) features of every image under `folder` (recursively, name order)."""
     paths = list_images(folder)
@@ -112,7 +108,7 @@ def folder_features(folder: str | Path, extractor: Callable[[torch.Tensor], torc
 
 
 def folder_fid(real: str | Path, fake: str | Path, extractor: Callable[[torch.Tensor], torch.Tensor],
-               batch_size: int = 32) -> dict:
+               batch_size: int = BATCH) -> dict:
     """{"fid", "real_images", "fake_images"} between the two folders."""
     real_features = folder_features(real, extractor, batch_size)
     fake_features = folder_features(fake, extractor, batch_size)

@@ -39,6 +39,8 @@ import numpy as np
 
 from ..errors import NamiError
 from ..files import write_text_atomic
+from ..output_targets import GENEVAL, Inputs, check_out_folder
+from ..user_files import parse_json, read_jsonl, read_text
 from ..geometry import POSITION_THRESHOLD, RELATIONS, relative_position
 
 THRESHOLD = 0.3
@@ -159,11 +161,7 @@ def validate_metadata(meta: Any, where: str) -> dict:
 
 def parse_metadata_line(text: str, where: str) -> dict:
     """One JSON metadata line -> validated dict (NamiError naming `where` otherwise)."""
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _problem(where, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    return validate_metadata(meta, where)
+    return validate_metadata(parse_json(text, where), where)
 
 
 def read_metadata(path: str | Path) -> list[dict]:
@@ -174,14 +172,7 @@ def read_metadata(path: str | Path) -> list[dict]:
 def read_metadata_lines(path: str | Path) -> list[tuple[str, dict]]:
     """("file:line", metadata) for every metadata line of a GenEval `.jsonl` file, validated."""
     path = Path(path)
-    if not path.exists():
-        raise NamiError(f"metadata file {path} does not exist")
-    if not path.is_file():
-        raise NamiError(f"metadata file {path} is not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise NamiError(f"metadata file {path} is not UTF-8 text") from None
+    text = read_text(path, "metadata file")
     lines = [(f"{path}:{number}", parse_metadata_line(line, f"{path}:{number}"))
              for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     if not lines:
@@ -322,8 +313,20 @@ def sample_path(out: str | Path, index: int, image: int) -> Path:
     return prompt_dir(out, index) / SAMPLES_NAME / f"{image:04d}.png"
 
 
-def write_prompt_folders(out: str | Path, lines: Sequence[dict]) -> list[Path]:
-    """Create `<out>/<i:05d>/metadata.jsonl` and an empty `samples/` folder for every metadata line."""
+def check_generation_folder(out: str | Path, inputs: Inputs | None = None) -> Path:
+    """`out` may receive generated GenEval samples (the output policy, `output_targets`): a new or
+    empty folder, not the metadata file or the model, nor around them."""
+    out = check_out_folder(out, GENEVAL, inputs)
+    if out.is_dir() and any(_PROMPT_DIR.fullmatch(p.name) for p in out.iterdir()):
+        raise NamiError(f"{out} already holds GenEval samples; score them with --skip-generation "
+                        f"or choose an empty --out")
+    return out
+
+
+def write_prompt_folders(out: str | Path, lines: Sequence[dict], inputs: Inputs | None = None) -> list[Path]:
+    """Create `<out>/<i:05d>/metadata.jsonl` and an empty `samples/` folder for every metadata line,
+    in a folder `check_generation_folder` accepts."""
+    check_generation_folder(out, inputs)
     dirs = []
     for i, meta in enumerate(lines):
         folder = prompt_dir(out, i)
@@ -361,10 +364,7 @@ def read_layout(folder: str | Path) -> list[PromptFolder]:
         if not meta_path.is_file():
             raise NamiError(f"{sub} has no {METADATA_NAME}; expected the GenEval layout "
                             f"<out>/00000/{METADATA_NAME} + <out>/00000/{SAMPLES_NAME}/0000.png")
-        try:
-            text = meta_path.read_text(encoding="utf-8").strip()
-        except UnicodeDecodeError:
-            raise NamiError(f"{meta_path} is not UTF-8 text") from None
+        text = read_text(meta_path, "metadata file").strip()
         meta = parse_metadata_line(text, f"{meta_path}:1") if text else None
         if meta is None:
             raise NamiError(f"{meta_path} is empty")
@@ -438,4 +438,4 @@ def evaluate_folder(folder: str | Path, detector: Detector,
 def read_results(folder: str | Path) -> list[dict]:
     """The records of `<folder>/results.jsonl`."""
     path = Path(folder) / RESULTS_NAME
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path, "results file")

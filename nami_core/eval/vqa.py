@@ -22,11 +22,8 @@ from typing import Protocol, Sequence
 import torch
 
 from ..errors import NamiError
-from .weights import check_model_folder, load_pretrained
+from .weights import VQA_HINT, load_pretrained, vqa_folder
 
-VQA_HINT = ("save a transformers VQA model and its processor there, e.g. Salesforce/blip-vqa-base "
-            "(BlipForQuestionAnswering + BlipProcessor) via save_pretrained(PATH)")
-REFERENCE = "mPLUG-large"
 
 
 class VQAModel(Protocol):
@@ -49,7 +46,7 @@ class TransformersVQA:
         from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
 
         what = "--vqa (a VQA model)"
-        folder = check_model_folder(path, what, VQA_HINT)
+        folder = vqa_folder(path)
         if "{question}" not in prompt:
             raise NamiError(f"--vqa-prompt must contain {{question}}, got {prompt!r}")
         self.device = torch.device(device)

@@ -14,6 +14,12 @@ from ..errors import NamiError, first_line
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
+CLIP_HINT = ("save a transformers CLIP model there, e.g. CLIPModel and CLIPProcessor of "
+             "openai/clip-vit-large-patch14 via save_pretrained(PATH) on a machine with internet")
+VQA_HINT = ("save a transformers VQA model and its processor there, e.g. Salesforce/blip-vqa-base "
+            "(BlipForQuestionAnswering + BlipProcessor) via save_pretrained(PATH)")
+INCEPTION_HINT = ("download inception-2015-12-05.pt (the TorchScript FID Inception used by StyleGAN2-ADA and "
+                  "clean-fid) on a machine with internet and pass its path with --inception")
 
 
 def check_model_folder(path: str | Path | None, what: str, hint: str) -> Path:
@@ -33,6 +39,28 @@ def check_model_folder(path: str | Path | None, what: str, hint: str) -> Path:
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise NamiError(f"{what}: {folder} has no weights (model.safetensors or pytorch_model.bin); {hint}")
     return folder
+
+
+def clip_folder(path: str | Path | None, flag: str = "--clip") -> Path:
+    """The folder of a CLIP model (`check_model_folder`), checked before torch loads."""
+    return check_model_folder(path, f"{flag} (a CLIP model)", CLIP_HINT)
+
+
+def vqa_folder(path: str | Path | None, flag: str = "--vqa") -> Path:
+    """The folder of a VQA model (`check_model_folder`), checked before torch loads."""
+    return check_model_folder(path, f"{flag} (a VQA model)", VQA_HINT)
+
+
+def inception_file(path: str | Path | None, flag: str = "--inception") -> Path:
+    """The FID Inception's TorchScript file, checked before torch loads."""
+    if path is None or not str(path).strip():
+        raise NamiError(f"{flag} is required; {INCEPTION_HINT}")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise NamiError(f"{flag}: {path} does not exist; {INCEPTION_HINT}")
+    if not path.is_file():
+        raise NamiError(f"{flag}: {path} is a folder, expected the .pt file; {INCEPTION_HINT}")
+    return path
 
 
 def load_pretrained(loader: Any, folder: Path, what: str, hint: str, **kwargs):

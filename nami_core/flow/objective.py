@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import TIMESTEP_SAMPLINGS
 from .pyramid import down, up
 from .plan import StageWindow
-
-RATIO_SAMPLINGS = ("logit-normal", "uniform")
 
 
 @dataclass
@@ -38,7 +37,7 @@ def sample_ratios(n: int, window: StageWindow, method: str, generator=None, devi
     elif method == "logit-normal":
         t = torch.sigmoid(torch.randn(n, generator=generator, dtype=torch.float64))
     else:
-        raise ValueError(f"ratio sampling must be one of {', '.join(RATIO_SAMPLINGS)}, got {method!r}")
+        raise ValueError(f"ratio sampling must be one of {', '.join(TIMESTEP_SAMPLINGS)}, got {method!r}")
     r = torch.from_numpy(np.asarray(window.warp(t.numpy())))
     return r.to(device=device, dtype=torch.float32)
 

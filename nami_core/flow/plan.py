@@ -6,7 +6,8 @@ high resolution. Inside window k a *local ratio* r runs from 1 (window start) to
 conditioned on `tau = tau_end_k + r * (tau_start_k - tau_end_k)` (in [0, 1]; the
 model multiplies by 1000 inside, FLUX style).
 
-`FlowPlan` is the one place that knows what a mode means (`MODE_RULES`):
+`FlowPlan` is the one place that applies what a mode means (`config.MODE_RULES`, the rule table,
+lives in the lowest layer so every option and check can list the modes from it):
 
 * ``nami``: K windows, stage k runs the block prefix `stage_ends[k]` at resolution k.
 * ``flow-only``: the same K windows, every stage runs all blocks.
@@ -26,26 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..config import FlowConfig, check_mode, parse_int_list, split_guidance, split_steps
+from ..config import MODE_RULES, FlowConfig, check_mode, parse_int_list, split_guidance, split_steps
 from ..errors import ConfigError
 
 PUBLIC_GRID_POINTS = 1000
-
-
-@dataclass(frozen=True)
-class ModeRule:
-    """What a mode runs: every stage window or only the full-resolution one (`single_window`), and
-    each stage's block prefix or all blocks (`nested_blocks`)."""
-
-    single_window: bool
-    nested_blocks: bool
-
-
-MODE_RULES = {
-    "nami": ModeRule(single_window=False, nested_blocks=True),
-    "flow-only": ModeRule(single_window=False, nested_blocks=False),
-    "flux-base": ModeRule(single_window=True, nested_blocks=False),
-}
 
 
 def runnable_modes(stage_ends: Sequence[int], flow: FlowConfig) -> tuple[str, ...]:
@@ -198,6 +183,21 @@ def fit_size(flow: FlowConfig, height: int, width: int, pixels_per_token: int) -
     return flow.ending_at_size(height, width)
 
 
+def sampling_plan(flow: FlowConfig, stage_ends: Sequence[int], pixels_per_token: int, mode: str,
+                  resolution: int | None = None, height: int | None = None, width: int | None = None) -> "FlowPlan":
+    """The `FlowPlan` a model samples with: `mode` on its `flow` with the last stage at `resolution`
+    (square) or `height` x `width` pixels (either defaults to the flow's side)."""
+    if height is not None or width is not None:
+        if resolution is not None:
+            raise ConfigError("give a resolution or a height and width, not both")
+        final = flow.resolutions[-1]
+        height, width = (final if side is None else side for side in (height, width))
+        flow = fit_size(flow, height, width, pixels_per_token)
+    elif resolution is not None:
+        flow = fit_size(flow, resolution, resolution, pixels_per_token)
+    return FlowPlan(mode, flow, stage_ends, pixels_per_token)
+
+
 @dataclass(frozen=True)
 class StageWindow:
     """One stage of a sampling/training plan.
@@ -316,13 +316,13 @@ class FlowPlan:
     def __getitem__(self, k: int) -> StageWindow:
         return self.windows[k]
 
-    def stage_steps(self, steps) -> tuple[int, ...]:
+    def stage_steps(self, steps, name: str = "steps") -> tuple[int, ...]:
         """Per-window step counts from one total or one count per stage ("10,10,10"). A single
-        window takes the total of the given counts."""
+        window takes the total of the given counts; errors name `name`."""
         if self.rule.single_window:
-            counts = parse_int_list(steps, "steps") if not isinstance(steps, int) else (steps,)
-            return split_steps(sum(counts), 1)
-        return split_steps(steps, len(self.windows))
+            counts = parse_int_list(steps, name) if not isinstance(steps, int) else (steps,)
+            return split_steps(sum(counts), 1, name)
+        return split_steps(steps, len(self.windows), name)
 
     def stage_guidance(self, cfg, name: str = "cfg") -> tuple[float, ...]:
         """Per-window guidance scales from one scale or one per window ("8,3,3"); errors name `name`."""

@@ -17,6 +17,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from ..config import TIMESTEP_ROUNDINGS, FlowConfig, check_mode
 from ..errors import ConfigError
 from .plan import FlowPlan, PublicWindows
+from .saved import SCHEDULER_CONFIG, SCHEDULER_DEFAULTS
 
 
 def public_fine_intervals(public: PublicWindows, k: int) -> int:
@@ -62,21 +63,21 @@ class NamiFlowScheduler(SchedulerMixin, ConfigMixin):
     timesteps as the release's float16 pipeline does.
     """
 
-    config_name = "scheduler_config.json"
+    config_name = SCHEDULER_CONFIG
     order = 1
 
     @register_to_config
     def __init__(
         self,
-        resolutions: Sequence[int] = (256, 512, 1024),
-        window_ratios: Sequence[float] = (1.0, 1.0, 1.0),
-        gamma: float = 1.0 / 3.0,
-        grid: str = "exact",
-        jump: str = "renoise",
-        default_steps: Sequence[int] = (10, 10, 10),
-        default_cfg: float | Sequence[float] = 3.0,
-        default_mode: str = "nami",
-        timestep_rounding: str = "none",
+        resolutions: Sequence[int] = SCHEDULER_DEFAULTS["resolutions"],
+        window_ratios: Sequence[float] = SCHEDULER_DEFAULTS["window_ratios"],
+        gamma: float = SCHEDULER_DEFAULTS["gamma"],
+        grid: str = SCHEDULER_DEFAULTS["grid"],
+        jump: str = SCHEDULER_DEFAULTS["jump"],
+        default_steps: Sequence[int] = SCHEDULER_DEFAULTS["default_steps"],
+        default_cfg: float | Sequence[float] = SCHEDULER_DEFAULTS["default_cfg"],
+        default_mode: str = SCHEDULER_DEFAULTS["default_mode"],
+        timestep_rounding: str = SCHEDULER_DEFAULTS["timestep_rounding"],
     ) -> None:
         self.flow = FlowConfig(
             resolutions=tuple(resolutions), window_ratios=tuple(window_ratios), gamma=gamma, grid=grid, jump=jump

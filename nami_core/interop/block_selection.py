@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..config import list_items
 from ..errors import NamiError
-from .flux_state import DOUBLE_PREFIX, SINGLE_PREFIX
 
 _ITEM = re.compile(r"^([ds])(\d+)(?:-(\d+))?$")
+MAX_BLOCKS = 1024  # blocks of one stream of a source transformer (FLUX.1: 19 double, 38 single)
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,9 @@ class BlockSelection:
     def parse(cls, text: str) -> "BlockSelection":
         """`d0,d1,d5,s0,s3` or `d0-7,s0-13` (see module doc)."""
         kept: dict[str, list[int]] = {"d": [], "s": []}
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
+        if not text.strip():
             raise NamiError("--keep-blocks is empty; list blocks like d0,d1,s0-3")
-        for item in items:
+        for item in list_items(text, "--keep-blocks"):
             m = _ITEM.match(item)
             if not m:
                 raise NamiError(f"--keep-blocks item {item!r} is not dI, sI or a range dI-J / sI-J")
@@ -43,6 +43,8 @@ class BlockSelection:
             last = int(m.group(3)) if m.group(3) is not None else first
             if last < first:
                 raise NamiError(f"--keep-blocks range {item!r} runs backwards")
+            if last >= MAX_BLOCKS:
+                raise NamiError(f"--keep-blocks {item!r}: block indices go up to {MAX_BLOCKS - 1}")
             if kind == "d" and kept["s"]:
                 raise NamiError(f"--keep-blocks lists {item} after single blocks; list double blocks first")
             for index in range(first, last + 1):
@@ -55,10 +57,24 @@ class BlockSelection:
         return cls(tuple(kept["d"]), tuple(kept["s"]))
 
     @classmethod
+    def of(cls, keep_blocks: str | None = None, double: int | None = None,
+           single: int | None = None) -> "BlockSelection | None":
+        """The selection `--keep-blocks` or `--double`/`--single` give; None (every block) without them."""
+        if keep_blocks is not None and (double is not None or single is not None):
+            raise NamiError("give --keep-blocks or --double/--single, not both")
+        if (double is None) != (single is None):
+            raise NamiError("--double and --single go together")
+        if keep_blocks is not None:
+            return cls.parse(keep_blocks)
+        return None if double is None else cls.first(double, single)  # type: ignore[arg-type]
+
+    @classmethod
     def first(cls, double: int, single: int) -> "BlockSelection":
         """The first `double` double blocks and the first `single` single blocks."""
         if double < 0 or single < 0:
             raise NamiError(f"--double and --single must be 0 or more, got {double} and {single}")
+        if double > MAX_BLOCKS or single > MAX_BLOCKS:
+            raise NamiError(f"--double and --single must be at most {MAX_BLOCKS}, got {double} and {single}")
         return cls(tuple(range(double)), tuple(range(single)))
 
     @property
@@ -82,6 +98,8 @@ class BlockSelection:
     def rename(self, key: str) -> str | None:
         """The converted model's key for a source key: blocks renumbered, None if the block is dropped,
         other keys unchanged."""
+        from .flux_state import DOUBLE_PREFIX, SINGLE_PREFIX
+
         for prefix, kept in ((DOUBLE_PREFIX, self.double), (SINGLE_PREFIX, self.single)):
             if key.startswith(prefix):
                 index, rest = key[len(prefix):].split(".", 1)

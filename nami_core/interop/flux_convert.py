@@ -1,5 +1,5 @@
 """FLUX-family initialisation: a FLUX transformer cut to a subset of its blocks, as a
-transformer directory for `nami train --init OUT` (which loads `OUT/transformer`).
+transformer directory for `nami train --model OUT` (which loads `OUT/transformer`).
 
 The source is a diffusers `FluxTransformer2DModel` folder (config.json + safetensors, sharded
 or not), a pipeline folder holding one in `transformer/`, or a single checkpoint file read
@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 from ..config import validate_stage_ends
 from ..errors import NamiError, first_line
-from ..files import fresh_temp_dir, publish_dir, write_json_atomic
+from ..checksums import new_artefact
+from ..files import write_json_atomic
 from .block_selection import BlockSelection, compact
 from .flux_state import (
     GUIDANCE_PREFIX,
@@ -83,12 +84,14 @@ def open_flux_source(src: Path) -> tuple[FluxWeights, dict[str, Any] | None, str
     raise NamiError(f"{src}: does not exist")
 
 
-def convert_flux(src: Path, out: Path, stage_ends: Sequence[int], selection: BlockSelection | None = None) -> FluxConversion:
+def convert_flux(src: Path, out: Path, stage_ends: Sequence[int], selection: BlockSelection | None = None,
+                 overwrite: bool = False) -> FluxConversion:
     """Write `out/transformer` (a `NamiTransformer` with `stage_ends` over the kept blocks) and
-    `out/convert_report.json`; `selection` None keeps every block."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NamiError(f"{out}: already exists; choose a new --out")
+    `out/convert_report.json`; `selection` None keeps every block. `out` follows the output policy
+    (`output_targets`): an earlier conversion there is replaced only with `overwrite`."""
+    from ..output_targets import FLUX_INIT, check_out_folder
+
+    out = check_out_folder(out, FLUX_INIT, {"source": src}, overwrite)
     weights, config, config_label = open_flux_source(src)
     flux = resolve_flux_config(weights, config, config_label)
     n_double, n_single = flux["num_layers"], flux["num_single_layers"]
@@ -97,7 +100,7 @@ def convert_flux(src: Path, out: Path, stage_ends: Sequence[int], selection: Blo
     selection = selection or BlockSelection.first(n_double, n_single)
     selection.check(n_double, n_single)
     stage_ends = tuple(int(e) for e in stage_ends)
-    validate_stage_ends(stage_ends, selection.depth)
+    validate_stage_ends(stage_ends, selection.depth, "--stage-ends")
 
     renamed: dict[str, str] = {}  # converted key -> source key
     dropped_block_params = 0
@@ -128,8 +131,7 @@ def convert_flux(src: Path, out: Path, stage_ends: Sequence[int], selection: Blo
             "the source is guidance-distilled and NAMI has no guidance input"
         )
 
-    tmp = fresh_temp_dir(out)
-    transformer.save_pretrained(tmp / "transformer")
-    write_json_atomic(tmp / REPORT_FILE, report.to_dict())
-    publish_dir(tmp, out)
+    with new_artefact(out) as tmp:
+        transformer.save_pretrained(tmp / "transformer")
+        write_json_atomic(tmp / REPORT_FILE, report.to_dict())
     return report

@@ -42,7 +42,7 @@ import torch
 
 from ..config import FlowConfig, get_preset, validate_stage_ends
 from ..errors import ConfigError, NamiError
-from ..files import fresh_temp_dir, publish_dir
+from ..checksums import new_artefact
 from ..text.folders import locate_part
 from .flux_state import (
     FluxWeights,
@@ -270,22 +270,23 @@ def load_public_pipeline(root: Path):
     return PublicLayout.inspect(root).load()
 
 
-def convert_public_layout(src: Path, out: Path, link_text: bool = False) -> PublicLayout:
+def convert_public_layout(src: Path, out: Path, link_text: bool = False, overwrite: bool = False) -> PublicLayout:
     """Write the public directory `src` as a nami model directory `out` (`NamiPipeline.save_pretrained`:
     safetensors and configs, the VAE inside `codec/`, the bridge in `bridge/`) with mt5/ and mclip/
-    copied in (or symlinked with `link_text`), so the text encoder spec resolves inside `out`."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise NamiError(f"{out}: already exists; choose a new --out")
+    copied in (or symlinked with `link_text`), so the text encoder spec resolves inside `out`. `out`
+    follows the output policy (`output_targets`): a model directory there is replaced only with
+    `overwrite`."""
+    from ..output_targets import MODEL, check_out_folder
+
+    out = check_out_folder(out, MODEL, {"source": src}, overwrite)
     layout = PublicLayout.inspect(src)
     pipe = layout.load(load_text_models=False)  # the text encoder is saved as its spec; its models are copied
-    tmp = fresh_temp_dir(out)
-    pipe.save_pretrained(tmp)
-    for name in ("mt5", "mclip"):
-        source = (Path(src) / name).resolve()
-        if link_text:
-            os.symlink(source, tmp / name, target_is_directory=True)
-        else:
-            shutil.copytree(source, tmp / name)
-    publish_dir(tmp, out)
+    with new_artefact(out) as tmp:
+        pipe.save_pretrained(tmp)
+        for name in ("mt5", "mclip"):
+            source = (Path(src) / name).resolve()
+            if link_text:
+                os.symlink(source, tmp / name, target_is_directory=True)
+            else:
+                shutil.copytree(source, tmp / name)
     return layout

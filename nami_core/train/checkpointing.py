@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-
-CHECKPOINTING = ("none", "full", "last-stage", "auto")
+from ..config import CHECKPOINTING, check_choice
 
 
 @dataclass(frozen=True)
@@ -27,8 +25,7 @@ class CheckpointPolicy:
     last_window: int
 
     def __post_init__(self) -> None:
-        if self.granularity not in CHECKPOINTING:
-            raise ConfigError(f"--grad-checkpointing must be one of {', '.join(CHECKPOINTING)}, got {self.granularity!r}")
+        check_choice("--grad-checkpointing", self.granularity, CHECKPOINTING)
         object.__setattr__(self, "stage_ends", tuple(int(e) for e in self.stage_ends))
 
     def recompute_from(self, window: int) -> int | None:

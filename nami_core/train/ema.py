@@ -50,6 +50,15 @@ class EMA:
         return self
 
     @torch.no_grad()
+    def swap(self, params: Iterable[torch.Tensor]) -> None:
+        """Exchange the averages and `params` in place, one tensor at a time (the extra memory is one
+        tensor's, not a model's); a second swap restores both exactly."""
+        for s, p in zip(self.shadow_params, params):
+            held = p.detach().clone()
+            p.copy_(s)
+            s.copy_(held)
+
+    @torch.no_grad()
     def store(self, params: Iterable[torch.Tensor]) -> None:
         self._stored = [p.detach().clone() for p in params]
 

@@ -7,14 +7,15 @@ the text encoder the data was prepared with.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
+from ..checksums import new_artefact
 from ..errors import NamiError
-from ..files import fresh_temp_dir, publish_dir
 from ..flow.plan import FlowPlan
+from .export_target import export_target, stored_path
 from .integrity import verify_checkpoint
 from .sharded_ema import EMA_FOLDER, has_sharded_ema, is_sharded, read_sharded
 
@@ -22,37 +23,48 @@ TRANSFORMER_PREFIX = "transformer."
 FSDP_MODEL_FOLDER = "pytorch_model_fsdp_0"  # accelerate's sharded model checkpoint
 
 
-def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | None, plan: FlowPlan,
-                    manifest: dict, patch: int, mode: str, sample_steps: str | None,
-                    sample_cfg: str | float) -> Path:
-    """Write a complete model directory to `out` atomically (temporary folder, then rename)."""
+def pipeline_parts(plan: FlowPlan, manifest: dict, patch: int, mode: str, sample_steps: str | Sequence[int] | None,
+                   sample_cfg: str | float | Sequence[float]):
+    """(scheduler, codec, text encoder) of a model trained on `manifest`'s data: the flow of
+    `plan` with the sampling defaults, the data's codec and its text encoder's settings (the
+    encoder's weights are not loaded)."""
     from ..codecs.spec import codec_from_record
-    from ..config import guidance_record
+    from ..config import STEPS_PER_STAGE, guidance_record
     from ..flow.scheduler import NamiFlowScheduler
-    from ..model.transformer import NamiTransformer
-    from ..pipeline import NamiPipeline
     from ..text.encoder import NamiTextEncoder
 
-    transformer = NamiTransformer.from_config(transformer_config)
-    transformer.load_state_dict(raw)
     encoder = NamiTextEncoder.from_config(manifest["text_encoder"])  # the data's text settings
-    steps = plan.stage_steps(sample_steps or ",".join(["10"] * plan.flow.num_stages))
+    steps = plan.stage_steps(sample_steps or (STEPS_PER_STAGE,) * plan.flow.num_stages)
     guidance = guidance_record(plan.stage_guidance(sample_cfg))
     scheduler = NamiFlowScheduler.from_flow(plan.flow, default_steps=list(steps), default_cfg=guidance,
                                             default_mode=mode)
-    codec = codec_from_record(manifest["codec"], patch)
+    return scheduler, codec_from_record(manifest["codec"], patch), encoder
+
+
+def write_model_dir(out: Path, transformer_config: dict, raw: dict, ema: dict | None, plan: FlowPlan,
+                    manifest: dict, patch: int, mode: str, sample_steps: str | Sequence[int] | None,
+                    sample_cfg: str | float | Sequence[float]) -> Path:
+    """Write a complete model directory to `out` atomically (temporary folder, then rename)."""
+    from ..model.transformer import NamiTransformer
+    from ..pipeline import NamiPipeline
+
+    transformer = NamiTransformer.from_config(transformer_config)
+    transformer.load_state_dict(raw)
+    scheduler, codec, encoder = pipeline_parts(plan, manifest, patch, mode, sample_steps, sample_cfg)
     out = Path(out)
-    tmp = fresh_temp_dir(out)
-    NamiPipeline(transformer, scheduler, codec, encoder).save_pretrained(tmp)
-    if ema is not None:
-        transformer.load_state_dict(ema)
-        transformer.save_pretrained(tmp / "transformer", variant="ema")
-    publish_dir(tmp, out)
+    with new_artefact(out) as tmp:
+        NamiPipeline(transformer, scheduler, codec, encoder).save_pretrained(tmp)
+        if ema is not None:
+            transformer.load_state_dict(ema)
+            transformer.save_pretrained(tmp / "transformer", variant="ema")
     return out
 
 
-def export_checkpoint(checkpoint: Path, out: Path) -> Path:
-    """Turn RUN/checkpoints/step-N into a model directory (single-process or DDP checkpoints)."""
+def export_checkpoint(checkpoint: Path, out: Path, overwrite: bool = False) -> Path:
+    """Turn RUN/checkpoints/step-N into a model directory (single-process or DDP checkpoints), or
+    the adapter folder of a `--lora` run's checkpoint. `out` follows the output policy
+    (`output_targets`): not the checkpoint, its run's data or base model, nor around them; an
+    existing model directory (adapter) is replaced only with `overwrite`."""
     from safetensors.torch import load_file
 
     from ..config import FlowConfig, ModelConfig
@@ -60,30 +72,20 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
     from .checkpoint import load_checkpoint_file
 
     checkpoint = Path(checkpoint)
-    if not (checkpoint / "trainer_state.json").is_file():
-        raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing trainer_state.json)")
+    run_config = export_target(checkpoint, out, overwrite)
+    config_path = checkpoint.parent.parent / "train_config.json"
+    train = run_config["train"]
     verify_checkpoint(checkpoint)  # a damaged one is named in one line, never half-read
-    run = checkpoint.parent.parent
-    config_path = run / "train_config.json"
     weights = checkpoint / "model.safetensors"
     sharded = checkpoint / FSDP_MODEL_FOLDER
     if not weights.is_file() and is_sharded(sharded):
         weights = sharded
-    for path in (config_path, checkpoint / "trainer_state.json"):
-        if not path.is_file():
-            raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing {path.name})")
     if not weights.exists():
         raise NamiError(f"{checkpoint} is not a complete nami training checkpoint (missing model.safetensors)")
-    try:
-        run_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError:
-        run_config = None
-    if not isinstance(run_config, dict) or not {"train", "model", "flow", "patch_size"} <= run_config.keys():
-        raise NamiError(f"{config_path} is damaged (not the JSON `nami train` writes)")
-    train, model, flow = run_config["train"], ModelConfig.from_dict(run_config["model"]), run_config["flow"]
+    model, flow = ModelConfig.from_dict(run_config["model"]), run_config["flow"]
     if train.get("lora"):
-        return _export_adapter_checkpoint(checkpoint, out, train, weights if weights != sharded else None)
-    manifest = load_manifest(Path(train["data"]))
+        return _export_adapter_checkpoint(checkpoint, out, train, weights if weights != sharded else None, config_path)
+    manifest = load_manifest(stored_path(config_path, "--data", train.get("data")))
     patch = int(run_config["patch_size"])
     plan = FlowPlan(train["mode"], FlowConfig(**{**flow, "resolutions": tuple(flow["resolutions"]),
                                                   "window_ratios": tuple(flow["window_ratios"])}),
@@ -110,7 +112,8 @@ def export_checkpoint(checkpoint: Path, out: Path) -> Path:
                            train.get("sample_steps"), train.get("sample_cfg", 3.0))
 
 
-def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights: Path | None) -> Path:
+def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights: Path | None,
+                               config_path: Path) -> Path:
     """A `nami train --lora` checkpoint as the adapter folder RUN/final would be at that step."""
     from types import SimpleNamespace
 
@@ -123,7 +126,7 @@ def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights
 
     if weights is None:
         raise NamiError(f"{checkpoint}: LoRA checkpoints are written by DDP runs; this one is sharded")
-    init = Path(train["init"])
+    init = stored_path(config_path, "--model", train.get("init"))
     try:
         transformer = NamiTransformer.from_pretrained(init / "transformer", variant=base_variant(init))
     except (OSError, ValueError, RuntimeError) as exc:
@@ -142,4 +145,4 @@ def _export_adapter_checkpoint(checkpoint: Path, out: Path, train: dict, weights
             raise NamiError(f"{ema_file} holds {len(ema)} tensors for {len(adapter)} adapter parameters")
     step = read_trainer_state(checkpoint)["step"]
     info = lora_info(init, settings.lora, settings.lora_alpha, settings.lora_targets, step, train.get("dtype", "fp32"))
-    return write_adapter_dir(out, transformer, ema, info, Path(train["data"]))
+    return write_adapter_dir(out, transformer, ema, info, stored_path(config_path, "--data", train.get("data")))

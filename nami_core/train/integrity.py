@@ -1,8 +1,9 @@
 """Whether a training checkpoint is intact: a sha256 manifest, or a structural check without one.
 
-The main rank writes `checksums.json` into a checkpoint's temporary folder just before it is
-renamed into place: the size and sha256 of every file in the folder, sharded subfolders
-included. `verify_checkpoint` reads every file back against it. Checkpoints written before the
+The main rank writes `checksums.json` (`nami_core.checksums`, the record every nami artefact
+carries) into a checkpoint's temporary folder just before it is renamed into place: the size and
+sha256 of every file in the folder, sharded subfolders included. `verify_checkpoint` reads every
+file back against it. Checkpoints written before the
 manifest existed are checked for structure instead: the trainer state's keys, every safetensors
 header against its file's size, every torch file's zip directory, the model and optimizer files
 present. Either way a damaged checkpoint raises `DamagedCheckpoint`, whose message names the file.
@@ -10,17 +11,14 @@ present. Either way a damaged checkpoint raises `DamagedCheckpoint`, whose messa
 
 from __future__ import annotations
 
-import hashlib
-import json
 import zipfile
 from pathlib import Path
 
+from ..checksums import MANIFEST, read_record, record_problem
 from ..data.shard_check import read_safetensors_header
 from ..errors import NamiError
-from ..files import TEMP_PREFIX, write_json_atomic
+from ..user_files import parse_json
 
-MANIFEST = "checksums.json"
-CHUNK = 8 << 20
 TRAINER_STATE = "trainer_state.json"
 TRAINER_STATE_KEYS = ("step", "nan_skipped", "nan_streak", "weights")
 TORCH_SUFFIXES = (".bin", ".pt", ".pkl")
@@ -37,29 +35,6 @@ class DamagedCheckpoint(NamiError):
         self.reason = reason
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _files(folder: Path) -> list[Path]:
-    """Every file under `folder`, as relative paths, but the manifest and temporary names."""
-    found = [p.relative_to(folder) for p in folder.rglob("*") if p.is_file()]
-    return sorted(p for p in found if p.as_posix() != MANIFEST and not p.name.startswith(TEMP_PREFIX))
-
-
-def write_checksums(folder: Path) -> None:
-    """Write `folder`/checksums.json: size and sha256 of every file in `folder` (main rank, once
-    every rank has finished writing)."""
-    folder = Path(folder)
-    entries = {p.as_posix(): {"bytes": (folder / p).stat().st_size, "sha256": file_sha256(folder / p)}
-               for p in _files(folder)}
-    write_json_atomic(folder / MANIFEST, {"algorithm": "sha256", "files": entries})
-
-
 def verify_checkpoint(folder: Path) -> None:
     """Raise `DamagedCheckpoint` unless `folder` is intact (by its manifest, or by structure)."""
     folder = Path(folder)
@@ -71,18 +46,13 @@ def verify_checkpoint(folder: Path) -> None:
 
 
 def _verify_manifest(folder: Path) -> None:
-    entries = read_json(folder, MANIFEST).get("files")
-    if not isinstance(entries, dict) or not entries:
-        raise DamagedCheckpoint(folder, f"{MANIFEST} lists no files")
-    for name, entry in entries.items():
-        path = folder / name
-        if not path.is_file():
-            raise DamagedCheckpoint(folder, f"{name} is missing")
-        size = path.stat().st_size
-        if size != entry.get("bytes"):
-            raise DamagedCheckpoint(folder, f"{name} has {size} bytes, {entry.get('bytes')} were written (truncated?)")
-        if file_sha256(path) != entry.get("sha256"):
-            raise DamagedCheckpoint(folder, f"{name} does not match its checksum (altered after it was written)")
+    try:
+        entries = read_record(folder)
+    except NamiError:
+        raise DamagedCheckpoint(folder, f"{MANIFEST} is unreadable or lists no files") from None
+    problem = record_problem(folder, entries or {})
+    if problem is not None:
+        raise DamagedCheckpoint(folder, problem)
 
 
 def _check_structure(folder: Path) -> None:
@@ -114,8 +84,8 @@ def read_json(folder: Path, name: str) -> dict:
     if not path.is_file():
         raise DamagedCheckpoint(folder, f"{name} is missing")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = parse_json(path.read_text(encoding="utf-8"), name)
+    except (NamiError, UnicodeDecodeError):
         raise DamagedCheckpoint(folder, f"{name} is not valid JSON") from None
     if not isinstance(data, dict):
         raise DamagedCheckpoint(folder, f"{name} does not hold a JSON object")

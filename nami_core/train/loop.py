@@ -1,11 +1,14 @@
 """`nami train`: Algorithm 1 on accelerate (one process, DDP, or FSDP over transformer blocks).
 
 `train(settings)` is `TrainingRun.setup` (data, plan, model, optimizer, EMA), `resume`,
-`step` until done, and `export` (RUN/final). The loss itself is `staged_loss`.
+`step` until done (each optimizer step over `--gradient-accumulation-steps` micro-batches, drawn as
+`batches` says), validation images when asked (`validation`), and `export` (RUN/final). The loss
+itself is `staged_loss`; the optimizer and the learning rate of each step are `optimizer`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, replace
@@ -22,14 +25,16 @@ from ..flow.plan import FlowPlan
 from ..model.attention import apply_backend, resolve_backend
 from ..runtime import DTYPES as COMPUTE_DTYPES
 from ..runtime import use_fast_matmul
-from .batches import BatchDrawer
-from .checkpoint import Note, load_checkpoint_file, list_checkpoints, read_trainer_state, resolve_resume, save_checkpoint
+from .batches import BatchDrawer, micro_batches
+from .checkpoint import (Note, load_checkpoint_file, list_checkpoints, read_trainer_state, refuse_unasked_restart,
+                         resolve_resume, save_checkpoint)
 from .config import TrainConfig, build_flow, build_model_config
 from .export import write_model_dir
-from .metrics import MetricsLog, MetricsWindow
+from .metrics import MetricsLog, MetricsWindow, tracker_config
 from .ema import EMA
+from .optimizer import build_optimizer, lr_factor
 from .optimizer_step import GuardedStep
-from .phases import PAPER_LR, Phase, default_ratios, parse_phases, value_at
+from .phases import Phase, value_at
 from .prefetch import Prefetcher
 from .sharded_ema import has_sharded_ema, load_sharded_ema, save_sharded_ema
 from .adapters import (attach_lora, base_variant, check_adapter_checkpoint, keep_adapter_weights, lora_info,
@@ -40,6 +45,11 @@ from .precision import run_dtype
 from .ranks import on_any_rank
 from .run_lock import RunLock, is_main_rank
 from .staged_loss import StagedObjective, StageLossWeights, stage_losses, stage_sums, weighted_loss
+from .validation import Validation, log_grid
+
+LOGS = "logs"  # RUN/logs: the trackers' files (TensorBoard's events under logs/nami)
+PROJECT = "nami"  # the trackers' project name
+Phase_ = Callable[[str], None]
 
 PRELOAD_BYTES = 4 << 30
 
@@ -55,6 +65,7 @@ class TrainResult:
 
 def _accelerator(settings: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
     from accelerate.utils import DistributedDataParallelKwargs
 
     kwargs = {}
@@ -82,6 +93,11 @@ def _accelerator(settings: TrainConfig):
 
     AcceleratorState._reset_state(reset_partial_state=False)
     # Without a GPU, cpu=True lets torchrun / accelerate launch start gloo process groups.
+    trackers = list(settings.trackers())
+    if trackers:
+        run = Path(settings.out)
+        kwargs.update(log_with=trackers, project_config=ProjectConfiguration(project_dir=str(run),
+                                                                            logging_dir=str(run / LOGS)))
     return Accelerator(mixed_precision=mixed, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available(), **kwargs)
 
 
@@ -110,30 +126,36 @@ def _load_transformer(settings: TrainConfig, model_cfg):
         return NamiTransformer.from_pretrained(Path(settings.init) / "transformer", variant=variant,
                                                text_positions=model_cfg.text_positions)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise NamiError(f"--init {settings.init}: cannot load the transformer ({first_line(exc)})") from None
+        raise NamiError(f"--model {settings.init}: cannot load the transformer ({first_line(exc)})") from None
 
 
 @dataclass
 class Schedules:
-    """The run's piecewise schedules over steps: the stage mix and the learning rate."""
+    """The run's schedules over steps: the stage mix, and the learning rate: the `--lr-schedule`
+    phase's peak times `--lr-scheduler`'s factor (`optimizer.lr_factor`)."""
 
     stage_mix: list[Phase]
     lr: list[Phase]
+    lr_factor: Callable[[int], float] = lambda step: 1.0
 
     @classmethod
-    def parse(cls, settings: TrainConfig, num_stages: int) -> "Schedules":
-        mix = parse_phases(settings.ratio_schedule or default_ratios(num_stages), "--ratio-schedule", num_stages)
-        lr_text = settings.lr_schedule or (f"0:{settings.lr}" if settings.lr is not None else PAPER_LR)
-        return cls(mix, parse_phases(lr_text, "--lr-schedule", 1))
+    def of(cls, settings: TrainConfig) -> "Schedules":
+        return cls(list(settings.stage_mix), list(settings.lr_schedule),
+                   lr_factor(settings.lr_scheduler, settings.lr_warmup_steps, settings.steps))
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based)."""
+        return value_at(self.lr, step)[0] * self.lr_factor(step)
 
 
 class TrainingRun:
     """One run's state between steps: data, plan, model, optimizer, EMA, loss weights, counters."""
 
     def __init__(self, settings: TrainConfig, manifest: dict, model_cfg, flow, plan: FlowPlan, patch: int,
-                 schedules: Schedules, note: Note | None = None) -> None:
+                 schedules: Schedules, note: Note | None = None, on_phase: Phase_ | None = None) -> None:
         self.settings = settings
         self.note = note
+        self.on_phase = on_phase or (lambda text: None)
         self.manifest = manifest
         self.model_cfg = model_cfg
         self.flow = flow
@@ -147,11 +169,15 @@ class TrainingRun:
 
     # -- setup ---------------------------------------------------------------------------------
     @classmethod
-    def setup(cls, settings: TrainConfig, note: Note | None = None) -> "TrainingRun":
+    def setup(cls, settings: TrainConfig, note: Note | None = None, on_phase: Phase_ | None = None) -> "TrainingRun":
         """Check the settings against the data and the memory a step needs, then build plan, model,
         optimizer and EMA on accelerate. `note` receives one-line notices (a damaged checkpoint
-        skipped on resume, an attention backend passed over). `--dtype auto` and `--attention`
-        are resolved first: an explicit backend that cannot run is refused before any work."""
+        skipped on resume, an attention backend passed over), `on_phase` what the set-up is doing
+        (for a progress display). `--dtype auto` and `--attention` are resolved first: an explicit
+        backend that cannot run is refused before any work. The memory check is of one micro-batch
+        (`--batch-size`): micro-batches run one after the other."""
+        if on_phase is not None:
+            on_phase("checking the settings, the data and the memory a step needs")
         settings.validate()
         device = train_device()
         settings = replace(settings, dtype=run_dtype(settings.dtype, device.type))
@@ -169,12 +195,13 @@ class TrainingRun:
             try:  # checked now, not when the model is written at the end
                 plan.stage_steps(settings.sample_steps)
             except NamiError as exc:
-                raise NamiError(f"--sample-steps {settings.sample_steps}: {exc}") from None
-        schedules = Schedules.parse(settings, flow.num_stages)
+                raise NamiError(f"--sample-steps {','.join(map(str, settings.sample_steps))}: {exc}") from None
+        schedules = Schedules.of(settings)
         check_fits(settings, model_cfg, plan, [p.values for p in schedules.stage_mix],
                    data_text_tokens(Path(settings.data), manifest, model_cfg.text_padding))
-        run = cls(settings, manifest, model_cfg, flow, plan, patch, schedules, note)
+        run = cls(settings, manifest, model_cfg, flow, plan, patch, schedules, note, on_phase)
         run.attention = attention
+        run.validation = Validation(settings, plan, manifest, patch)
         run._start(int(record["downsample"]))
         return run
 
@@ -188,10 +215,13 @@ class TrainingRun:
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
+        self.on_phase("loading the data")
         store = LatentStore(settings.data, preload=_want_preload(settings, self.manifest))
         self.drawer = BatchDrawer(store, self.plan, downsample, settings.batch_size, settings.seed, self.rank,
-                                  settings.timestep_sampling, settings.cfg_dropout, settings.stage_draw == "split")
+                                  settings.timestep_sampling, settings.cfg_dropout, settings.stage_draw == "split",
+                                  settings.gradient_accumulation_steps)
         self._check_data_covers_the_mix()
+        self.on_phase("building the model" if settings.init is None else f"loading the model {settings.init}")
         self.transformer = transformer = _load_transformer(settings, self.model_cfg)
         if settings.lora:
             attach_lora(transformer, settings)
@@ -200,9 +230,7 @@ class TrainingRun:
             from ..model.compiled import compile_for_training
 
             compile_for_training(transformer)
-        optimizer = torch.optim.AdamW(trainable(transformer), lr=value_at(self.schedules.lr, 0)[0],
-                                      betas=(0.9, 0.999), weight_decay=settings.weight_decay,
-                                      fused=accelerator.device.type in ("cuda", "cpu"))
+        optimizer = build_optimizer(settings, trainable(transformer), self.schedules.lr_at(0), accelerator.device)
         policy = CheckpointPolicy(settings.grad_checkpointing, self.model_cfg.stage_ends, len(self.plan) - 1)
         self.objective, self.optimizer = accelerator.prepare(
             StagedObjective(transformer, self.plan, self.patch, policy), optimizer)
@@ -230,11 +258,16 @@ class TrainingRun:
         settings, accelerator = self.settings, self.accelerator
         source = resolve_resume(self.run_dir, settings.resume, self.note)
         if source is not None:
+            self.on_phase(f"resuming from {source}")
             state = read_trainer_state(source)
+            if state["step"] > settings.steps:
+                raise NamiError(f"--resume {source} is at step {state['step']}, past --steps {settings.steps}; "
+                                f"give --steps above {state['step']} to train on (`nami convert checkpoint` "
+                                "turns it into a model as it is)")
             if settings.lora:
                 check_adapter_checkpoint(source, self.transformer)
             try:
-                # a LoRA checkpoint holds the adapter only; the frozen weights are --init's
+                # a LoRA checkpoint holds the adapter only; the frozen weights are --model's
                 accelerator.load_state(str(source), strict=not settings.lora)
             except (EOFError, RuntimeError, OSError, ValueError, KeyError) as exc:
                 raise NamiError(f"cannot resume from {source}: {first_line(exc)}") from None
@@ -245,13 +278,26 @@ class TrainingRun:
             self.guard.load_state_dict(state.get("precision", {}))
             if self.ema is not None:
                 self._load_ema(source, state)
-        self.log = MetricsLog(self.run_dir, accelerator.is_main_process)
+        trackers = settings.trackers()
+        self.log = MetricsLog(self.run_dir, accelerator.is_main_process, accelerator.log if trackers else None)
         if accelerator.is_main_process:
             record = {"train": settings.to_json(), "model": self.model_cfg.to_dict(), "flow": self.flow.to_dict(),
                       "patch_size": self.patch, "world_size": self.world}
             write_text_atomic(self.run_dir / "train_config.json", json.dumps(record, indent=2))
             self.log.truncate_after(self.step_count)
+        if trackers:
+            self._start_trackers(tracker_config(settings.to_json()))
         self.batches = Prefetcher(self._draw, self.step_count, settings.steps, pin=self.device.type == "cuda")
+
+    def _start_trackers(self, config: dict) -> None:
+        """accelerate's trackers (main process only): TensorBoard in RUN/logs/nami, dropping on
+        resume what an interrupted session logged after the checkpoint (`purge_step`); wandb in
+        RUN/logs, a run named after the run folder (offline with WANDB_MODE=offline)."""
+        init = {"tensorboard": {"purge_step": self.step_count + 1} if self.step_count else {},
+                "wandb": {"dir": str(self.run_dir / LOGS), "name": self.run_dir.resolve().name}}
+        if self.accelerator.is_main_process:
+            (self.run_dir / LOGS).mkdir(parents=True, exist_ok=True)
+        self.accelerator.init_trackers(PROJECT, config=config, init_kwargs=init)
 
     def _draw(self, step: int):
         return self.drawer.draw_host(step, value_at(self.schedules.stage_mix, step))
@@ -287,18 +333,28 @@ class TrainingRun:
 
     # -- one step --------------------------------------------------------------------------------
     def step(self, window: MetricsWindow) -> None:
-        """One optimizer step on the step's batch, skipped on the device when its gradients are not
-        finite. Nothing is read back from the device except on log steps (`log`)."""
+        """One optimizer step on the step's batch, its micro-batches' gradients summed (each loss
+        divided by the step's samples, so the sum is the whole batch's), skipped on the device when
+        the gradients are not finite. Nothing is read back from the device except on log steps
+        (`log`). Under DDP only the last micro-batch's backward reduces the gradients."""
         settings = self.settings
         mix = value_at(self.schedules.stage_mix, self.step_count)
-        lr = value_at(self.schedules.lr, self.step_count)[0]
+        lr = self.schedules.lr_at(self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         groups = [g.to_device(self.device) for g in self.batches.get(self.step_count)]
         stage_weights = self.loss_weights.weights(self.plan.stage_mix(mix))
-        losses = stage_losses(self.objective, groups, self.plan, self.model_cfg.prediction)
-        loss = weighted_loss(groups, losses, stage_weights, settings.batch_size) + self._touch_unused(groups)
-        self.guard.backward(loss)
+        split = micro_batches(groups, settings.gradient_accumulation_steps)
+        losses, loss = [], 0.0
+        for m, micro in enumerate(split):
+            last = m == len(split) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(self.objective):
+                micro_losses = stage_losses(self.objective, micro, self.plan, self.model_cfg.prediction)
+                micro_loss = weighted_loss(micro, micro_losses, stage_weights, settings.images_per_step)
+                self.guard.backward(micro_loss + (self._touch_unused(micro) if last else 0.0))
+            losses += micro_losses
+            loss = loss + micro_loss.detach()
+        groups = [g for micro in split for g in micro]
         self._untouch_unused(groups)
         grad_norm = self.guard.clip(self.params, settings.grad_clip)
         taken = self.guard.step(grad_norm)
@@ -342,7 +398,8 @@ class TrainingRun:
         taus = torch.cat([plan[g.window].tau(g.r) for g in groups])
         tokens_per_image = lambda g: (g.latents.shape[-2] // self.patch) * (g.latents.shape[-1] // self.patch) + g.text.sequence.shape[1]  # noqa: E731
         tokens = sum(len(g.r) * tokens_per_image(g) for g in groups)
-        window.add(loss, sums, taus, torch.cat([l.detach() for l in losses]), taken, self.settings.batch_size, tokens)
+        window.add(loss, sums, taus, torch.cat([l.detach() for l in losses]), taken, self.settings.images_per_step,
+                   tokens)
 
     def log_step(self, window: MetricsWindow, lr: float, stage_weights, mix) -> None:
         """Write the metrics line (the one read of the device between checkpoints) and stop the run,
@@ -364,7 +421,7 @@ class TrainingRun:
         if window.steps == 0:
             return
         mix = value_at(self.schedules.stage_mix, self.step_count - 1)
-        lr = value_at(self.schedules.lr, self.step_count - 1)[0]
+        lr = self.schedules.lr_at(self.step_count - 1)
         self.log_step(window, lr, self.loss_weights.weights(self.plan.stage_mix(mix)), mix)
 
     def out_of_time(self, deadline: float | None, log_step: bool) -> bool:
@@ -378,6 +435,45 @@ class TrainingRun:
             return False
         flag = torch.tensor(float(time.monotonic() >= deadline), device=self.device)
         return bool(self.accelerator.reduce(flag, reduction="max") > 0)
+
+    # -- validation ------------------------------------------------------------------------------
+    def validate(self) -> Path | None:
+        """Draw this step's validation grid on the main process (module `validation`) while the
+        others wait; an error there stops every process. Returns the grid's path (main process)."""
+        path, error = None, None
+        if self.accelerator.is_main_process:
+            try:
+                path = self._draw_validation()
+            except Exception as exc:  # noqa: BLE001 - raised below, once every process knows
+                error = exc
+        if on_any_rank(error is not None, self.accelerator):
+            if error is not None:
+                raise error
+            raise NamiError(f"validation at step {self.step_count} failed on the main process")
+        return path
+
+    def _draw_validation(self) -> Path:
+        transformer = self.accelerator.unwrap_model(self.objective).transformer
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._drawing_weights(transformer), self.accelerator.autocast():
+            images = self.validation.draw(transformer, self.device)
+        path, grid = self.validation.write(self.step_count, images)
+        log_grid(self.accelerator.trackers, grid, self.step_count)
+        return path
+
+    @contextlib.contextmanager
+    def _drawing_weights(self, transformer):
+        """The weights `nami sample` would use (the EMA swapped in, when kept), in eval mode; all as
+        it was afterwards."""
+        if self.ema is not None:
+            self.ema.swap(self.params)
+        transformer.eval()
+        try:
+            yield
+        finally:
+            transformer.train()
+            if self.ema is not None:
+                self.ema.swap(self.params)
 
     # -- export ----------------------------------------------------------------------------------
     def _refuse_non_finite(self, state: dict, what: str) -> None:
@@ -445,30 +541,38 @@ class TrainingRun:
 
 
 def train(settings: TrainConfig, on_log: Callable[[dict], None] | None = None,
-          on_step: Callable[[int, int], None] | None = None, on_note: Note | None = None) -> TrainResult:
-    """Train, resuming if asked; write checkpoints, metrics.jsonl and RUN/final (a model directory).
+          on_step: Callable[[int, int], None] | None = None, on_note: Note | None = None,
+          on_phase: Phase_ | None = None) -> TrainResult:
+    """Train, resuming if asked; write checkpoints, metrics.jsonl, validation grids (RUN/samples)
+    and RUN/final (a model directory).
 
     The run folder is locked for the whole run (`run_lock`): a second `nami train` on it stops with
     one line. `on_note` receives one-line notices (a stale lock taken over, a damaged checkpoint
-    skipped on resume)."""
+    skipped on resume); `on_phase` what the run is doing before its first step is done (set-up,
+    loading, resuming, the first step with its compiling); `on_step(step, steps)` each step done;
+    `on_log` each metrics record (main process)."""
     settings.validate()
     lock = RunLock(settings.out, on_note) if is_main_rank() else None
     if lock is not None:
         lock.take()
     try:
-        return _run(settings, on_log, on_step, on_note)
+        refuse_unasked_restart(Path(settings.out), settings.resume)
+        return _run(settings, on_log, on_step, on_note, on_phase)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run(settings: TrainConfig, on_log, on_step, on_note) -> TrainResult:
-    run = TrainingRun.setup(settings, on_note)
+def _run(settings: TrainConfig, on_log, on_step, on_note, on_phase) -> TrainResult:
+    run = TrainingRun.setup(settings, on_note, on_phase)
     run.resume()
     window = MetricsWindow(len(run.plan), run.device)
     deadline = time.monotonic() + 60.0 * settings.time_budget if settings.time_budget else None
     out_of_time = False
     run.objective.train()
+    if run.step_count < settings.steps:
+        run.on_phase(f"step {run.step_count + 1}: drawing the first batch"
+                     + (", compiling the blocks" if settings.compile else ""))
     try:
         while run.step_count < settings.steps:
             run.step(window)
@@ -484,13 +588,16 @@ def _run(settings: TrainConfig, on_log, on_step, on_note) -> TrainResult:
                     on_log(run.last_record)
             if run.step_count % settings.save_every == 0 or run.step_count == settings.steps or out_of_time:
                 run.checkpoint()
+            if run.validation.due(run.step_count) and not out_of_time:
+                started = time.perf_counter()
+                run.validate()
+                window.exclude(time.perf_counter() - started)
             if out_of_time:
                 break
         done = run.step_count >= settings.steps or out_of_time
         final = run.export() if done else None
     finally:
         run.batches.close()
-        run.log.close()
     run.accelerator.end_training()
     stats = run.transformer.compile_stats
     return TrainResult(run.step_count, final, run.last_record, int(run.nan_skipped.item()),

@@ -78,13 +78,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..config import BASELINE_MODE, FlowConfig, ModelConfig, parse_float_list
-from ..config import DTYPE_NAMES as DTYPES
+from ..config import BASELINE_MODE, DTYPE_NAMES, FlowConfig, ModelConfig, check_at_least, check_choice, field_default
 from ..errors import ConfigError
 from ..flow.plan import FlowPlan, runnable_modes
 from ..model.params import block_params, shared_params
 from .checkpointing import CHECKPOINTING, CheckpointPolicy
-from .phases import default_ratios, parse_phases, split_batch
+from .config import DTYPES, TrainConfig
+from .precision import run_dtype
+from .phases import default_ratios, parse_stage_mix, split_batch
 
 BACKENDS = ("cuda", "cpu")
 GIB = 2**30
@@ -312,12 +313,9 @@ def estimate(model: ModelConfig, windows: Sequence[WindowShape], samples: Sequen
     rest are frozen, stored in the run's dtype (2 bytes under bf16/fp16, so autocast makes no
     copies of them) with no gradient, AdamW state or EMA. Activations are counted as for full
     training: backward still runs through every block (an upper bound)."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if gpus < 1:
-        raise ConfigError(f"--gpus must be at least 1, got {gpus}")
+    check_choice("--dtype", dtype, DTYPE_NAMES)
+    check_choice("backend", backend, BACKENDS)
+    check_at_least("--gpus", gpus, 1)
     if text_tokens < 0:
         raise ConfigError(f"text tokens must not be negative, got {text_tokens}")
     if len(samples) != len(windows):
@@ -403,27 +401,27 @@ def plan_windows(model: ModelConfig, flow: FlowConfig, pixels_per_token: int, mo
 
 
 def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_per_token: int, mode: str | None, *,
-                        batch_size: int, dtype: str = "fp32", text_tokens: int = 256, grad_checkpointing: str = "none",
+                        batch_size: int, dtype: str = field_default(TrainConfig, "dtype"), text_tokens: int = 256,
+                        grad_checkpointing: str = field_default(TrainConfig, "grad_checkpointing"),
                         stage_mix: str | Sequence[float] | None = None, fsdp: bool = False, gpus: int = 1,
                         ema: bool = True, backend: str = "cuda", trainable: int | None = None) -> dict[str, Any]:
     """The JSON of `nami info --train-memory`: the estimate for the stage mix given, or for the
     default schedule's most expensive phase, plus the worst single draw."""
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    if grad_checkpointing not in CHECKPOINTING:
-        raise ConfigError(f"--grad-checkpointing must be one of {', '.join(CHECKPOINTING)}, got {grad_checkpointing!r}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_at_least("--batch-size", batch_size, 1)
+    check_choice("--grad-checkpointing", grad_checkpointing, CHECKPOINTING)
+    check_choice("--dtype", dtype, DTYPES)
+    dtype = run_dtype(dtype, backend)  # auto: what `nami train` computes in on that backend
     plan, shapes = plan_windows(model, flow, pixels_per_token, mode)
-    if stage_mix is None:
-        phases = parse_phases(default_ratios(flow.num_stages), "--ratio-schedule", flow.num_stages)
-        candidates = [(phase.values, f"the costliest phase of the default schedule, from step {phase.start}"
-                       if len(phases) > 1 else "the default schedule") for phase in phases]
+    K = flow.num_stages
+    if stage_mix is None or isinstance(stage_mix, str):
+        what = "the default schedule" if stage_mix is None else "--stage-mix"
+        phases = parse_stage_mix(stage_mix or default_ratios(K), K)
+        candidates = [(phase.values, f"the costliest phase of {what}, from step {phase.start}"
+                       if len(phases) > 1 else what) for phase in phases]
     else:
-        values = parse_float_list(stage_mix, "--stage-mix") if isinstance(stage_mix, str) else tuple(stage_mix)
-        if len(values) != flow.num_stages:
-            raise ConfigError(f"--stage-mix has {len(values)} weights for {flow.num_stages} stages")
-        candidates = [(tuple(float(v) for v in values), "--stage-mix")]
+        if len(stage_mix) != K:
+            raise ConfigError(f"--stage-mix has {len(stage_mix)} weights for {K} stages")
+        candidates = [(tuple(float(v) for v in stage_mix), "--stage-mix")]
     options: dict[str, Any] = {"dtype": dtype, "text_tokens": text_tokens, "grad_checkpointing": grad_checkpointing,
                                "fsdp": fsdp, "gpus": gpus, "ema": ema, "backend": backend, "trainable": trainable}
     best = None
@@ -461,3 +459,4 @@ def train_memory_report(name: str, model: ModelConfig, flow: FlowConfig, pixels_
         **report,
         "worst_draw": {"samples_per_window": worst_samples, "peak_bytes": worst.peak, "peak_gib": worst.peak / GIB},
     }
+

@@ -79,14 +79,20 @@ def train_device() -> torch.device:
 
 def data_text_tokens(folder: Path, manifest: dict, text_padding: str) -> int:
     """Text tokens a step of this data runs: the longest real caption (or the null prompt) when the
-    model cuts padded text (`text_padding` "mask"), else the whole slot. Reads only the masks."""
+    model cuts padded text (`text_padding` "mask"), else the whole slot. Each shard's longest caption
+    is in the manifest (`text_tokens`); data prepared before that is read for its masks."""
     slot = int(manifest["text_encoder"].get("max_tokens", 256))
     if text_padding != "mask":
         return slot
     from safetensors import safe_open
 
-    longest = 0
-    files = [s["file"] for s in manifest.get("shards", [])] + [manifest.get("null_text")]
+    shards = manifest.get("shards", [])
+    recorded = [s.get("text_tokens") for s in shards]
+    if all(isinstance(n, int) for n in recorded):  # written by prepare-data since it records them
+        shards, longest = [], max(recorded, default=0)
+    else:
+        longest = 0
+    files = [s["file"] for s in shards] + [manifest.get("null_text")]
     for name in filter(None, files):
         try:
             with safe_open(str(Path(folder) / name), "pt") as f:

@@ -1,10 +1,12 @@
-"""Training metrics: per-stage loss, loss by tau bins, throughput; to metrics.jsonl, TensorBoard and the console."""
+"""Training metrics: per-stage loss, loss by tau bins, throughput; to metrics.jsonl (the record),
+the trackers of `--report-to` (TensorBoard, wandb, through accelerate) and the console."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -32,6 +34,10 @@ class MetricsWindow:
         self.loss_sum = zeros(())
         self.stage_sum, self.stage_n = zeros(self.num_stages), zeros(self.num_stages)
         self.tau_sum, self.tau_n = zeros(TAU_BINS), zeros(TAU_BINS)
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent outside training (drawing validation images) out of the throughput."""
+        self.t0 += seconds
 
     def add(self, loss: torch.Tensor, sums: torch.Tensor, taus: torch.Tensor, losses: torch.Tensor,
             taken: torch.Tensor, images: int, tokens: int) -> None:
@@ -79,37 +85,43 @@ class MetricsWindow:
         }
 
 
-class MetricsLog:
-    """Appends one JSON object per log step to RUN/metrics.jsonl (and TensorBoard when installed)."""
+def tracker_values(record: dict) -> dict[str, float]:
+    """The scalars of a metrics record as trackers plot them: loss, lr, throughput, and per stage
+    (1-based) its loss and its share of the stage mix, per tau bin its loss."""
+    values = {name: float(record[name]) for name in ("loss", "lr", "images_per_s", "tokens_per_s", "nan_skipped")}
+    for k, v in enumerate(record["loss_stage"]):
+        if v is not None:
+            values[f"loss_stage/{k + 1}"] = float(v)
+    total = sum(record["stage_ratios"]) or 1.0
+    for k, share in enumerate(record["stage_ratios"]):
+        values[f"stage_mix/{k + 1}"] = share / total
+    for b, v in enumerate(record["loss_tau_bins"]):
+        if v is not None:
+            values[f"loss_tau/{b / TAU_BINS:.1f}"] = float(v)
+    return values
 
-    def __init__(self, run: Path, enabled: bool) -> None:
+
+def tracker_config(settings: dict) -> dict[str, str | int | float | bool | None]:
+    """A run's settings (`TrainConfig.to_json`) as trackers record hyperparameters: lists as text."""
+    return {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in settings.items()}
+
+
+class MetricsLog:
+    """Appends one JSON object per log step to RUN/metrics.jsonl and hands its scalars to
+    `trackers(values, step)` (accelerate's `Accelerator.log`), when given."""
+
+    def __init__(self, run: Path, enabled: bool, trackers: Callable[[dict, int], None] | None = None) -> None:
         self.enabled = enabled
         self.path = run / "metrics.jsonl"
-        self.writer = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run / "tensorboard"))
-            except Exception:  # noqa: BLE001  (tensorboard is optional)
-                self.writer = None
+        self.trackers = trackers
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            step = record["step"]
-            self.writer.add_scalar("loss", record["loss"], step)
-            self.writer.add_scalar("lr", record["lr"], step)
-            self.writer.add_scalar("images_per_s", record["images_per_s"], step)
-            for k, v in enumerate(record["loss_stage"]):
-                if v is not None:
-                    self.writer.add_scalar(f"loss_stage/{k + 1}", v, step)
-            for b, v in enumerate(record["loss_tau_bins"]):
-                if v is not None:
-                    self.writer.add_scalar(f"loss_tau/{b / TAU_BINS:.1f}", v, step)
+        if self.trackers is not None:
+            self.trackers(tracker_values(record), record["step"])
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the log has no duplicated steps."""
@@ -117,7 +129,3 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()

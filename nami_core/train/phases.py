@@ -2,8 +2,9 @@
 
 Written as `"STEP:VALUES,STEP:VALUES"`, each phase starting at its step:
 
-* ratios, one weight per stage low to high resolution: `"0:4:2:1,120000:2:4:1,200000:1:2:4"`
-  (the paper's schedule and the default for three stages);
+* the stage mix, one weight per stage low to high resolution: `"0:4:2:1,120000:2:4:1,200000:1:2:4"`
+  (the paper's schedule and the default for three stages); one mix without a step, `"4:2:1"`,
+  holds from step 0 on (`parse_stage_mix`);
 * learning rate: `"0:1e-4,200000:5e-5"` (the paper's, the default).
 """
 
@@ -12,8 +13,9 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+from ..config import list_items, number_text, parse_weights
 from ..errors import ConfigError
 
 PAPER_RATIOS = "0:4:2:1,120000:2:4:1,200000:1:2:4"
@@ -40,12 +42,13 @@ class Phase:
     values: tuple[float, ...]
 
 
-def parse_phases(text: str, name: str, width: int | None = None) -> list[Phase]:
-    """Parse a schedule; `width` is the number of values each phase must have (None: any, >= 1)."""
+def parse_phases(text: str, name: str, width: int | None = None,
+                 check: Callable[[tuple[float, ...], str], Any] = parse_weights) -> list[Phase]:
+    """Parse a schedule; `width` is the number of values each phase must have (None: any, >= 1).
+    `check(values, where)` checks a phase's values; by default they are weights
+    (`config.parse_weights`: finite, non-negative, not all 0)."""
     phases = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
+    for part in list_items(text, name):
         fields = part.split(":")
         try:
             start = int(fields[0])
@@ -58,11 +61,8 @@ def parse_phases(text: str, name: str, width: int | None = None) -> list[Phase]:
             raise ConfigError(f"{name}: phase {part!r} holds a value that is not a finite number")
         if not values or (width is not None and len(values) != width):
             raise ConfigError(f"{name}: phase {part!r} has {len(values)} values, expected {width}")
-        if any(v < 0 for v in values) or sum(values) <= 0:
-            raise ConfigError(f"{name}: phase {part!r} needs non-negative values that are not all zero")
+        check(values, f"{name}: phase {part!r}")
         phases.append(Phase(start, values))
-    if not phases:
-        raise ConfigError(f"{name} is empty")
     if phases[0].start != 0:
         raise ConfigError(f"{name}: the first phase must start at step 0, not {phases[0].start}")
     if any(b.start <= a.start for a, b in zip(phases, phases[1:])):
@@ -81,3 +81,21 @@ def value_at(phases: Sequence[Phase], step: int) -> tuple[float, ...]:
 
 def default_ratios(num_stages: int) -> str:
     return PAPER_RATIOS if num_stages == 3 else "0:" + ":".join(["1"] * num_stages)
+
+
+def parse_stage_mix(text: str, num_stages: int, name: str = "--stage-mix") -> list[Phase]:
+    """A stage mix: `num_stages` weights ("4:2:1", from step 0 on) or a schedule of them
+    ("0:4:2:1,120000:2:4:1"): a phase of exactly `num_stages` values has no step."""
+    parts = list_items(text, name)
+    if len(parts) == 1:
+        values = len(parts[0].split(":"))
+        if values == num_stages:
+            text = "0:" + parts[0]
+        elif values != num_stages + 1:
+            raise ConfigError(f"{name} has {values} weights for {num_stages} stages")
+    return parse_phases(text, name, num_stages)
+
+
+def format_phases(phases: Sequence[Phase]) -> str:
+    """Phases as they are written: "0:4:2:1,120000:2:4:1" (values exactly, as short as they read)."""
+    return ",".join(":".join([str(p.start), *map(number_text, p.values)]) for p in phases)

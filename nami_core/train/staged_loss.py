@@ -24,7 +24,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..config import parse_float_list
 from ..denoiser import Denoiser
 from ..errors import ConfigError
 from ..flow.objective import flow_loss, stage_targets
@@ -33,6 +32,7 @@ from ..flow.plan import FlowPlan
 from ..text.embeddings import TextEmbeddings
 from .batches import StageGroup
 from .checkpointing import CheckpointPolicy
+from .config import parse_loss_weights
 
 
 @dataclass
@@ -97,7 +97,7 @@ def stage_sums(groups: list[StageGroup], losses: list[torch.Tensor], num_windows
 class StageLossWeights:
     """Per-window loss weights, fixed or `auto` (module docstring), as a (K,) float32 device tensor."""
 
-    def __init__(self, spec: str, num_stages: int, decay: float = 0.99, device=None) -> None:
+    def __init__(self, spec: str | Sequence[float], num_stages: int, decay: float = 0.99, device=None) -> None:
         self.auto = spec == "auto"
         self.decay = decay
         self.num_stages = num_stages
@@ -105,11 +105,9 @@ class StageLossWeights:
         if self.auto:
             fixed = [1.0] * num_stages
         else:
-            values = parse_float_list(spec, "--stage-loss-weights")
+            values = parse_loss_weights(spec)
             if len(values) != num_stages:
                 raise ConfigError(f"--stage-loss-weights has {len(values)} values for {num_stages} stage window(s)")
-            if any(not v >= 0 for v in values):
-                raise ConfigError("--stage-loss-weights must be non-negative")
             fixed = list(values)
         self.fixed = torch.tensor(fixed, dtype=torch.float32, device=self.device)
         self.running = torch.zeros(num_stages, dtype=torch.float64, device=self.device)

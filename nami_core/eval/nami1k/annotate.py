@@ -15,27 +15,55 @@ import hashlib
 import io
 import os
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ...config import check_fields, within
 from ...errors import NamiError
+from ...input_paths import check_input
 from ...files import write_text_atomic
+from ...output_targets import NAMI1K_IMAGES, check_out_file
 from ..io import read_rgb
 from .generate import read_manifest
 from .page import render_page
 
 DIMENSIONS = ("relevance", "coherence", "aesthetics", "realism")
 MAX_SIDE = 768
+MAX_SIDE_LIMIT = 16384  # the largest --max-side (JPEG takes sides up to 65,500 pixels)
 
 
 def parse_model_folder(spec: str) -> tuple[str, Path]:
-    """"NAME=DIR" or "DIR" (named after the folder) -> (name, folder)."""
+    """"NAME=DIR" or "DIR" (named after the folder) -> (name, folder), a folder `generate` wrote."""
     name, sep, folder = spec.partition("=")
     if not sep:
         folder, name = spec, Path(spec.rstrip("/\\")).name
-    if not name or "/" in name:
+    if not name.strip() or "/" in name or not folder.strip():
         raise NamiError(f"bad --images {spec!r}; use DIR or NAME=DIR")
-    return name, Path(folder)
+    return name, check_input(folder, "--images", NAMI1K_IMAGES)
+
+
+@dataclass
+class PageRequest:
+    """`nami eval nami1k annotate`: the image folders (`DIR` or `NAME=DIR`, each written by
+    `generate`), the page to write (`out`, .html) and how images are shown (`write_page`)."""
+
+    images: Sequence[str]
+    out: str | Path
+    embed: bool = True
+    max_side: int = field(default=MAX_SIDE, metadata=within(0, MAX_SIDE_LIMIT))
+    seed: int = 0
+    title: str = "NAMI-1K annotation"
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        self.models = [parse_model_folder(spec) for spec in self.images]
+        self.out = check_page_path(self.out, self.models)
+
+
+def check_page_path(out: str | Path, models: Sequence[tuple[str, Path]]) -> Path:
+    """The page's path by the output policy: an .html file, not one of the image folders."""
+    return check_out_file(out, (".html", ".htm"), "annotation page", {"--images": [folder for _, folder in models]})
 
 
 def image_source(path: Path, page_dir: Path, embed: bool, max_side: int) -> str:
@@ -73,11 +101,7 @@ def page_data(models: Sequence[tuple[str, Path]], page_path: str | Path, embed: 
 def write_page(models: Sequence[tuple[str, Path]], out: str | Path, embed: bool = True, max_side: int = MAX_SIDE,
                seed: int = 0, title: str = "NAMI-1K annotation") -> dict:
     """Write the page to `out` (atomically); returns its data."""
-    out = Path(out)
-    if out.is_dir():
-        raise NamiError(f"--out {out} is a folder; give the path of the .html page to write")
-    if not out.parent.is_dir():
-        raise NamiError(f"the folder of --out {out} does not exist")
+    out = check_page_path(out, models)
     data = page_data(models, out, embed, max_side, seed, title)
     write_text_atomic(out, render_page(data))
     return data

@@ -8,31 +8,64 @@ manifest is complete; `annotate` reads it.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ...errors import NamiError
+from ...input_paths import FILE, reads
+from ..generation import GenerationSettings
 from ...files import write_jsonl_atomic
+from ...output_names import safe_name
+from ...output_targets import NAMI1K_IMAGES, Inputs, check_out_folder
 from ...png import save_png
-from ..io import read_jsonl
+from ...user_files import read_jsonl
 from .prompts import FIELDS, PromptRecord, validate_record
 
 MANIFEST_NAME = "manifest.jsonl"
 
 
+@dataclass(kw_only=True)
+class Nami1kGeneration(GenerationSettings):
+    """`nami eval nami1k generate`: the prompt set (`prompts`, from `build`) and the empty folder
+    the images and the manifest go to (`out`)."""
+
+    prompts: Path | str = field(metadata=reads(FILE))
+    out: Path | str
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.prompts, self.out = Path(self.prompts), Path(self.out)
+
+    def inputs(self) -> dict[str, Any]:
+        return {"--prompts": self.prompts, **super().inputs()}
+
+
 def image_name(record_id: str, j: int) -> str:
-    return f"{record_id}_{j:02d}.png"
+    """`<id>_<j>.png`, the id made a safe file name first (`output_names.safe_name`): an id from a
+    prompt file such as `../../x` never names a file outside the folder."""
+    return f"{safe_name(record_id)}_{j:02d}.png"
+
+
+def check_image_folder(out: str | Path, inputs: Inputs | None = None) -> Path:
+    """`out` may receive a model's NAMI-1K images (the output policy, `output_targets`): a new or
+    empty folder, not the prompt set or the model, nor around them."""
+    out = check_out_folder(out, NAMI1K_IMAGES, inputs)
+    if out.is_dir() and (any(out.glob("*.png")) or (out / MANIFEST_NAME).exists()):
+        raise NamiError(f"{out} already holds generated images; choose an empty --out")
+    return out
 
 
 def generate_set(generator, records: Sequence[PromptRecord], out: str | Path, images_per_prompt: int = 1,
-                 seed: int = 0, batch_size: int = 8, on_image: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Generate every prompt's images into `out` and write the manifest; returns its lines."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NamiError(f"--out {out} is a file, expected a folder")
-    if out.is_dir() and (any(out.glob("*.png")) or (out / MANIFEST_NAME).exists()):
-        raise NamiError(f"{out} already holds generated images; choose an empty --out")
+                 seed: int = 0, batch_size: int = 8, on_image: Callable[[int, int], None] | None = None,
+                 inputs: Inputs | None = None) -> list[dict]:
+    """Generate every prompt's images into `out` and write the manifest; returns its lines.
+    `inputs` (option -> path): what `out` may not be, hold or lie inside."""
+    out = check_image_folder(out, inputs)
+    names = [image_name(r.id, 0) for r in records]
+    if len(set(names)) != len(names):
+        twice = next(r.id for r, name in zip(records, names) if names.count(name) > 1)
+        raise NamiError(f"the prompt set's id {twice!r} gives the file name of another id; make the ids distinct")
     out.mkdir(parents=True, exist_ok=True)
     manifest = []
     total = len(records) * images_per_prompt

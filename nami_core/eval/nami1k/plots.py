@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ...files import write_bytes_atomic
+from ...output_targets import Inputs, check_out_file
 from .prompts import SOURCES, PromptRecord
 from .topics import TOPICS
 
@@ -30,8 +31,11 @@ def topic_counts(records: Sequence[PromptRecord]) -> dict[str, int]:
     return {t: found.get(t, 0) for t in TOPICS}
 
 
-def write_histograms(records: Sequence[PromptRecord], path: str | Path, bin_words: int = LENGTH_BIN) -> None:
-    """One PNG: left, stacked word-count histogram by source; right, prompts per topic."""
+def write_histograms(records: Sequence[PromptRecord], path: str | Path, bin_words: int = LENGTH_BIN,
+                     inputs: Inputs | None = None) -> None:
+    """One PNG: left, stacked word-count histogram by source; right, prompts per topic. `path` must
+    end in .png and be none of `inputs` (the output policy, `output_targets`)."""
+    path = check_out_file(path, (".png",), "histogram PNG", inputs, flag="--plot")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -16,7 +16,8 @@ from typing import Iterable
 
 from ...errors import NamiError
 from ...files import write_jsonl_atomic
-from ..io import read_jsonl
+from ...output_targets import Inputs, check_out_file
+from ...user_files import read_jsonl
 from .topics import TOPICS
 
 SOURCES = ("open", "human", "generated")
@@ -68,5 +69,8 @@ def read_prompt_set(path: str | Path) -> list[PromptRecord]:
     return records
 
 
-def write_prompt_set(path: str | Path, records: Iterable[PromptRecord]) -> None:
-    write_jsonl_atomic(Path(path), (asdict(r) for r in records))
+def write_prompt_set(path: str | Path, records: Iterable[PromptRecord], inputs: Inputs | None = None) -> None:
+    """Write the set as JSON lines to `path`, a `.jsonl` file that is none of `inputs` (the output
+    policy, `output_targets`: the source files are never overwritten)."""
+    path = check_out_file(path, (".jsonl",), "NAMI-1K prompt set", inputs)
+    write_jsonl_atomic(path, (asdict(r) for r in records))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ...errors import NamiError
+from ...user_files import read_json
 from .agreement import krippendorff_alpha_interval
 from .annotate import DIMENSIONS
 from .prompts import SOURCES
@@ -36,19 +37,17 @@ class Annotation:
 
 def read_annotation(path: str | Path) -> Annotation:
     path = Path(path)
-    if not path.is_file():
-        raise NamiError(f"annotation file {path} does not exist" if not path.exists() else f"{path} is not a file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NamiError(f"annotation file {path} is not JSON ({exc})".replace("\n", " ")) from None
+    data = read_json(path, "annotation file")  # strict: a key given twice is refused, not overwritten
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise NamiError(f"{path} is not a NAMI-1K annotation export (format {FORMAT!r})")
     annotator = data.get("annotator")
     if not isinstance(annotator, str) or not annotator.strip():
         raise NamiError(f"{path}: annotator must be a non-empty string")
+    rows = data.get("items")
+    if not isinstance(rows, list):
+        raise NamiError(f"{path}: items must be a list of scored images, got {json.dumps(rows)[:40]}")
     items = {}
-    for n, row in enumerate(data.get("items") or []):
+    for n, row in enumerate(rows):
         where = f"{path}: items[{n}]"
         if not isinstance(row, dict) or not isinstance(row.get("key"), str) or not isinstance(row.get("model"), str):
             raise NamiError(f"{where} needs a key and a model")
@@ -59,6 +58,8 @@ def read_annotation(path: str | Path) -> Annotation:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not 0 <= value <= 100):
                 raise NamiError(f"{where}: {dim} must be a number from 0 to 100 or null, got {value!r}")
+        if row["key"] in items:
+            raise NamiError(f"{where}: the image {row['key']!r} is scored twice in one file (which scores count?)")
         items[row["key"]] = row
     if not items:
         raise NamiError(f"{path} holds no items")
