@@ -60,7 +60,8 @@ UNITS = {"block": (2 + 4 + 6, 1 + 2 + 2, 2),  # every block call; stage 1 runs d
          "stage": (3, 3, 1)}  # one call per step, one graph per stage shape
 
 
-@pytest.mark.parametrize("unit", UNITS)
+# the stage unit, not the default, runs with -m slow
+@pytest.mark.parametrize("unit", [pytest.param("block"), pytest.param("stage", marks=pytest.mark.slow)])
 def test_compiled_sampling_over_prompt_lengths_guidance_and_stages_never_runs_eagerly(eager_backend, bench, unit):
     """3 prompt lengths x guided and unguided x every stage in one process: no recompile limit hit,
     no graph break, no eager call, and the latents of eager sampling."""
