@@ -237,6 +237,7 @@ def test_train_on_buckets_and_resume_exactly(bucketed, tmp_path):
     assert any(not torch.equal(midway[k], final[k]) for k in final)  # the last 3 steps did train
 
 
+@pytest.mark.slow  # about 15 s; the per-rank bucket choice is checked in-process above
 def test_torchrun_two_ranks_train_on_buckets(bucketed, tmp_path):
     """Two gloo ranks on bucketed data: every step's groups have one shape on both ranks, and DDP runs through."""
     out = tmp_path / "ddp"

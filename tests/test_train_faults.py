@@ -214,7 +214,7 @@ def test_a_stale_lock_is_taken_over_with_a_note(root, tmp_path, capsys):
 def test_two_runs_started_on_one_folder(root, tmp_path, capsys):
     """The second run is refused while the first trains; the first finishes untouched."""
     out = tmp_path / "shared"
-    args = train_args(root, out, "--steps", "400", "--save-every", "100")
+    args = train_args(root, out, "--steps", "200", "--save-every", "50")
     first = subprocess.Popen([sys.executable, "-m", "nami_cli.main", *args[:]], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -225,8 +225,8 @@ def test_two_runs_started_on_one_folder(root, tmp_path, capsys):
     _, first_err = first.communicate(timeout=600)
     assert first.returncode == 0, first_err
     records = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(2, 401, 2))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{s:08d}" for s in (200, 300, 400)]
+    assert [r["step"] for r in records] == list(range(2, 201, 2))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-{s:08d}" for s in (100, 150, 200)]
 
 
 def test_settings_are_checked_before_any_step(root, tmp_path, capsys, monkeypatch):
