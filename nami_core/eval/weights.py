@@ -22,16 +22,22 @@ INCEPTION_HINT = ("download inception-2015-12-05.pt (the TorchScript FID Incepti
                   "clean-fid) on a machine with internet and pass its path with --inception")
 
 
+def existing_path(path: str | Path | None, what: str, hint: str) -> Path:
+    """`path` given and present (`~` expanded), or NamiError naming `what` with `hint`."""
+    if path is None or not str(path).strip():
+        raise NamiError(f"{what} is required; {hint}")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise NamiError(f"{what}: {path} does not exist; {hint}")
+    return path
+
+
 def check_model_folder(path: str | Path | None, what: str, hint: str) -> Path:
     """The folder of a transformers model saved with `save_pretrained`, or NamiError.
 
     what: the flag and the model it names ("--clip (a CLIP model)"); hint: where to get it.
     """
-    if path is None or not str(path).strip():
-        raise NamiError(f"{what} is required; {hint}")
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise NamiError(f"{what}: {folder} does not exist; {hint}")
+    folder = existing_path(path, what, hint)
     if not folder.is_dir():
         raise NamiError(f"{what}: {folder} is a file, expected a model folder with config.json; {hint}")
     if not (folder / "config.json").is_file():
@@ -53,11 +59,7 @@ def vqa_folder(path: str | Path | None, flag: str = "--vqa") -> Path:
 
 def inception_file(path: str | Path | None, flag: str = "--inception") -> Path:
     """The FID Inception's TorchScript file, checked before torch loads."""
-    if path is None or not str(path).strip():
-        raise NamiError(f"{flag} is required; {INCEPTION_HINT}")
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise NamiError(f"{flag}: {path} does not exist; {INCEPTION_HINT}")
+    path = existing_path(path, flag, INCEPTION_HINT)
     if not path.is_file():
         raise NamiError(f"{flag}: {path} is a folder, expected the .pt file; {INCEPTION_HINT}")
     return path
