@@ -134,14 +134,26 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def json_text(obj: Any, **options) -> str:
+    """`obj` as JSON with non-ASCII text kept, except text that is not Unicode (a file name's bytes
+    that are not UTF-8, held as surrogates): then escaped, so the file stays UTF-8 and reads back
+    to the same names."""
+    text = json.dumps(obj, ensure_ascii=False, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, **options)
+    return text
+
+
 def write_json_atomic(path: str | Path, obj: Any, sort_keys: bool = False) -> None:
-    """`obj` as indented JSON (UTF-8, non-ASCII kept) and a final newline."""
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=sort_keys) + "\n")
+    """`obj` as indented JSON (UTF-8, non-ASCII kept: `json_text`) and a final newline."""
+    write_text_atomic(path, json_text(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
     """One JSON object per line."""
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(path, "".join(json_text(r) + "\n" for r in records))
 
 
 def publish_dir(tmp: str | Path, final: str | Path) -> Path:

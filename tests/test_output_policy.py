@@ -38,7 +38,8 @@ def checkpoint(run: Path, step: int = 4) -> Path:
     (lambda run: run, "holds the checkpoint"),  # 1: the whole run
     (lambda run: checkpoint(run), "is the checkpoint"),  # 2: the checkpoint itself
     (lambda run: run / "checkpoints", "holds the checkpoint"),  # 3: every checkpoint
-    (lambda run: checkpoint(run, 2), "is a training checkpoint, not a nami model directory"),  # another checkpoint
+    (lambda run: checkpoint(run, 2), "lies inside the run"),  # another checkpoint
+    (lambda run: run / "models" / "mid-run", "lies inside the run"),  # a new folder in the run
 ])
 def test_convert_checkpoint_never_writes_over_the_run(run, capsys, target, relation):
     before = snapshot(run)

@@ -162,3 +162,14 @@ def test_sample_warns_once_for_a_far_size(tiny_model_dir, tmp_path, capsys):
     code, _, err = run_cli(["sample", "a red circle", "--model", str(tiny_model_dir), "--size", "64x32",
                             "--steps", "1,1,1", "--out", str(tmp_path / "near.png")], capsys)
     assert code == 0 and "warning:" not in err
+
+
+def test_a_caption_longer_than_the_font_can_measure_is_cut_to_what_shows():
+    """A prompt of two million characters (a --validation-prompts line) under a grid tile: only
+    what fits the caption's lines is measured, and the grid is the one of its first lines."""
+    tile = Image.new("RGB", (16, 16), "red")
+    huge = image_grid([tile], ["a" * 2_000_000 + "\nseed 0"])
+    shown = image_grid([tile], ["a" * 5_000 + "\nseed 0"])
+    assert huge.size == shown.size and huge.tobytes() == shown.tobytes()
+    lines = wrap("word " * 400_000, MIN_TILE, len)
+    assert len(lines) == 4 and lines[-1].endswith("...")
