@@ -126,6 +126,19 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], needed: int | 
             tmp.unlink()
 
 
+def write_same_or_new(path: str | Path, data: bytes, flag: str) -> None:
+    """Write `data` to `path` (atomically) unless the file holds it already; NamiError naming
+    `flag` when it holds anything else: a folder filled in place (`--images-dir`) is written again
+    by a re-run with the same settings, never over files another command or setting wrote."""
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == data:
+        return
+    if path.exists() or path.is_symlink():
+        raise NamiError(f"{flag} {path.parent}: {path.name} exists and differs from what this run writes there "
+                        "(written with other settings, or not by nami); choose a new folder (nothing was replaced)")
+    write_bytes_atomic(path, data)
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
