@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -148,15 +149,29 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def json_text(obj: Any, **options) -> str:
-    """`obj` as JSON with non-ASCII text kept, except text that is not Unicode (a file name's bytes
-    that are not UTF-8, held as surrogates): then escaped, so the file stays UTF-8 and reads back
-    to the same names."""
-    text = json.dumps(obj, ensure_ascii=False, **options)
+    """`obj` as standard JSON: a float that is NaN or infinite (an agreement with one annotator, a
+    mean of nothing) is written as null, which every JSON reader reads (json.dumps would write the
+    non-standard NaN that strict readers, nami's own included, refuse); non-ASCII text kept, except
+    text that is not Unicode (a file name's bytes that are not UTF-8, held as surrogates): then
+    escaped, so the file stays UTF-8 and reads back to the same names."""
+    obj = finite_or_null(obj)
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, **options)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = json.dumps(obj, ensure_ascii=True, **options)
+        text = json.dumps(obj, ensure_ascii=True, allow_nan=False, **options)
     return text
+
+
+def finite_or_null(obj: Any) -> Any:
+    """`obj` with every non-finite float (in dicts, lists, tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(value) for value in obj]
+    return obj
 
 
 def write_json_atomic(path: str | Path, obj: Any, sort_keys: bool = False) -> None:

@@ -248,3 +248,20 @@ def test_json_nami_writes_keeps_names_that_are_not_utf8(tmp_path):
     assert "猫" in (tmp_path / "b.json").read_text(encoding="utf-8")
     write_jsonl_atomic(tmp_path / "a.jsonl", [{"file": odd}])
     assert read_jsonl(tmp_path / "a.jsonl") == [{"file": odd}]
+
+
+def test_json_nami_writes_is_standard_json(tmp_path, capsys):
+    """A non-finite float in a record nami writes (the agreement of one annotator is undefined) is
+    null, never the non-standard NaN that strict readers, nami's own included, refuse."""
+    from nami_core.files import write_json_atomic
+
+    write_json_atomic(tmp_path / "a.json", {"alpha": float("nan"), "x": [1.0, float("inf"), -float("inf")]})
+    assert read_json_object(tmp_path / "a.json") == {"alpha": None, "x": [1.0, None, None]}
+    annotations = tmp_path / "ann.json"
+    annotations.write_text(json.dumps({"format": "nami1k-annotations/1", "page": "p", "annotator": "a", "items": [
+        {"key": "m/0000_00.png", "model": "m", "id": "0000", "source": "open", "topic": "other", "relevance": 50,
+         "coherence": 50, "aesthetics": 50, "realism": 50}]}))
+    code, _, err = run_cli(["eval", "nami1k", "score", str(annotations), "--json", str(tmp_path / "s.json")], capsys)
+    assert code == 0, err
+    scores = read_json_object(tmp_path / "s.json")  # strict: NaN would be refused here
+    assert scores["agreement"]["relevance"] is None
