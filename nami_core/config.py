@@ -7,6 +7,7 @@ the bad field, so the CLI can print one line and exit.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import MISSING, Field, asdict, dataclass, fields, replace
 from typing import Any, Iterable, Sequence
@@ -94,6 +95,32 @@ def empty_means(meaning: str) -> dict[str, Any]:
 def when_empty(hint: str) -> dict[str, Any]:
     """Field metadata: what the refusal of an empty text value tells to give instead."""
     return {"when_empty": hint}
+
+
+def needs(other: str) -> dict[str, str]:
+    """Field metadata: the option means something only when the field `other` is given too."""
+    return {"needs": other}
+
+
+def excludes(other: str) -> dict[str, str]:
+    """Field metadata: the option and the field `other` say the same thing; give one of them."""
+    return {"excludes": other}
+
+
+def check_relations(obj: Any) -> None:
+    """ConfigError for a field declared with `needs` given without its partner, or with `excludes`
+    given beside it (None: not given); the error names both options."""
+    by_name = {f.name: f for f in fields(obj)}
+    for f in fields(obj):
+        if getattr(obj, f.name) is None:
+            continue
+        other = f.metadata.get("needs")
+        if other is not None and getattr(obj, other) is None:
+            raise ConfigError(f"{option_of(f)} applies only with {option_of(by_name[other])}; give "
+                              f"{option_of(by_name[other])} too, or leave {option_of(f)} out")
+        other = f.metadata.get("excludes")
+        if other is not None and getattr(obj, other) is not None:
+            raise ConfigError(f"give {option_of(f)} or {option_of(by_name[other])}, not both")
 
 
 def option_of(field: Field) -> str:
@@ -206,6 +233,19 @@ def positive_int(name: str, value: Any) -> int:
     return value
 
 
+def integers(name: str, values: Any) -> tuple[int, ...]:
+    """`values` as a tuple of ints; ConfigError naming `name` for anything else in it (3.5, "3",
+    true): a list of integers is never rounded or parsed into one."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ConfigError(f"{name} must be a list of integers, got {values!r}")
+    values = tuple(values)
+    exact = [v for v in values if isinstance(v, numbers.Integral) and not isinstance(v, bool)
+             or isinstance(v, float) and v.is_integer()]
+    if len(exact) != len(values):
+        raise ConfigError(f"{name} must be a list of integers, got {list(values)!r}")
+    return tuple(int(v) for v in values)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape of a NAMI transformer (FLUX MM-DiT blocks cut into nested stage modules).
@@ -244,8 +284,8 @@ class ModelConfig:
             raise ConfigError("double_blocks + single_blocks must be at least 1")
         if self.width % self.heads != 0:
             raise ConfigError(f"heads ({self.heads}) must divide width ({self.width})")
-        object.__setattr__(self, "stage_ends", tuple(int(e) for e in self.stage_ends))
-        object.__setattr__(self, "rope_axes", tuple(int(a) for a in self.rope_axes))
+        object.__setattr__(self, "stage_ends", integers("stage_ends", self.stage_ends))
+        object.__setattr__(self, "rope_axes", integers("rope_axes", self.rope_axes))
         validate_stage_ends(self.stage_ends, self.depth)
         if sum(self.rope_axes) != self.head_dim:
             raise ConfigError(
@@ -391,6 +431,8 @@ class FlowConfig:
             )
         if any(not (w > 0) or math.isinf(w) for w in ratios):
             raise ConfigError(f"window_ratios must be positive, got {list(ratios)}")
+        if any(w > MAX_WEIGHT for w in ratios):  # their sum would overflow: the rule of every relative weight
+            raise ConfigError(f"window_ratios are relative, each at most {bound_text(MAX_WEIGHT)}, got {list(ratios)}")
         if not (0.0 < float(self.gamma) <= 1.0 / 3.0 + 1e-12):
             raise ConfigError(f"gamma must be in (0, 1/3], got {self.gamma}")
         if self.grid not in GRIDS:
@@ -534,10 +576,13 @@ def number_text(value: float) -> str:
 
 
 def parse_name_list(text: str | Iterable[str], name: str) -> tuple[str, ...]:
-    """Parse "nami,flux-base" into ("nami", "flux-base"); a sequence is taken as it is."""
-    if not isinstance(text, str):
-        return tuple(text)
-    return tuple(list_items(text, name))
+    """Parse "nami,flux-base" into ("nami", "flux-base"); a sequence is taken as it is. A name
+    given twice is refused: a list of names (modes, backends, models) names each once."""
+    items = tuple(text) if not isinstance(text, str) else tuple(list_items(text, name))
+    repeated = next((item for i, item in enumerate(items) if item in items[:i]), None)
+    if repeated is not None:
+        raise ConfigError(f"{name} lists {repeated!r} twice: {','.join(map(str, items))}")
+    return items
 
 
 def parse_size(text: str, option: str = "--size") -> tuple[int, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -126,6 +127,19 @@ def write_atomic(path: str | Path, write: Callable[[Path], None], needed: int | 
             tmp.unlink()
 
 
+def write_same_or_new(path: str | Path, data: bytes, flag: str) -> None:
+    """Write `data` to `path` (atomically) unless the file holds it already; NamiError naming
+    `flag` when it holds anything else: a folder filled in place (`--images-dir`) is written again
+    by a re-run with the same settings, never over files another command or setting wrote."""
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == data:
+        return
+    if path.exists() or path.is_symlink():
+        raise NamiError(f"{flag} {path.parent}: {path.name} exists and differs from what this run writes there "
+                        "(written with other settings, or not by nami); choose a new folder (nothing was replaced)")
+    write_bytes_atomic(path, data)
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
@@ -134,14 +148,40 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def json_text(obj: Any, **options) -> str:
+    """`obj` as standard JSON: a float that is NaN or infinite (an agreement with one annotator, a
+    mean of nothing) is written as null, which every JSON reader reads (json.dumps would write the
+    non-standard NaN that strict readers, nami's own included, refuse); non-ASCII text kept, except
+    text that is not Unicode (a file name's bytes that are not UTF-8, held as surrogates): then
+    escaped, so the file stays UTF-8 and reads back to the same names."""
+    obj = finite_or_null(obj)
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, **options)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj, ensure_ascii=True, allow_nan=False, **options)
+    return text
+
+
+def finite_or_null(obj: Any) -> Any:
+    """`obj` with every non-finite float (in dicts, lists, tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(value) for value in obj]
+    return obj
+
+
 def write_json_atomic(path: str | Path, obj: Any, sort_keys: bool = False) -> None:
-    """`obj` as indented JSON (UTF-8, non-ASCII kept) and a final newline."""
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=sort_keys) + "\n")
+    """`obj` as indented JSON (UTF-8, non-ASCII kept: `json_text`) and a final newline."""
+    write_text_atomic(path, json_text(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
     """One JSON object per line."""
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(path, "".join(json_text(r) + "\n" for r in records))
 
 
 def publish_dir(tmp: str | Path, final: str | Path) -> Path:

@@ -29,9 +29,13 @@ def _font():
 
 def wrap(text: str, width: int, measure, max_lines: int = MAX_CAPTION_LINES) -> list[str]:
     """`text` in lines no wider than `width` pixels by `measure(line)`, words kept whole where they
-    fit (a longer word is cut), at most `max_lines` lines (the last then ends in "...")."""
+    fit (a longer word is cut), at most `max_lines` lines (the last then ends in "...").
+    A character is at least a pixel wide, so only the first `max_lines x width` characters can
+    show: the rest is dropped before measuring (a prompt of a million characters is measured no
+    longer than one that fills the lines, and within what the font can measure)."""
     lines: list[str] = []
-    for word in text.split():
+    shown = max_lines * max(int(width), 1) + 1
+    for word in text[:shown].split():
         line = f"{lines[-1]} {word}" if lines else word
         if lines and measure(line) <= width:
             lines[-1] = line

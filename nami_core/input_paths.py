@@ -4,8 +4,8 @@ A request or config dataclass declares each input field with `reads(kind)`; `che
 checks them all, each error one line naming the option. Commands call it after the value checks
 (a bad `--batch-size` is named before a missing `--data`) and before anything loads. A kind is:
 
-* `FOLDER`, `FILE` or `PATH`: an existing folder, file, or either (`.` is the current folder, a
-  folder like any other);
+* `FOLDER`, `FILE` or `PATH`: an existing folder, regular file, or either (`.` is the current
+  folder, a folder like any other; a named pipe or a device is no file to read);
 * `MODEL`: a model directory (`--model DIR`, or `default` for the bundled model): a folder with a
   nami model (`model_index.json`), a public NAMI-T2I release or a converted FLUX transformer;
 * a function `kind(path, flag)` that checks the path itself (a CLIP or VQA model folder:
@@ -14,6 +14,7 @@ checks them all, each error one line naming the option. Commands call it after t
   recognised by its own files.
 
 The empty path is refused in every kind: on the command line it would read as the current folder.
+A repeatable option naming one path twice (however spelled) is refused: it would be read twice.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any, Callable
 from .config import option_of
 from .errors import NamiError
 from .model_paths import resolve_model_dir
-from .output_targets import FLUX_INIT, MODEL as MODEL_DIRECTORY, RELEASE, Kind, recognise
+from .output_targets import FLUX_INIT, MODEL as MODEL_DIRECTORY, RELEASE, Kind, recognise, special_kind
 
 FOLDER, FILE, PATH, MODEL = "folder", "file", "path", "model"
 MODEL_KINDS = (MODEL_DIRECTORY, RELEASE, FLUX_INIT)  # what `--model` may name
@@ -58,6 +59,8 @@ def check_input(path: str | Path, flag: str, kind: str | Kind | Callable[[Path, 
     if kind == FILE:
         if path.is_dir():
             raise refuse("is a folder; give a file")
+        if not path.is_file():  # a named pipe or a device: reading it would block or never end
+            raise refuse(f"is a special file ({special_kind(path)}); give a regular file")
         return path
     if not path.is_dir():
         raise refuse("is a file; give a folder")
@@ -84,5 +87,18 @@ def check_reads(obj: Any) -> None:
         value = getattr(obj, f.name)
         if value is None or "reads" not in f.metadata:
             continue
-        for item in value if isinstance(value, (list, tuple)) else (value,):
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        for item in items:
             check_input(item, option_of(f), f.metadata["reads"])
+        check_distinct(items, option_of(f))
+
+
+def check_distinct(paths, flag: str) -> None:
+    """NamiError when two of `paths` (one repeatable option) are the same file or folder, however
+    spelled (`a.txt`, `./a.txt`, a link to it): it would be read, and counted, twice."""
+    seen: dict[Path, Any] = {}
+    for path in paths:
+        real = Path(path).resolve()
+        if real in seen:
+            raise NamiError(f"{flag} names {seen[real]} twice (also as {path}); give each once")
+        seen[real] = path

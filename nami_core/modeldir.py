@@ -91,6 +91,8 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     try:
         pipe = load_public_pipeline(path) if public else NamiPipeline.from_pretrained(path, variant=variant)
         pipe.settings()  # the saved flow settings make a plan (a damaged config fails here, not mid-run)
+        if not public:
+            check_weight_names(pipe.transformer, path / "transformer", variant, path)
     except ConfigError as exc:  # a config value out of range (codec patch_size 0): name the directory
         raise NamiError(f"cannot load the model in {path}: {exc}") from None
     except NamiError:
@@ -119,6 +121,27 @@ def describe(exc: BaseException) -> str:
     line = first_line(exc)
     common = (OSError, ValueError, KeyError, RuntimeError)
     return line if isinstance(exc, common) else f"{type(exc).__name__}: {line}"
+
+
+def check_weight_names(module, folder: Path, variant: str | None, path: Path) -> None:
+    """NamiError when the weights file of `module` (one file: `diffusion_pytorch_model[.variant].safetensors`)
+    lacks tensors the module has (loading leaves them without data) or holds tensors it has not
+    (dropped without a word): either way the file is not this model's."""
+    from safetensors import safe_open
+
+    state = module.state_dict()
+    missing = [name for name, t in state.items() if t.is_meta]
+    file = folder / f"diffusion_pytorch_model{'.' + variant if variant else ''}.safetensors"
+    extra: list[str] = []
+    if file.is_file():
+        with safe_open(str(file), framework="pt") as f:
+            extra = sorted(set(f.keys()) - set(state))
+    if missing:
+        raise NamiError(f"model directory {path}: the transformer weights {file.name} lack {len(missing)} of "
+                        f"{len(state)} tensors (e.g. {missing[0]}); the file is not this model's")
+    if extra:
+        raise NamiError(f"model directory {path}: the transformer weights {file.name} hold {len(extra)} tensors the "
+                        f"model has not (e.g. {extra[0]}); the file is not this model's")
 
 
 def check_finite_weights(pipe, path: Path) -> None:

@@ -51,7 +51,7 @@ def settings_key(metadata: dict) -> str:
     """Short hash of an image's metadata without its seed: equal only for equal prompts and settings."""
     settings = {k: v for k, v in metadata.items() if k != "seed"}
     text = json.dumps(settings, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:KEY_DIGITS]
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:KEY_DIGITS]
 
 
 def sample_name(metadata: dict) -> str:

@@ -17,9 +17,10 @@ core function that writes it, so Python callers get the same rules as the CLI:
   another nami artefact: they never replace a file.
 
 A file output replaces an existing file of its name (atomically), as `--json FILE` means. A
-symbolic link to nothing, a loop of links, and a place nami cannot write to (a read-only file
-system, a folder without write permission) are refused before any work, not when the first file
-is written.
+symbolic link to nothing, a loop of links, a special file (a named pipe, a device such as
+/dev/null, a socket: replacing it would destroy it, writing to it could block), and a place nami
+cannot write to (a read-only file system, a folder without write permission) are refused before
+any work, not when the first file is written.
 """
 
 from __future__ import annotations
@@ -210,9 +211,23 @@ def check_file_target(path: str | Path, flag: str, make_folder: bool = False) ->
 
 
 def check_link(path: Path, flag: str) -> None:
-    """NamiError when `path` is a symbolic link to nothing (writing through it would fail late)."""
+    """NamiError when `path` is a symbolic link to nothing (writing through it would fail late), or
+    names a special file (a named pipe, a device, a socket): writing would replace it or block."""
     if path.is_symlink() and not path.exists():
         raise NamiError(f"{flag} {path} is a symbolic link to {os.readlink(path)}, which does not exist (or loops)")
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise NamiError(f"{flag} {path} is a special file ({special_kind(path)}), not a file nami may write; "
+                        "give the path of a regular file")
+
+
+def special_kind(path: Path) -> str:
+    """What a path that is neither a folder nor a regular file is, in words."""
+    import stat
+
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((words for test, words in kinds if test(mode)), "not a regular file")
 
 
 def check_writable(path: Path, flag: str, named: Path | None = None) -> None:

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import os
 from pathlib import Path
 
 from .errors import DiskFullError, NamiError
-from .files import disk_full, is_disk_full, temp_sibling, write_json_atomic
+from .files import disk_full, is_disk_full, json_text, temp_sibling, write_json_atomic
 from .output_names import is_taken, numbered, sidecar
 from .png import save_png
 
@@ -99,5 +98,5 @@ def encoded_bytes(image, metadata: dict) -> int | None:
         image.save(buffer, format="PNG")
     except Exception:
         return None
-    text = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    text = json_text(metadata, sort_keys=True).encode("utf-8")
     return buffer.tell() + 2 * len(text) + len(str(metadata.get("prompt", "")).encode("utf-8"))

@@ -3,15 +3,18 @@
 One set of rules for all of them:
 
 * text is UTF-8; a byte-order mark at the start (as Windows editors write it) is dropped, never
-  read as part of the first line; other bytes are one error line naming the file;
-* JSON is strict: a key given twice in one object (the second would silently replace the first)
-  and the non-standard constants NaN / Infinity are refused, naming the file (and line);
+  read as part of the first line; other bytes, and NUL bytes (no text holds them), are one error
+  line naming the file;
+* JSON is strict: a key given twice in one object (the second would silently replace the first),
+  the non-standard constants NaN / Infinity, numbers beyond a float (1e400, read as infinity) and
+  nesting too deep to parse are refused, naming the file (and line);
 * each reader names what the file was meant to be, so a refusal says which input is wrong.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ def read_text(path: str | Path, what: str = "file") -> str:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise NamiError(f"{what} {path} is not UTF-8 text") from None
+    if "\0" in text:  # UTF-16 without its mark, or a binary file that happens to decode
+        raise NamiError(f"{what} {path} is not UTF-8 text (it holds NUL bytes, line {text[:text.index(chr(0))].count(chr(10)) + 1})")
     return text[1:] if text.startswith(BOM) else text
 
 
@@ -52,12 +57,22 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: a float beyond any float, read as infinity
+        raise ValueError(f"{text} is beyond the largest float")
+    return value
+
+
 def parse_json(text: str, where: str) -> Any:
-    """`text` as strict JSON (no repeated keys, no NaN/Infinity); NamiError prefixed by `where`."""
+    """`text` as strict JSON (no repeated keys, no NaN/Infinity nor numbers beyond a float, no
+    nesting deeper than Python's stack); NamiError prefixed by `where`."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=_finite)
     except DuplicateKey as exc:
         raise NamiError(f"{where}: the key {exc.key!r} appears twice in one object (which one is meant?)") from None
+    except RecursionError:
+        raise NamiError(f"{where}: not valid JSON here (nested too deeply)") from None
     except json.JSONDecodeError as exc:
         at = f"column {exc.colno}" if "\n" not in text.strip() else f"line {exc.lineno} column {exc.colno}"
         raise NamiError(f"{where}: not valid JSON ({exc.msg} at {at})") from None

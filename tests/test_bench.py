@@ -142,7 +142,7 @@ def test_missing_xformers_names_the_extra(capsys):
     [
         (["latency", "--preset", "tiny", "--resolutions", "100"], "use a final resolution that is a multiple of 64"),
         (["latency", "--preset", "tiny", "--modes", "nami,fast"], "mode must be one of"),
-        (["latency", "--preset", "tiny", "--modes", "nami,nami"], "lists a mode twice"),
+        (["latency", "--preset", "tiny", "--modes", "nami,nami"], "--modes lists 'nami' twice"),
         (["latency", "--preset", "tiny", "--repeats", "0"], "--repeats must be at least 1"),
         (["latency", "--preset", "tiny", "--include-text"], "--include-text needs --model"),
         (["latency", "--preset", "tiny", "--plot", "fig.txt"], "--plot fig.txt: the plot is written as .png or .pdf or .svg"),

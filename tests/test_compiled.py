@@ -317,3 +317,15 @@ def test_compiling_another_model_resets_the_caches_of_the_first(eager_backend, b
     second.denoiser.transformer.compile_blocks(dynamic=False)
     sample(bench, second, 12, 3.0)
     assert entries() == 3 and second.denoiser.transformer.compile_stats.graphs == 5
+
+
+def test_a_compile_backend_torch_does_not_know_is_one_error_naming_the_variable(monkeypatch):
+    from nami_core.errors import NamiError
+
+    monkeypatch.setenv(compiled_module.BACKEND_VARIABLE, "bogus")
+    with pytest.raises(NamiError, match=r"^NAMI_COMPILE_BACKEND=bogus names no torch.compile backend; known: .*inductor"):
+        compiled_module.default_backend()
+    monkeypatch.setenv(compiled_module.BACKEND_VARIABLE, "aot_eager")
+    assert compiled_module.default_backend() == "aot_eager"
+    monkeypatch.delenv(compiled_module.BACKEND_VARIABLE)
+    assert compiled_module.default_backend() == "inductor"

@@ -24,6 +24,12 @@ def make(**overrides):
         (dict(rope_axes=(8, 8, 8)), "must sum to the head dim"),
         (dict(prediction="noise"), "prediction must be one of"),
         (dict(width=0), "width must be a positive integer"),
+        # a list of integers is never rounded nor parsed: 4.0000001 is no stage end
+        (dict(stage_ends=(1, 2, 4.0000001)), "stage_ends must be a list of integers, got [1, 2, 4.0000001]"),
+        (dict(stage_ends=(1, 2, "4")), "stage_ends must be a list of integers"),
+        (dict(stage_ends=(1, True, 4)), "stage_ends must be a list of integers"),
+        (dict(stage_ends=4), "stage_ends must be a list of integers, got 4"),
+        (dict(rope_axes=(8, 12, 12.5)), "rope_axes must be a list of integers"),
     ],
 )
 def test_bad_model_configs(overrides, message):
@@ -31,6 +37,12 @@ def test_bad_model_configs(overrides, message):
         make(**overrides)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_integral_stage_ends_read_as_integers():
+    import numpy as np
+
+    assert make(stage_ends=(1.0, np.int64(2), 4)).stage_ends == (1, 2, 4)
 
 
 def test_steps_must_match_stages():

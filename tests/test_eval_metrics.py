@@ -99,6 +99,36 @@ def test_cli_fid_missing_or_corrupt_weights(tmp_path, capsys):
     assert code == 2 and err.startswith(f"error: --inception: cannot load {corrupt} as TorchScript") and err.count("\n") == 1
 
 
+class NaNFeatures(torch.nn.Module):
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return img.mean(dim=(2, 3)) * float("nan")
+
+
+class OneNumber(torch.nn.Module):
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return img.sum()
+
+
+class Fails(torch.nn.Module):
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return img.view(-1, 7, 5)
+
+
+@pytest.mark.parametrize("network, message", [
+    (NaNFeatures, "the network returns non-finite features"),  # scipy's sqrtm raised LinAlgError
+    (OneNumber, "the network returns () for 2 images, not one feature row per image"),
+    (Fails, "the network fails on a batch ("),
+], ids=["nan", "scalar", "raises"])
+def test_cli_fid_with_an_inception_file_that_is_no_feature_network(tmp_path, capsys, network, message):
+    path = tmp_path / "other.pt"
+    torch.jit.save(torch.jit.script(network()), str(path))
+    real = colour_folder(tmp_path / "real", [(0, 0, 0), (2, 0, 0)])
+    fake = colour_folder(tmp_path / "fake", [(0, 0, 0), (2, 0, 0)])
+    code, stdout, err = run_cli(["eval", "fid", str(real), str(fake), "--inception", str(path), "--device", "cpu"],
+                                capsys)
+    assert code == 2 and stdout == "" and err.count("\n") == 1 and f"error: --inception: {message}" in err, err
+
+
 def test_cli_fid_needs_two_images(tmp_path, capsys, fake_inception):
     one = colour_folder(tmp_path / "one", [(0, 0, 0)])
     other = colour_folder(tmp_path / "other", [(0, 0, 0), (2, 0, 0)])

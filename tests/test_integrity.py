@@ -84,6 +84,27 @@ def test_non_finite_model_weights_are_refused(tiny_model_dir, tmp_path, capsys):
                                             f"values (1 of {len(state)} tensors, e.g. {name}); the model is damaged")
 
 
+@pytest.mark.parametrize("change, message", [
+    ("drop", "lack 1 of {n} tensors (e.g. {name}); the file is not this model's"),
+    ("add", "hold 1 tensors the model has not (e.g. zz.extra); the file is not this model's"),
+], ids=["missing tensor", "extra tensor"])
+def test_weights_of_another_model_are_refused(tiny_model_dir, tmp_path, capsys, change, message):
+    """Weights with a tensor fewer (loading left it without data: a traceback) or one more (dropped
+    without a word) than the model: one error line naming the file."""
+    model = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, model)
+    state = load_file(model / WEIGHTS)
+    n, name = len(state), sorted(state)[-1]
+    if change == "drop":
+        del state[name]
+    else:
+        state["zz.extra"] = torch.zeros(3)
+    save_file(state, str(model / WEIGHTS))
+    code, _, err = sample(capsys, model, tmp_path / "s")
+    assert code == 2 and one_error(err) == (f"error: model directory {model}: the transformer weights "
+                                            f"{Path(WEIGHTS).name} " + message.format(n=n, name=name)), err
+
+
 @pytest.mark.parametrize("value", [0, -2, "4"])
 def test_a_codec_patch_size_that_cannot_be_is_one_line(tiny_model_dir, tmp_path, capsys, value):
     """11: patch_size 0 was a ZeroDivisionError."""

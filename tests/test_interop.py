@@ -139,6 +139,27 @@ def test_convert_flux_errors_are_one_line(flux_source, tmp_path, capsys, args, e
     assert code == 2 and err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_source_with_non_finite_kept_weights_writes_nothing(flux_source, tmp_path, capsys, value):
+    from safetensors.torch import save_file
+
+    _, state = flux_source
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.json").write_text((flux_source[0] / "config.json").read_text())
+    bad = {k: v.clone() for k, v in state.items()}
+    bad["single_transformer_blocks.1.proj_out.weight"][0, 0] = value
+    save_file(bad, str(damaged / "diffusion_pytorch_model.safetensors"))
+    code, _, err = cli(["convert", "flux", str(damaged), "--out", str(tmp_path / "o"), "--stage-ends", "2,4,6"], capsys)
+    assert code == 2 and "the kept weights hold non-finite values (1 of " in err, err
+    assert "e.g. single_transformer_blocks.1.proj_out.weight); the source is damaged, nothing was written" in err
+    assert not (tmp_path / "o").exists()
+    # a damaged block that is not kept does not matter
+    code, _, err = cli(["convert", "flux", str(damaged), "--out", str(tmp_path / "o"), "--double", "3", "--single", "1",
+                        "--stage-ends", "2,3,4"], capsys)
+    assert code == 0, err
+
+
 def test_train_init_from_converted_flux(flux_source, tmp_path, capsys):
     from nami_core.data.prepare import PrepareRequest, prepare
     from nami_core.data.shapes import ShapesSource

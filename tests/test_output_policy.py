@@ -38,7 +38,8 @@ def checkpoint(run: Path, step: int = 4) -> Path:
     (lambda run: run, "holds the checkpoint"),  # 1: the whole run
     (lambda run: checkpoint(run), "is the checkpoint"),  # 2: the checkpoint itself
     (lambda run: run / "checkpoints", "holds the checkpoint"),  # 3: every checkpoint
-    (lambda run: checkpoint(run, 2), "is a training checkpoint, not a nami model directory"),  # another checkpoint
+    (lambda run: checkpoint(run, 2), "lies inside the run"),  # another checkpoint
+    (lambda run: run / "models" / "mid-run", "lies inside the run"),  # a new folder in the run
 ])
 def test_convert_checkpoint_never_writes_over_the_run(run, capsys, target, relation):
     before = snapshot(run)
@@ -274,3 +275,29 @@ def test_rendered_scenes_go_into_a_new_folder_or_their_own(tmp_path):
     (mine / "holiday.png").write_bytes(b"a photo")
     with pytest.raises(NamiError, match="holds files that are not a folder of rendered shapes scenes"):
         ShapesSource(n=2, images_dir=mine)
+
+
+def test_scenes_of_other_settings_are_never_replaced(tmp_path):
+    """A folder of scenes is filled in place: a re-run with the same settings writes the same files
+    again, one with another seed (or mix, style) is refused at its first differing file, which is
+    kept, and so is a file of a scene's name that nami did not write."""
+    from nami_core.data.shapes import ShapesSource
+
+    scenes = tmp_path / "scenes"
+    for item in ShapesSource(n=2, seed=0, images_dir=scenes):
+        item.load()
+    before = snapshot(scenes)
+    for item in ShapesSource(n=2, seed=0, images_dir=scenes):  # the same settings: the same bytes, nothing changes
+        item.load()
+    assert snapshot(scenes) == before
+    with pytest.raises(NamiError, match=r"^--images-dir .*scenes: 0000000.png exists and differs from what this run "
+                                        r"writes there .*\(nothing was replaced\)$"):
+        for item in ShapesSource(n=2, seed=5, images_dir=scenes):
+            item.load()
+    (scenes / "0000001.txt").write_text("my own caption\n")
+    kept = snapshot(scenes)
+    items = list(ShapesSource(n=2, seed=0, images_dir=scenes))
+    items[0].load()
+    with pytest.raises(NamiError, match="0000001.txt exists and differs"):
+        items[1].load()
+    assert snapshot(scenes) == kept

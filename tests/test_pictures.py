@@ -76,6 +76,27 @@ def test_plot_refusals_are_one_line(tmp_path, capsys, case, message):
     assert not (target / "curves.png").exists()
 
 
+GOOD_RECORD = {"step": 2, "loss": 0.5, "loss_stage": [0.5, None, 0.4], "lr": 1e-4, "stage_ratios": [1, 1, 1],
+               "images_per_s": 10.0}
+# A record of the right keys with values of the wrong kind, in the second line (the first is fine).
+WRONG_VALUES = [({"step": "x"}, ":2: step must be a whole number, got 'x'"),
+                ({"step": 2.5}, ":2: step must be a whole number, got 2.5"),
+                ({"loss": "0.5"}, ":2: loss must be a number, got '0.5'"),
+                ({"lr": [1e-4]}, ":2: lr must be a number"),
+                ({"loss_stage": [0.5]}, ":2: loss_stage must be a list of 3 numbers (one per stage), got [0.5]"),
+                ({"stage_ratios": {"a": 1}}, ":2: stage_ratios must be a list of 3 numbers")]
+
+
+@pytest.mark.parametrize("change, message", WRONG_VALUES, ids=lambda x: str(x)[:16])
+def test_plot_refuses_values_of_the_wrong_kind(tmp_path, capsys, change, message):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps(GOOD_RECORD) + "\n" + json.dumps({**GOOD_RECORD, **change}) + "\n")
+    code, _, err = run_cli(["plot", str(run)], capsys)
+    assert code == 2 and message in one_error(err), err
+    assert not (run / "curves.png").exists()
+
+
 # -- grids ------------------------------------------------------------------------------------------------
 
 
@@ -162,3 +183,14 @@ def test_sample_warns_once_for_a_far_size(tiny_model_dir, tmp_path, capsys):
     code, _, err = run_cli(["sample", "a red circle", "--model", str(tiny_model_dir), "--size", "64x32",
                             "--steps", "1,1,1", "--out", str(tmp_path / "near.png")], capsys)
     assert code == 0 and "warning:" not in err
+
+
+def test_a_caption_longer_than_the_font_can_measure_is_cut_to_what_shows():
+    """A prompt of two million characters (a --validation-prompts line) under a grid tile: only
+    what fits the caption's lines is measured, and the grid is the one of its first lines."""
+    tile = Image.new("RGB", (16, 16), "red")
+    huge = image_grid([tile], ["a" * 2_000_000 + "\nseed 0"])
+    shown = image_grid([tile], ["a" * 5_000 + "\nseed 0"])
+    assert huge.size == shown.size and huge.tobytes() == shown.tobytes()
+    lines = wrap("word " * 400_000, MIN_TILE, len)
+    assert len(lines) == 4 and lines[-1].endswith("...")

@@ -4,6 +4,7 @@ run there too (no torch), and what it records in train_config.json reads back to
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -92,3 +93,55 @@ def test_train_memory_defaults_are_train_config_defaults():
     assert train_memory_request(False) is None
     with pytest.raises(ConfigError, match="--batch-size, --gpus need --train-memory"):
         train_memory_request(False, batch_size=4, gpus=2, fsdp=None)
+
+
+# The "flow" section of a `--config` file, and the window ratios wherever they come from: the rule
+# of every relative weight (finite, above 0, at most 1e6, else their sum overflows and every step
+# is non-finite), the section an object of known number fields.
+FLOW_SECTIONS = [
+    (5, 'must be an object such as {"window_ratios": [1, 1, 1]}, got 5'),
+    ({"window_ratios": [1e308, 1e308, 1e308]}, "window_ratios are relative, each at most 1,000,000"),
+    ({"window_ratio": [1, 1, 1]}, 'unknown "flow" field(s) window_ratio; known: window_ratios, gamma'),
+    ({"window_ratios": "1:1:1"}, '"flow" takes numbers (window_ratios a list of them)'),
+    ({"gamma": "1/3"}, '"flow" takes numbers'),
+    ({"gamma": True}, '"flow" takes numbers'),
+]
+
+
+@pytest.mark.parametrize("flow, message", FLOW_SECTIONS, ids=lambda x: str(x)[:20])
+def test_the_flow_section_of_a_config_file(tmp_path, flow, message):
+    from nami_core.errors import NamiError
+    from nami_core.train.config import build_flow, read_model_file
+
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({"width": 32, "flow": flow}))
+    with pytest.raises((NamiError, ConfigError), match=re.escape(message)):
+        _, fields = read_model_file(path)
+        build_flow(TrainConfig(**BASE), fields)
+
+
+def test_a_config_file_flow_section_is_read():
+    from nami_core.train.config import build_flow
+
+    flow = build_flow(TrainConfig(**BASE), {"window_ratios": [1, 2, 1], "gamma": 0.25})
+    assert flow.window_ratios == (1.0, 2.0, 1.0) and flow.gamma == 0.25
+
+
+# Options that mean something only beside another (`needs`) or say what another says (`excludes`).
+RELATIONS = [
+    (dict(lora_alpha=8.0), "--lora-alpha applies only with --lora; give --lora too, or leave --lora-alpha out"),
+    (dict(lr=1e-3, lr_schedule="0:1e-4"), "give --lr or --lr-schedule, not both"),
+]
+
+
+@pytest.mark.parametrize("change, message", RELATIONS, ids=["needs", "excludes"])
+def test_options_given_without_their_partner_or_beside_their_rival(change, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        TrainConfig(**BASE, **change)
+
+
+def test_a_constant_lr_is_folded_into_the_schedule_and_copies_keep_it():
+    c = TrainConfig(**BASE, lr=1e-3)
+    assert c.lr is None and c.lr_schedule == (Phase(0, (1e-3,)),)
+    assert replace(c, steps=5).lr_schedule == c.lr_schedule
+    assert TrainConfig(**json.loads(json.dumps(c.to_json()))).lr_schedule == c.lr_schedule

@@ -263,7 +263,8 @@ EXISTING = "EXISTING_FILE"
         ({"--stage-mix": "0:inf:1:1"}, "--stage-mix: phase '0:inf:1:1' holds a value that is not a finite number"),
         ({"--stage-mix": ""}, "--stage-mix is empty; leave it out for the default"),
         ({"--lr": "nan"}, "Invalid value for --lr: nan is not a finite number"),
-        ({"--lr-schedule": "0:nan"}, "--lr-schedule: phase '0:nan' holds a value that is not a finite number"),
+        ({"--lr": None, "--lr-schedule": "0:nan"},  # the base --lr left out: the two say one thing
+         "--lr-schedule: phase '0:nan' holds a value that is not a finite number"),
         ({"--stage-loss-weights": "nan,1,1"}, "--stage-loss-weights must hold finite numbers, got 'nan,1,1'"),
         ({"--grad-clip": "nan"}, "Invalid value for --grad-clip: nan is not a finite number"),
         ({"--grad-clip": "0"}, "--grad-clip must be a positive gradient norm (0 would zero every update), got 0"),
@@ -282,7 +283,9 @@ def test_bad_values_are_refused_before_anything_is_written(root, tmp_path, capsy
     args = train_args(root, out, "--steps", "2")
     for flag, value in change.items():
         value = str(existing) if value == EXISTING else value
-        if flag in args:
+        if value is None:
+            del args[args.index(flag):args.index(flag) + 2]
+        elif flag in args:
             args[args.index(flag) + 1] = value
         else:
             args += [flag, value]

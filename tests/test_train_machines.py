@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -58,3 +59,25 @@ def test_two_machines_train_and_checkpoint_then_one_resumes(tmp_path, capsys):
     assert state["step"] == 6 and json.loads((out / "train_config.json").read_text())["world_size"] == 1
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]
+
+
+# The launch environment (`torchrun` / `accelerate launch` variables, accelerate's own ACCELERATE_*)
+# read by hand, one error line naming the variable, before accelerate parses it.
+LAUNCH_ENVIRONMENTS = [({"RANK": "abc"}, "the environment variable RANK='abc' must be an integer of at least 0"),
+                       ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' must be an integer of at least 1"),
+                       ({"LOCAL_RANK": "-1"}, "LOCAL_RANK='-1' must be an integer of at least 0"),
+                       ({"LOCAL_WORLD_SIZE": "two"}, "LOCAL_WORLD_SIZE='two' must be an integer"),
+                       ({"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "x"},
+                        "accelerate cannot start: invalid literal for int() with base 10: 'x' (its settings from the "
+                        "environment: ACCELERATE_GRADIENT_ACCUMULATION_STEPS=x")]
+
+
+@pytest.mark.parametrize("env, message", LAUNCH_ENVIRONMENTS, ids=lambda x: "-".join(x) if isinstance(x, dict) else "")
+def test_a_launch_environment_that_is_no_number_is_one_error(monkeypatch, env, message):
+    from nami_core.errors import NamiError
+    from nami_core.train.loop import start_accelerator
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(NamiError, match=re.escape(message)):
+        start_accelerator({"cpu": True})

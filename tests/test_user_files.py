@@ -42,6 +42,32 @@ def test_the_rules(tmp_path):
         read_json_object(tmp_path / "none.json", "config")
 
 
+# What strict JSON and text refuse beyond the standard's own errors: each value would be read as
+# something else (1e400 as infinity) or fail in the parser (deep nesting: RecursionError), and a NUL
+# byte means the file is no UTF-8 text (UTF-16 without its mark decodes as UTF-8 with NULs).
+STRICT = [('{"width": 1e400}', r"x: not valid JSON \(1e400 is beyond the largest float\)"),
+          ('{"a": [1, -2.5e999]}', r"x: not valid JSON \(-2.5e999 is beyond the largest float\)"),
+          ("[" * 100_000 + "]" * 100_000, r"x: not valid JSON here \(nested too deeply\)"),
+          ('{"a": ' + "9" * 5000 + "}", r"x: not valid JSON \(Exceeds the limit")]
+
+
+@pytest.mark.parametrize("text, message", STRICT, ids=["overflow", "negative overflow", "deep", "long integer"])
+def test_strict_json_refuses_what_it_cannot_read_as_written(text, message):
+    with pytest.raises(NamiError, match=message):
+        parse_json(text, "x")
+    assert parse_json('{"a": 1e308, "b": 5e-324, "c": 1e-400}', "x") == {"a": 1e308, "b": 5e-324, "c": 0.0}
+
+
+def test_text_with_nul_bytes_is_not_text(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_bytes("a red circle\n".encode("utf-16-le"))
+    with pytest.raises(NamiError, match=rf"^prompts {path} is not UTF-8 text \(it holds NUL bytes, line 1\)$"):
+        read_text(path, "prompts")
+    path.write_bytes(b"a red circle\nb\0lue\n")
+    with pytest.raises(NamiError, match=r"NUL bytes, line 2"):
+        read_text(path, "prompts")
+
+
 # -- NAMI-1K prompt sources ------------------------------------------------------------------------------
 
 
@@ -207,3 +233,35 @@ def test_prepared_data_never_goes_into_a_foreign_folder_or_its_source(tmp_path, 
     code, _, err = prepare(source, mine, capsys)
     assert code == 2 and "holds files that are not a prepared data folder (e.g. notes.txt)" in one_error(err)
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_json_nami_writes_keeps_names_that_are_not_utf8(tmp_path):
+    """A folder named with bytes that are not UTF-8 (held by Python as surrogates) in a record nami
+    writes (the sample sidecar, the checksum cache, a manifest): the file stays UTF-8 and reads back
+    to the same name; UTF-8 names are kept as they are."""
+    from nami_core.files import write_json_atomic, write_jsonl_atomic
+
+    odd = "m\udcff/model"
+    write_json_atomic(tmp_path / "a.json", {"model": odd, "prompt": "猫"})
+    assert read_json_object(tmp_path / "a.json") == {"model": odd, "prompt": "猫"}
+    write_json_atomic(tmp_path / "b.json", {"prompt": "猫"})
+    assert "猫" in (tmp_path / "b.json").read_text(encoding="utf-8")
+    write_jsonl_atomic(tmp_path / "a.jsonl", [{"file": odd}])
+    assert read_jsonl(tmp_path / "a.jsonl") == [{"file": odd}]
+
+
+def test_json_nami_writes_is_standard_json(tmp_path, capsys):
+    """A non-finite float in a record nami writes (the agreement of one annotator is undefined) is
+    null, never the non-standard NaN that strict readers, nami's own included, refuse."""
+    from nami_core.files import write_json_atomic
+
+    write_json_atomic(tmp_path / "a.json", {"alpha": float("nan"), "x": [1.0, float("inf"), -float("inf")]})
+    assert read_json_object(tmp_path / "a.json") == {"alpha": None, "x": [1.0, None, None]}
+    annotations = tmp_path / "ann.json"
+    annotations.write_text(json.dumps({"format": "nami1k-annotations/1", "page": "p", "annotator": "a", "items": [
+        {"key": "m/0000_00.png", "model": "m", "id": "0000", "source": "open", "topic": "other", "relevance": 50,
+         "coherence": 50, "aesthetics": 50, "realism": 50}]}))
+    code, _, err = run_cli(["eval", "nami1k", "score", str(annotations), "--json", str(tmp_path / "s.json")], capsys)
+    assert code == 0, err
+    scores = read_json_object(tmp_path / "s.json")  # strict: NaN would be refused here
+    assert scores["agreement"]["relevance"] is None

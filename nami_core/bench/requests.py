@@ -67,13 +67,11 @@ class LatencyRequest:
             raise NamiError(f"--modes is empty; choose from {', '.join(MODES)}")
         for mode in self.modes:
             check_mode(mode)
-        if len(set(self.modes)) != len(self.modes):
-            raise NamiError(f"--modes lists a mode twice: {','.join(self.modes)}")
         if not self.resolutions:
             raise NamiError("--resolutions is empty")
         if len(set(self.resolutions)) != len(self.resolutions):
             raise NamiError(f"--resolutions lists a resolution twice: {','.join(map(str, self.resolutions))}")
-        if not self.attention or len(set(self.attention)) != len(self.attention):
+        if not self.attention:  # a name given twice: parse_name_list
             raise NamiError(f"--attention must list each backend once, got {','.join(self.attention)}")
         check_reads(self)
         split_steps(self.steps, self.num_stages(), "--steps")

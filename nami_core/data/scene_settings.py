@@ -55,6 +55,8 @@ def parse_scene_mix(text: str) -> dict[str, float]:
         if value > MAX_WEIGHT:
             raise NamiError(f"--scene-mix: the weights are relative, each at most {bound_text(MAX_WEIGHT)}, "
                             f"got {weight!r} for {kind!r}")
+        if kind in mix:
+            raise NamiError(f"--scene-mix gives {kind!r} twice; give each kind once")
         mix[kind] = value
     if sum(mix.values()) <= 0:
         raise NamiError("--scene-mix: at least one weight must be above 0")

@@ -8,6 +8,7 @@ GenEval's position rule. Scenes are deterministic by (seed, index).
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -284,9 +285,13 @@ class ShapesSource(Source):
     def _image(self, scene: Scene, index: int) -> Image.Image:
         img = render(scene.shapes, self.size)
         if self.images_dir is not None:
+            from ..files import write_same_or_new
+
             self.images_dir.mkdir(parents=True, exist_ok=True)  # made by the first scene, not by a refused command
-            img.save(self.images_dir / f"{index:07d}.png")
-            (self.images_dir / f"{index:07d}.txt").write_text(scene.caption + "\n")
+            png = io.BytesIO()
+            img.save(png, format="PNG")
+            write_same_or_new(self.images_dir / f"{index:07d}.png", png.getvalue(), "--images-dir")
+            write_same_or_new(self.images_dir / f"{index:07d}.txt", (scene.caption + "\n").encode("utf-8"), "--images-dir")
         return img
 
     def describe(self) -> str:

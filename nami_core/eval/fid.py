@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import field_default
-from ..errors import NamiError
+from ..errors import NamiError, first_line
 from .io import list_images, read_rgb
 from .metric_requests import FidRequest
 from .weights import INCEPTION_HINT, inception_file
@@ -88,8 +88,20 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        features = self.model(pixels.to(self.device), return_features=True)
-        return features.reshape(pixels.shape[0], -1).float().cpu()
+        """(B, 3, 299, 299) -> (B, D) features; NamiError when the network fails on them or returns
+        anything but B finite feature rows (a damaged or foreign TorchScript file)."""
+        try:
+            features = self.model(pixels.to(self.device), return_features=True)
+        except Exception as exc:  # noqa: BLE001 - TorchScript raises its own errors from the file's code
+            raise NamiError(f"--inception: the network fails on a batch ({first_line(exc)}); {INCEPTION_HINT}") from None
+        if not isinstance(features, torch.Tensor) or features.dim() == 0 or features.shape[0] != pixels.shape[0]:
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise NamiError(f"--inception: the network returns {shape} for {pixels.shape[0]} images, not one feature "
+                            f"row per image; {INCEPTION_HINT}")
+        features = features.reshape(pixels.shape[0], -1).float().cpu()
+        if not torch.isfinite(features).all():
+            raise NamiError(f"--inception: the network returns non-finite features; {INCEPTION_HINT}")
+        return features
 
 
 def folder_features(folder: str | Path, extractor: Callable[[torch.Tensor], torch.Tensor], batch_size: int = BATCH,

@@ -23,6 +23,7 @@ from ..config import validate_stage_ends
 from ..errors import NamiError, first_line
 from ..checksums import new_artefact
 from ..files import write_json_atomic
+from ..runtime import non_finite
 from .block_selection import BlockSelection, compact
 from .flux_state import (
     GUIDANCE_PREFIX,
@@ -131,6 +132,11 @@ def convert_flux(src: Path, out: Path, stage_ends: Sequence[int], selection: Blo
             "the source is guidance-distilled and NAMI has no guidance input"
         )
 
+    state = transformer.state_dict()
+    bad = non_finite(state)
+    if bad:  # a damaged source: a model made of it would draw noise without a word
+        raise NamiError(f"{src}: the kept weights hold non-finite values ({len(bad)} of {len(state)} tensors, "
+                        f"e.g. {bad[0]}); the source is damaged, nothing was written")
     with new_artefact(out) as tmp:
         transformer.save_pretrained(tmp / "transformer")
         write_json_atomic(tmp / REPORT_FILE, report.to_dict())

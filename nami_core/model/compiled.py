@@ -208,8 +208,17 @@ def failing_on_limit_hits():
 
 
 def default_backend() -> str:
-    """The dynamo backend: `NAMI_COMPILE_BACKEND`, else inductor."""
-    return os.environ.get(BACKEND_VARIABLE) or "inductor"
+    """The dynamo backend: `NAMI_COMPILE_BACKEND`, else inductor; NamiError naming the variable
+    when it names no backend torch knows (torch would fail at the first compiled call)."""
+    name = os.environ.get(BACKEND_VARIABLE) or "inductor"
+    from torch._dynamo import list_backends
+
+    known = list_backends(exclude_tags=())
+    if name not in known:
+        from ..errors import NamiError
+
+        raise NamiError(f"{BACKEND_VARIABLE}={name} names no torch.compile backend; known: {', '.join(sorted(known))}")
+    return name
 
 
 def compile_for_sampling(transformer, device: torch.device) -> CompileStats:

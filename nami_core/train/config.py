@@ -18,7 +18,8 @@ from typing import Any, Sequence
 from ..config import (ATTENTION_BACKENDS, CHECKPOINTING, DTYPE_NAMES, MAX_SEED, MAX_STEP_COUNT, MODES, PREDICTIONS, PRESETS,
                       TEXT_POSITIONS, TIMESTEP_SAMPLINGS, FlowConfig, ModelConfig, check_at_least, check_fields,
                       check_field, check_range, field_default, get_preset, guidance_scales, in_range, number_text, one_of,
-                      parse_float_list, parse_int_list, parse_weights, step_counts, validate_resolutions, when_empty, within)
+                      parse_float_list, parse_int_list, parse_weights, step_counts, validate_resolutions, when_empty, within,
+                      check_relations, excludes, needs)
 from ..codecs.spec import MAX_PATCH
 from ..errors import ConfigError, NamiError
 from ..input_paths import FILE, MODEL, check_input, check_reads, reads
@@ -70,7 +71,8 @@ class TrainConfig:
     steps: int = field(default=1000, metadata=within(1, MAX_STEP_COUNT))
     batch_size: int = field(default=32, metadata=within(1, MAX_TRAIN_BATCH))
     gradient_accumulation_steps: int = field(default=1, metadata=within(1, MAX_ACCUMULATION))
-    lr: float | None = field(default=None, metadata={**in_range(0.0, None, low_open=True), "shown": "the --lr-schedule"})
+    lr: float | None = field(default=None, metadata={**in_range(0.0, None, low_open=True), **excludes("lr_schedule"),
+                                                     "shown": "the --lr-schedule"})
     stage_mix: tuple[Phase, ...] | str | None = field(
         default=None, metadata={"shown": "0:4:2:1,120000:2:4:1,200000:1:2:4 for 3 stages, else equal"})
     lr_schedule: tuple[Phase, ...] | str | None = field(default=None, metadata={"shown": PAPER_LR})
@@ -110,7 +112,7 @@ class TrainConfig:
     stage_draw: str = field(default="random", metadata=one_of(STAGE_DRAWS))  # "split": the mix's exact share per step (nami bench train)
     lora: int | None = None  # adapter rank: train a LoRA adapter on the frozen model (checked by `check_lora_settings`)
     lora_targets: str = field(default="attn", metadata=one_of(tuple(LORA_TARGETS)))
-    lora_alpha: float | None = field(default=None, metadata={"shown": "the rank"})
+    lora_alpha: float | None = field(default=None, metadata={**needs("lora"), "shown": "the rank"})
     report_to: str = field(default="none", metadata=one_of(REPORT_TO))
     validation_prompt: tuple[str, ...] = field(default=(), metadata=when_empty("give the prompt to draw"))  # repeatable
     validation_prompts: Path | None = field(default=None, metadata=reads(FILE))  # a text file, one prompt per line
@@ -119,6 +121,7 @@ class TrainConfig:
     validation_seed: int | None = field(default=None, metadata={**within(0, MAX_SEED), "shown": "0"})
 
     def __post_init__(self) -> None:
+        check_relations(self)  # --lora-alpha without --lora, --lr beside --lr-schedule
         self.data, self.out = Path(self.data), Path(self.out)
         self.validation_prompt = tuple(self.validation_prompt)
         if self.validation_prompts is not None:
@@ -136,6 +139,7 @@ class TrainConfig:
         lr_text = f"0:{self.lr!r}" if self.lr is not None else PAPER_LR
         self.lr_schedule = _phases(self.lr_schedule, lambda text: parse_phases(text, "--lr-schedule", 1, check_lr),
                                    lr_text)
+        self.lr = None  # folded into lr_schedule: a copy (replace, the run's record) gives the schedule alone
         if self.window_ratios is not None:
             self.window_ratios = parse_weights(self.window_ratios, "--window-ratios", num_stages, positive=True)
         if isinstance(self.sample_steps, str):
@@ -413,9 +417,29 @@ def read_model_file(path: Path) -> tuple[ModelConfig | None, dict[str, Any]]:
     from ..user_files import read_json_object
 
     data = read_json_object(path, "--config")  # strict JSON: a key given twice is refused
-    flow = data.pop("flow", {}) or {}
+    flow = data.pop("flow", None)
     data.pop("comment", None)
+    if flow is None:
+        return data, {}
+    if not isinstance(flow, dict):
+        raise NamiError(f"--config {path}: \"flow\" must be an object such as {{\"window_ratios\": [1, 1, 1]}}, "
+                        f"got {json.dumps(flow)}")
+    unknown = sorted(set(flow) - set(FLOW_FILE_FIELDS))
+    if unknown:
+        raise NamiError(f"--config {path}: unknown \"flow\" field(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(FLOW_FILE_FIELDS)}")
+    ratios, gamma = flow.get("window_ratios", []), flow.get("gamma", 1 / 3)
+    if not isinstance(ratios, list) or not all(is_number(r) for r in ratios) or not is_number(gamma):
+        raise NamiError(f"--config {path}: \"flow\" takes numbers (window_ratios a list of them), got {json.dumps(flow)}")
     return data, flow
+
+
+FLOW_FILE_FIELDS = ("window_ratios", "gamma")  # what a --config's "flow" section may set
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (not a boolean, not text)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def build_model_config(settings: TrainConfig, manifest: dict[str, Any], patch_size: int) -> tuple[ModelConfig, dict[str, Any]]:

@@ -66,7 +66,24 @@ def read_metrics(path: Path) -> list[dict]:
         missing = [key for key in needed if key not in record]
         if missing:
             raise NamiError(f"{path}:{n} lacks {', '.join(missing)} (not a `nami train` metrics record)")
+        step = record["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise NamiError(f"{path}:{n}: step must be a whole number, got {step!r}")
+        wrong = [key for key in NUMBERS if not number_or_none(record[key])] + [
+            key for key in PER_STAGE if not isinstance(record[key], list) or not all(map(number_or_none, record[key]))
+            or len(record[key]) != len(records[0][key])]
+        if wrong:
+            shape = "a number" if wrong[0] in NUMBERS else f"a list of {len(records[0][wrong[0]])} numbers (one per stage)"
+            raise NamiError(f"{path}:{n}: {wrong[0]} must be {shape}, got {record[wrong[0]]!r}")
     return records
+
+
+NUMBERS = ("loss", "lr", "images_per_s")  # what a metrics record holds (a step that skipped one: null)
+PER_STAGE = ("loss_stage", "stage_ratios")
+
+
+def number_or_none(value) -> bool:
+    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def stage_names(run: Path, count: int) -> list[str]:

@@ -24,7 +24,8 @@ def export_target(checkpoint: Path, out: Path, overwrite: bool = False) -> dict:
     config_path = checkpoint.parent.parent / "train_config.json"
     run_config = read_run_config(config_path, checkpoint)
     train = run_config["train"]
-    inputs = {"checkpoint": checkpoint, "--data of the run": train.get("data"), "--model of the run": train.get("init")}
+    inputs = {"checkpoint": checkpoint, "run": checkpoint.parent.parent, "--data of the run": train.get("data"),
+              "--model of the run": train.get("init")}
     check_out_folder(out, ADAPTER if train.get("lora") else MODEL, inputs, overwrite)
     return run_config
 

@@ -40,6 +40,7 @@ from .sharded_ema import has_sharded_ema, load_sharded_ema, save_sharded_ema
 from .adapters import (attach_lora, base_variant, check_adapter_checkpoint, keep_adapter_weights, lora_info,
                        trainable, write_adapter_dir)
 from .checkpointing import CheckpointPolicy
+from .ranks import LAUNCH_VARIABLES, launch_number
 from .memory_guard import check_fits, data_text_tokens, train_device
 from .precision import run_dtype
 from .ranks import on_any_rank
@@ -64,7 +65,6 @@ class TrainResult:
 
 
 def _accelerator(settings: TrainConfig):
-    from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -98,7 +98,26 @@ def _accelerator(settings: TrainConfig):
         run = Path(settings.out)
         kwargs.update(log_with=trackers, project_config=ProjectConfiguration(project_dir=str(run),
                                                                             logging_dir=str(run / LOGS)))
-    return Accelerator(mixed_precision=mixed, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available(), **kwargs)
+    return start_accelerator(dict(mixed_precision=mixed, kwargs_handlers=[ddp], cpu=not torch.cuda.is_available(),
+                                  **kwargs))
+
+
+def start_accelerator(arguments: dict):
+    """`Accelerator(**arguments)`; its environment (the launch variables, accelerate's own
+    ACCELERATE_* ones) read first, so a value that is no number is one error naming it rather than
+    accelerate's ValueError."""
+    import os
+
+    from accelerate import Accelerator
+
+    for name in LAUNCH_VARIABLES:
+        launch_number(name)
+    try:
+        return Accelerator(**arguments)
+    except ValueError as exc:
+        names = sorted(n for n in os.environ if n.startswith("ACCELERATE_"))
+        raise NamiError(f"accelerate cannot start: {first_line(exc)} (its settings from the environment: "
+                        f"{', '.join(f'{n}={os.environ[n]}' for n in names) or 'none'})") from None
 
 
 def _ema_path(ckpt: Path, rank: int) -> Path:

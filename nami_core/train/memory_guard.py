@@ -20,6 +20,7 @@ import torch
 
 from ..errors import NamiError
 from ..flow.plan import FlowPlan
+from .ranks import launch_number
 from .memory import GIB, WindowShape, estimate, window_samples, worst_draw
 
 MEMINFO = Path("/proc/meminfo")
@@ -67,13 +68,13 @@ def available_bytes(device: torch.device) -> tuple[int, int] | None:
     known = [b for b in (_host_available(), _container_available()) if b is not None]
     if not known:
         return None
-    return min(known) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1), 0
+    return min(known) // launch_number("LOCAL_WORLD_SIZE"), 0
 
 
 def train_device() -> torch.device:
     """The device `nami train` will run this process on (accelerate's choice, known in advance)."""
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+        return torch.device("cuda", launch_number("LOCAL_RANK"))
     return torch.device("cpu")
 
 
@@ -116,7 +117,7 @@ def costliest_step(settings, model_cfg, plan: FlowPlan, mixes, text_tokens: int,
     train`), the worst split of the batch over the windows they draw; with `stage_draw` "split"
     (`nami bench train`), each mix's exact split."""
     shapes = [WindowShape(w.resolution, w.tokens(plan.pixels_per_token), w.blocks) for w in plan]
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = launch_number("WORLD_SIZE")
     trainable = None
     if getattr(settings, "lora", None):
         from .adapters import lora_parameter_count

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import NamiError
+from .ranks import launch_number
 
 LOCK_NAME = ".lock"
 READ_TRIES = 20  # a lock file just created may not hold its JSON yet: re-read it for up to a second
@@ -25,7 +26,7 @@ READ_TRIES = 20  # a lock file just created may not hold its JSON yet: re-read i
 
 def is_main_rank() -> bool:
     """Whether this process is rank 0 of its launch (or not launched by torchrun / accelerate)."""
-    return int(os.environ.get("RANK", "0") or 0) == 0
+    return launch_number("RANK") == 0
 
 
 def pid_alive(pid: int) -> bool:

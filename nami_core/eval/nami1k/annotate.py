@@ -21,7 +21,7 @@ from typing import Sequence
 
 from ...config import check_fields, within
 from ...errors import NamiError
-from ...input_paths import check_input
+from ...input_paths import check_distinct, check_input
 from ...files import write_text_atomic
 from ...output_targets import NAMI1K_IMAGES, check_out_file
 from ..io import read_rgb
@@ -58,6 +58,7 @@ class PageRequest:
     def __post_init__(self) -> None:
         check_fields(self)
         self.models = [parse_model_folder(spec) for spec in self.images]
+        check_distinct([folder for _, folder in self.models], "--images")  # one folder under two names
         self.out = check_page_path(self.out, self.models)
 
 

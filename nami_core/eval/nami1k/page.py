@@ -17,7 +17,8 @@ score field = next image; 1-4 = jump to a score field; Up/Down in a score field 
 from __future__ import annotations
 
 import html
-import json
+
+from ...files import json_text
 
 TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en">
@@ -198,6 +199,6 @@ show(state.index || 0);
 
 def render_page(data: dict) -> str:
     """The page's HTML for `data` (see the module docstring); the JSON is escaped for a <script> block."""
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    payload = json_text(data).replace("</", "<\\/")
     return TEMPLATE.replace("__TITLE__", html.escape(str(data.get("title", "NAMI-1K annotation")))).replace(
         "__DATA__", payload)
