@@ -27,6 +27,19 @@ def _font():
         return ImageFont.load_default()
 
 
+def fitting_prefix(word: str, width: int, measure) -> int:
+    """The length of the longest start of `word` no wider than `width` by `measure` (at least 1
+    character), found by halving: a longer start is never narrower."""
+    low, high = 1, len(word)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if measure(word[:middle]) <= width:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def wrap(text: str, width: int, measure, max_lines: int = MAX_CAPTION_LINES) -> list[str]:
     """`text` in lines no wider than `width` pixels by `measure(line)`, words kept whole where they
     fit (a longer word is cut), at most `max_lines` lines (the last then ends in "...").
@@ -40,11 +53,13 @@ def wrap(text: str, width: int, measure, max_lines: int = MAX_CAPTION_LINES) -> 
         if lines and measure(line) <= width:
             lines[-1] = line
             continue
-        while measure(word) > width and len(word) > 1:
-            cut = max(k for k in range(1, len(word) + 1) if measure(word[:k]) <= width or k == 1)
+        while measure(word) > width and len(word) > 1 and len(lines) <= max_lines:
+            cut = fitting_prefix(word, width, measure)
             lines.append(word[:cut])
             word = word[cut:]
         lines.append(word)
+        if len(lines) > max_lines:
+            break
     if len(lines) > max_lines:
         last = lines[max_lines - 1]
         while last and measure(last + "...") > width:
