@@ -64,6 +64,11 @@ def _finite(text: str) -> float:
     return value
 
 
+def is_number(value: Any) -> bool:
+    """A JSON number as parsed: int or float, not a boolean (which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def parse_json(text: str, where: str) -> Any:
     """`text` as strict JSON (no repeated keys, no NaN/Infinity nor numbers beyond a float, no
     nesting deeper than Python's stack); NamiError prefixed by `where`."""

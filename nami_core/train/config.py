@@ -414,7 +414,7 @@ def per_stage(name: str, values: Sequence[Any], num_stages: int) -> None:
 
 def read_model_file(path: Path) -> tuple[ModelConfig | None, dict[str, Any]]:
     """A `--config` JSON: model fields (ModelConfig) plus optional "flow" settings."""
-    from ..user_files import read_json_object
+    from ..user_files import is_number, read_json_object
 
     data = read_json_object(path, "--config")  # strict JSON: a key given twice is refused
     flow = data.pop("flow", None)
@@ -435,11 +435,6 @@ def read_model_file(path: Path) -> tuple[ModelConfig | None, dict[str, Any]]:
 
 
 FLOW_FILE_FIELDS = ("window_ratios", "gamma")  # what a --config's "flow" section may set
-
-
-def is_number(value: Any) -> bool:
-    """A JSON number (not a boolean, not text)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def build_model_config(settings: TrainConfig, manifest: dict[str, Any], patch_size: int) -> tuple[ModelConfig, dict[str, Any]]:

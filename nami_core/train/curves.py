@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config import check_fields, when_empty
 from ..errors import NamiError
 from ..input_paths import FOLDER, check_reads, reads
+from ..user_files import is_number
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 DEFAULT_NAME = "curves.png"
@@ -83,7 +84,7 @@ PER_STAGE = ("loss_stage", "stage_ratios")
 
 
 def number_or_none(value) -> bool:
-    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value is None or is_number(value)
 
 
 def stage_names(run: Path, count: int) -> list[str]:

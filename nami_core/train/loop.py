@@ -40,10 +40,9 @@ from .sharded_ema import has_sharded_ema, load_sharded_ema, save_sharded_ema
 from .adapters import (attach_lora, base_variant, check_adapter_checkpoint, keep_adapter_weights, lora_info,
                        trainable, write_adapter_dir)
 from .checkpointing import CheckpointPolicy
-from .ranks import LAUNCH_VARIABLES, launch_number
 from .memory_guard import check_fits, data_text_tokens, train_device
 from .precision import run_dtype
-from .ranks import on_any_rank
+from .ranks import LAUNCH_VARIABLES, launch_number, on_any_rank
 from .run_lock import RunLock, is_main_rank
 from .staged_loss import StagedObjective, StageLossWeights, stage_losses, stage_sums, weighted_loss
 from .validation import Validation, log_grid
