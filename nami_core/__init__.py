@@ -17,6 +17,7 @@ _LAZY = {
     "FluxVAECodec": "nami_core.codecs.flux_vae",
     "NamiTextEncoder": "nami_core.text.encoder",
     "NamiPipeline": "nami_core.pipeline",
+    "SamplingPipeline": "nami_core.sampling_pipeline",
 }
 
 

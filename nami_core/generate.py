@@ -206,7 +206,7 @@ def run_sample(req: SampleRequest, on_step: Callable[[int, int], None] | None = 
     model_dir = resolve_model_dir(req.model)
 
     t0 = time.perf_counter()
-    pipe = load_pipeline(model_dir, device, dtype, req.attention)
+    pipe = load_pipeline(model_dir, device, dtype, req.attention, diffusers_pipeline=bool(req.loras))
     loras = apply_loras(pipe, list(req.loras), on_warning)
     if req.compile:
         pipe.compile()

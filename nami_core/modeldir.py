@@ -14,7 +14,16 @@ from .errors import ConfigError, NamiError, first_line
 from .model.lora import LORA_SCALE
 from .model_paths import DEFAULT_MODEL_NAME, bundled_model_dir, resolve_model_dir  # noqa: F401
 
-COMPONENTS = ("transformer", "scheduler", "codec", "text_encoder")
+# The classes a saved model's parts may be, by part: model_index.json names one per part as
+# [module, class] (diffusers' layout); nothing else is imported.
+PART_CLASSES = {
+    "transformer": (("nami_core.model.transformer", "NamiTransformer"),),
+    "scheduler": (("nami_core.flow.scheduler", "NamiFlowScheduler"),),
+    "codec": (("nami_core.codecs.pixel", "PixelCodec"), ("nami_core.codecs.flux_vae", "FluxVAECodec")),
+    "text_encoder": (("nami_core.text.encoder", "NamiTextEncoder"),),
+    "bridge": (("nami_core.flow.jump", "BridgeJump"),),
+}
+COMPONENTS = tuple(name for name in PART_CLASSES if name != "bridge")  # in every model directory
 
 
 def check_model_dir(path: Path) -> None:
@@ -65,8 +74,10 @@ def codec_dtype(codec, dtype: torch.dtype) -> torch.dtype:
 
 
 def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.dtype, attention: str = "auto",
-                  weights: str = "auto"):
-    """Load a `NamiPipeline` from a model directory onto `device`.
+                  weights: str = "auto", diffusers_pipeline: bool = False):
+    """Load a model directory onto `device`: a `SamplingPipeline`, or with `diffusers_pipeline` a
+    `NamiPipeline` (diffusers' pipeline: its LoRA methods, `save_pretrained`, offload), whose
+    import takes seconds more.
 
     The directory is a saved nami model or the public NAMI-T2I layout (read in place).
     weights: "ema" (the EMA variant), "raw", or "auto" (EMA when the directory has it).
@@ -75,7 +86,6 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     """
     from .interop.public_layout import is_public_layout, load_public_pipeline
     from .model.attention import apply_backend
-    from .pipeline import NamiPipeline
     from .runtime import use_fast_matmul
 
     path = resolve_model_dir(model)
@@ -89,7 +99,7 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
     verify_artefact(path, "model directory")  # checksums.json: every file as written (cached)
     quiet_loading()
     try:
-        pipe = load_public_pipeline(path) if public else NamiPipeline.from_pretrained(path, variant=variant)
+        pipe = load_public_pipeline(path) if public else load_saved_pipeline(path, variant)
         pipe.settings()  # the saved flow settings make a plan (a damaged config fails here, not mid-run)
         if not public:
             check_weight_names(pipe.transformer, path / "transformer", variant, path)
@@ -107,8 +117,41 @@ def load_pipeline(model: str | Path | None, device: torch.device, dtype: torch.d
         pipe.bridge.to(device)
     check_finite_weights(pipe, path)
     apply_backend(pipe.transformer, attention)
-    pipe.set_progress_bar_config(disable=True)
+    if diffusers_pipeline:
+        from .pipeline import NamiPipeline
+
+        pipe = NamiPipeline(**pipe.parts)
+        pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_saved_pipeline(path: Path, variant: str | None):
+    """A saved nami model directory's parts as the `SamplingPipeline`: each part loaded by the
+    class `model_index.json` names (one of `PART_CLASSES`) with its `from_pretrained`, as
+    diffusers' pipeline loader does; `variant` ("ema" or None) picks the transformer's weights."""
+    import importlib
+
+    from .sampling_pipeline import SamplingPipeline
+    from .user_files import read_json_object
+
+    index_path = path / "model_index.json"
+    index = read_json_object(index_path, "model index")
+    if index.get("_class_name") != "NamiPipeline":
+        raise NamiError(f"{index_path} is not a nami model's (its _class_name is {index.get('_class_name')!r}, "
+                        "not 'NamiPipeline')")
+    parts = {}
+    for name, allowed in PART_CLASSES.items():
+        entry = index.get(name)
+        if name == "bridge" and entry in (None, [None, None]):
+            parts[name] = None
+            continue
+        if not isinstance(entry, list) or tuple(entry) not in allowed:
+            names = " or ".join(f"[{module!r}, {cls!r}]" for module, cls in allowed)
+            raise NamiError(f"{index_path}: {name} must be {names}, got {entry!r}")
+        module, cls = entry
+        options = {"variant": variant} if name == "transformer" and variant else {}
+        parts[name] = getattr(importlib.import_module(module), cls).from_pretrained(path / name, **options)
+    return SamplingPipeline(**parts)
 
 
 # What loading a damaged or hand-edited model directory raises (a config value of the wrong type or
@@ -177,7 +220,7 @@ def merge_lora(model: str | Path, adapter: str | Path, out: str | Path, scale: f
     path, _ = parse_lora_spec(str(adapter))
     source = resolve_model_dir(model)
     check_out_folder(out, MODEL, {"--model": source, "adapter": adapter_folder(path)}, overwrite)
-    pipe = load_pipeline(source, torch.device("cpu"), torch.float32)
+    pipe = load_pipeline(source, torch.device("cpu"), torch.float32, diffusers_pipeline=True)
     stored = stored_dtype(source)
     apply_loras(pipe, [str(path)], on_warning)
     pipe.fuse_lora(components=["transformer"], lora_scale=scale)

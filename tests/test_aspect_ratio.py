@@ -17,6 +17,7 @@ from nami_core.config import FlowConfig, get_preset
 from nami_core.errors import ConfigError
 from nami_core.model.transformer import NamiTransformer
 from nami_core.pipeline import NamiPipeline
+from nami_core.sampling_pipeline import SamplingPipeline
 from tests.helpers import run_cli, tiny_model_config
 
 MODES = ("nami", "flow-only", "flux-base")
@@ -252,7 +253,7 @@ def test_cli_out_of_memory_names_the_size(tiny_model_dir, tmp_path, capsys, monk
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
                            "memory: you tried to allocate 3298534883328 bytes. Error code 12")
 
-    monkeypatch.setattr(NamiPipeline, "__call__", fail)
+    monkeypatch.setattr(SamplingPipeline, "__call__", fail)
     code, _, err = run_cli(["sample", "x", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o"),
                             "--size", "128x64", "--n", "2"], capsys)
     lines = [line for line in err.splitlines() if line.strip()]  # the stage bars drawn so far, then the error

@@ -250,24 +250,29 @@ def test_train_compile_prints_one_warning_line_on_fallback(monkeypatch, tmp_path
     assert "recompile limit hit" in warnings[0] and "torch._dynamo" not in err
 
 
-def test_sampling_imports_no_peft_and_lora_still_works(tiny_model_dir, tmp_path):
-    """`nami sample`'s path (model loading, pipeline, sampling, PNG) imports no peft: diffusers'
-    modules are imported with peft hidden (model/diffusers_flux.py). LoRA, asked for afterwards in
-    the same process, imports it, completes diffusers' modules and works (an adapter is added and
-    fused)."""
+def test_sampling_imports_only_what_it_uses_and_lora_still_works(tiny_model_dir, tmp_path):
+    """`nami sample` (model loading, sampling, PNG) imports neither peft (diffusers' modules are
+    imported with peft hidden, model/peft_loading.py) nor diffusers' pipelines, transformer models,
+    UNets or loaders (sampling_pipeline.py; docs/benchmarks.md, "Cold start"). LoRA, asked for
+    afterwards in the same process, imports them, completes diffusers' modules and works (an
+    adapter is added and fused)."""
     import subprocess
     import sys
 
     script = f"""
 import sys
-from nami_core.generate import SampleRequest, run_sample
+from nami_cli.main import run
 from nami_core.modeldir import load_pipeline
-run_sample(SampleRequest(prompt="a red circle", model={str(tiny_model_dir)!r}, out={str(tmp_path / "out")!r},
-                         steps="1,1,1"))
-print("sample", sorted({{m.split(".")[0] for m in sys.modules if m == "peft" or m.startswith("peft.")}}))
+try:
+    run(["sample", "a red circle", "--model", {str(tiny_model_dir)!r}, "--out", {str(tmp_path / "out")!r},
+         "--steps", "1,1,1"])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+unused = ("peft", "diffusers.pipelines", "diffusers.models.transformers", "diffusers.models.unets", "diffusers.loaders")
+print("sample", sorted({{p for p in unused for m in sys.modules if m == p or m.startswith(p + ".")}}))
 import torch
 from nami_core.model.lora import add_lora, lora_config
-pipe = load_pipeline({str(tiny_model_dir)!r}, torch.device("cpu"), torch.float32)
+pipe = load_pipeline({str(tiny_model_dir)!r}, torch.device("cpu"), torch.float32, diffusers_pipeline=True)
 add_lora(pipe.transformer, lora_config(2))
 pipe.fuse_lora(components=["transformer"])
 import diffusers.loaders.lora_base as lora_base, peft.tuners.tuners_utils as tuners

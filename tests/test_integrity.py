@@ -308,3 +308,43 @@ def test_the_finite_check_reads_the_device_once(monkeypatch):
     with torch.no_grad():
         tensors[sorted(tensors)[5]][0] = float("inf")
     assert non_finite(tensors) == [sorted(tensors)[5]]
+
+
+def index_entries():
+    """(part, entry) for every part of `PART_CLASSES`: a foreign module, another part's class, a bare
+    string, and nothing (except for the optional bridge)."""
+    from nami_core.modeldir import PART_CLASSES
+
+    parts = list(PART_CLASSES)
+    for k, part in enumerate(parts):
+        other = list(PART_CLASSES[parts[(k + 1) % len(parts)]][0])
+        entries = [["os", "system"], other, "NamiTransformer"] + ([] if part == "bridge" else [None])
+        yield from ((part, entry) for entry in entries)
+
+
+@pytest.mark.parametrize("part, entry", list(index_entries()))
+def test_model_index_names_only_nami_part_classes(tiny_model_dir, tmp_path, capsys, part, entry):
+    """model_index.json names each part's class; the loader imports only the classes that part may
+    be (`modeldir.PART_CLASSES`) and refuses anything else in one line, before importing it."""
+    from nami_core.modeldir import PART_CLASSES
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "checksums.json").unlink(missing_ok=True)  # an older directory: no record to catch the edit
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, part: entry}))
+    code, _, err = sample(capsys, model, tmp_path / "s")
+    allowed = " or ".join(f"[{m!r}, {c!r}]" for m, c in PART_CLASSES[part])
+    assert code == 2 and one_error(err) == f"error: {model / 'model_index.json'}: {part} must be {allowed}, got {entry!r}"
+    assert not (tmp_path / "s").exists()
+
+
+def test_model_index_of_another_pipeline_is_one_line(tiny_model_dir, tmp_path, capsys):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "checksums.json").unlink(missing_ok=True)
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
+    code, _, err = sample(capsys, model, tmp_path / "s")
+    assert code == 2 and one_error(err) == (f"error: {model / 'model_index.json'} is not a nami model's (its "
+                                            "_class_name is 'FluxPipeline', not 'NamiPipeline')")

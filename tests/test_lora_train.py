@@ -161,7 +161,7 @@ def test_merged_model_samples_as_the_adapter_does(base, lora_run, tmp_path, caps
                             "--out", str(merged), "--merge", "--scale", "0.7"], capsys)
     assert code == 0, err
     kw = {"negative_prompt": "", "steps": (2, 2, 2), "cfg": 3.0, "seed": 1, "output_type": "latent"}
-    adapted = load_pipeline(base / "base" / "final", torch.device("cpu"), torch.float32)
+    adapted = load_pipeline(base / "base" / "final", torch.device("cpu"), torch.float32, diffusers_pipeline=True)
     adapted.load_lora_weights(str(lora_run / "final"), adapter_name="a")
     adapted.set_adapters(["a"], [0.7])
     folded = load_pipeline(merged, torch.device("cpu"), torch.float32)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nami_core.pipeline import NamiPipeline
+from nami_core.sampling_pipeline import SamplingPipeline
 from tests.helpers import build_tiny_pipeline
 from tests.helpers import run_cli as cli
 from tests.release_layout import (
@@ -42,10 +43,11 @@ def public_dir(tmp_path_factory):
 @pytest.fixture
 def captured_floats(monkeypatch):
     """Record the float images (B, H, W, 3) and latents the pipeline decodes, on the CLI's path."""
+    from nami_core import sampling_pipeline
     from nami_core.codecs.flux_vae import FluxVAECodec
 
     seen = {"images": [], "latents": []}
-    to_pil, decode = NamiPipeline.numpy_to_pil, FluxVAECodec.decode
+    to_pil, decode = sampling_pipeline.to_pil, FluxVAECodec.decode
 
     def record_pil(images):
         seen["images"].append(np.array(images))
@@ -55,7 +57,7 @@ def captured_floats(monkeypatch):
         seen["latents"].append(grid.detach().clone())
         return decode(self, grid)
 
-    monkeypatch.setattr(NamiPipeline, "numpy_to_pil", staticmethod(record_pil))
+    monkeypatch.setattr(sampling_pipeline, "to_pil", record_pil)
     monkeypatch.setattr(FluxVAECodec, "decode", record_decode)
     return seen
 
@@ -232,7 +234,7 @@ def test_model_cpu_offload_runs_each_component_through_its_hook(public_dir, monk
 
     from nami_core.modeldir import load_pipeline
 
-    pipe = load_pipeline(public_dir, torch.device("cpu"), torch.float32)
+    pipe = load_pipeline(public_dir, torch.device("cpu"), torch.float32, diffusers_pipeline=True)
     kw = dict(seed=1, steps=(1, 1, 1), output_type="np")
     plain = pipe("a red circle", **kw).images
     if not torch.cuda.is_available():
@@ -425,13 +427,13 @@ def test_convert_then_sample_a_chinese_prompt(public_dir, mclip_layout, captured
 
 def test_demo_prompt_style_adds_the_release_suffix_and_negative(public_dir, tmp_path, capsys, monkeypatch):
     seen = []
-    encode = NamiPipeline.encode_prompts
+    encode = SamplingPipeline.encode_prompts
 
     def spy(self, prompts):
         seen.append(list(prompts))
         return encode(self, prompts)
 
-    monkeypatch.setattr(NamiPipeline, "encode_prompts", spy)
+    monkeypatch.setattr(SamplingPipeline, "encode_prompts", spy)
     out = tmp_path / "demo.png"
     code, _, err = cli(["sample", "a photo of a cat", "--model", str(public_dir), "--out", str(out), "--steps", "1,1,1",
                         "--prompt-style", "nami-t2i-demo"], capsys)

@@ -86,6 +86,22 @@ def test_stage_output_equals_a_hand_run_prefix_of_diffusers_blocks(pair):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
+def test_fused_qkv_projections_give_the_same_output(pair):
+    """diffusers' `fuse_projections` (one q/k/v matmul per stream) on every attention module of a
+    copy: the same output as the separate projections (`joint_attention.qkv_projections`)."""
+    import copy
+
+    _, nami = pair
+    fused = copy.deepcopy(nami)
+    for block in fused.blocks():
+        block.attn.fuse_projections()
+    assert all(block.attn.fused_projections for block in fused.blocks())
+    assert hasattr(fused.transformer_blocks[0].attn, "to_added_qkv")
+    x = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(**x, stage=2), nami(**x, stage=2), atol=1e-5, rtol=0)
+
+
 def test_text_mask_hides_padding(pair):
     """With a mask, padded text tokens change nothing: same output as the unpadded sequence."""
     _, nami = pair

@@ -1,4 +1,4 @@
-"""The public NAMI-T2I checkpoint directory (docs/method.md §2, §5) -> `NamiPipeline`.
+"""The public NAMI-T2I checkpoint directory (docs/method.md §2, §5) -> a `SamplingPipeline`.
 
 Layout (no `model_index.json`):
 
@@ -236,7 +236,7 @@ class PublicLayout:
         return cls(root, weights, flux, kwargs, stage_ends, resolutions, channels, bridge)
 
     def load(self, load_text_models: bool = True):
-        """The `NamiPipeline`: transformer (stored dtype, `text_padding="none"`), bridge, VAE codec,
+        """The `SamplingPipeline`: transformer (stored dtype, `text_padding="none"`), bridge, VAE codec,
         mT5 + mCLIP text encoder (`RELEASE_TEXT`, relative to the directory) and the public flow.
 
         `load_text_models=False` leaves the text encoder as its config only (widths from the
@@ -244,7 +244,7 @@ class PublicLayout:
         from ..codecs.flux_vae import FluxVAECodec
         from ..flow.jump import BridgeJump
         from ..flow.scheduler import NamiFlowScheduler
-        from ..pipeline import NamiPipeline
+        from ..sampling_pipeline import SamplingPipeline
         from ..text.encoder import NamiTextEncoder
 
         transformer = build_transformer(self.weights.tensors(model_keys(self.weights)), self.transformer_kwargs)
@@ -262,7 +262,7 @@ class PublicLayout:
             jump="bridge", default_steps=[STEPS_PER_STAGE] * len(self.stage_ends), default_cfg=DEFAULT_CFG,
             default_mode="nami",
         )
-        return NamiPipeline(transformer, scheduler, codec, text, bridge.eval())
+        return SamplingPipeline(transformer, scheduler, codec, text, bridge.eval())
 
 
 def load_public_pipeline(root: Path):
@@ -280,9 +280,11 @@ def convert_public_layout(src: Path, out: Path, link_text: bool = False, overwri
 
     out = check_out_folder(out, MODEL, {"source": src}, overwrite)
     layout = PublicLayout.inspect(src)
-    pipe = layout.load(load_text_models=False)  # the text encoder is saved as its spec; its models are copied
+    from ..pipeline import NamiPipeline
+
+    parts = layout.load(load_text_models=False).parts  # the text encoder is saved as its spec; its models are copied
     with new_artefact(out) as tmp:
-        pipe.save_pretrained(tmp)
+        NamiPipeline(**parts).save_pretrained(tmp)
         for name in ("mt5", "mclip"):
             source = (Path(src) / name).resolve()
             if link_text:

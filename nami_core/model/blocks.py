@@ -1,5 +1,7 @@
-"""The blocks of a `NamiTransformer`: diffusers' FLUX blocks (the same modules, so the same
-state-dict keys and LoRA targets) with a forward of our own that dispatches fewer operations.
+"""The blocks of a `NamiTransformer`: the modules of diffusers' FLUX blocks (`FluxTransformerBlock`,
+`FluxSingleTransformerBlock`: the same names and shapes, so the same state-dict keys and LoRA
+targets), built from diffusers' layers (`AdaLayerNormZero`, `FeedForward`) and `JointAttention`,
+with a forward of our own that dispatches fewer operations.
 
 * Modulation: every AdaLN of a step reads `silu(temb)`; the transformer computes it once per step
   (`act`) instead of once per AdaLN. `norm(x) * (1 + scale) + shift` and the gated residuals
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from .diffusers_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+from diffusers.models.attention import FeedForward
+from diffusers.models.normalization import AdaLayerNormZero, AdaLayerNormZeroSingle
+from torch import nn
 
-from .ragged_attention import JointLayout
+from .joint_attention import JointAttention
+from .ragged_attention import JointLayout, RaggedAttnProcessor
 
 Rotary = tuple[torch.Tensor, torch.Tensor]
 
@@ -33,8 +38,20 @@ def feed_forward(ff, x: torch.Tensor) -> torch.Tensor:
     return ff.net[2](ff.net[0](x))
 
 
-class DoubleStreamBlock(FluxTransformerBlock):
-    """FLUX double-stream block: text and image streams with their own weights, joint attention."""
+class DoubleStreamBlock(nn.Module):
+    """FLUX double-stream block of width `dim`: text and image streams with their own weights
+    (AdaLN-zero modulation, MLP), joint attention."""
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int) -> None:
+        super().__init__()
+        self.norm1 = AdaLayerNormZero(dim)
+        self.norm1_context = AdaLayerNormZero(dim)
+        self.attn = JointAttention(dim, num_attention_heads, attention_head_dim, RaggedAttnProcessor(),
+                                   text_projections=True)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ff = FeedForward(dim=dim, dim_out=dim, activation_fn="gelu-approximate")
+        self.norm2_context = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ff_context = FeedForward(dim=dim, dim_out=dim, activation_fn="gelu-approximate")
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, act: torch.Tensor,
                 rotary: Rotary, layout: JointLayout | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,8 +77,18 @@ class DoubleStreamBlock(FluxTransformerBlock):
         return torch.addcmul(x, mod[5], feed_forward(ff, modulate(norm(x), mod[3], mod[4])))
 
 
-class SingleStreamBlock(FluxSingleTransformerBlock):
-    """FLUX single-stream block over the joint [text, image] sequence."""
+class SingleStreamBlock(nn.Module):
+    """FLUX single-stream block of width `dim` over the joint [text, image] sequence: attention and
+    an MLP of 4 x `dim` side by side, mixed by one output projection."""
+
+    def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.mlp_hidden_dim = int(dim * mlp_ratio)
+        self.norm = AdaLayerNormZeroSingle(dim)
+        self.proj_mlp = nn.Linear(dim, self.mlp_hidden_dim)
+        self.act_mlp = nn.GELU(approximate="tanh")
+        self.proj_out = nn.Linear(dim + self.mlp_hidden_dim, dim)
+        self.attn = JointAttention(dim, num_attention_heads, attention_head_dim, RaggedAttnProcessor(), pre_only=True)
 
     def forward(self, joint: torch.Tensor, act: torch.Tensor, rotary: Rotary,
                 layout: JointLayout | None = None) -> torch.Tensor:

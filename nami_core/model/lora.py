@@ -21,7 +21,7 @@ from ..errors import ConfigError, NamiError, first_line
 
 # What diffusers' LoRA mixins add: PeftAdapterMixin to the transformer, FluxLoraLoaderMixin to the
 # pipeline. Neither class has them as a base until one of these is used (`with_lora`), which imports
-# peft: sampling without LoRA does not (`model.diffusers_flux`).
+# peft: sampling without LoRA does not (`model.peft_loading`).
 TRANSFORMER_LORA_METHODS = frozenset({
     "add_adapter", "set_adapter", "set_adapters", "enable_adapters", "disable_adapters", "active_adapters",
     "load_lora_adapter", "save_lora_adapter", "fuse_lora", "unfuse_lora", "unload_lora", "enable_lora",
@@ -92,7 +92,7 @@ def with_lora(obj):
     from diffusers import DiffusionPipeline
     from diffusers.loaders import FluxLoraLoaderMixin, PeftAdapterMixin
 
-    from .diffusers_flux import with_peft
+    from .peft_loading import with_peft
 
     with_peft()
     if isinstance(obj, DiffusionPipeline):

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..runtime import host_to_device
-from .diffusers_flux import FluxAttnProcessor, get_qkv_projections
+from .joint_attention import qkv_projections
 
 
 @dataclass
@@ -218,10 +218,14 @@ def qk_rms_norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x.float(), norm.normalized_shape, weight, norm.eps)
 
 
-class RaggedAttnProcessor(FluxAttnProcessor):
+class RaggedAttnProcessor:
     """FLUX joint attention (double- and single-stream blocks) that takes a `JointLayout` instead
-    of a dense mask and the stage's `rotary_tables`. Projections are diffusers' own; q/k norms and
-    rotation are `norm_rope`."""
+    of a dense mask and the stage's `rotary_tables`: projections (`qkv_projections`), q/k norms
+    and rotation (`norm_rope`), the kernel of the dispatcher backend diffusers'
+    `set_attention_backend` sets (`ragged_attention`)."""
+
+    _attention_backend = None  # set per processor by the attention module's `set_attention_backend`
+    _parallel_config = None
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb=None,
@@ -232,7 +236,7 @@ class RaggedAttnProcessor(FluxAttnProcessor):
         if attention_mask is not None:
             raise ValueError("NamiTransformer attention takes a `JointLayout` of the text lengths, not a dense "
                              "attention mask")
-        q, k, v, eq, ek, ev = get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        q, k, v, eq, ek, ev = qkv_projections(attn, hidden_states, encoder_hidden_states)
         q, k, v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (q, k, v))
         if attn.added_kv_proj_dim is not None:
             eq, ek, ev = (t.unflatten(-1, (-1, attn.head_dim)) for t in (eq, ek, ev))

@@ -22,9 +22,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
 from .blocks import DoubleStreamBlock, SingleStreamBlock, modulate
-from .diffusers_flux import FluxAttention, FluxPosEmbed
+from .joint_attention import RotaryEmbedding
 from .lora import TRANSFORMER_LORA_METHODS, LoraOnFirstUse
-from .ragged_attention import JointLayout, RaggedAttnProcessor, RaggedText, rotary_tables
+from .ragged_attention import JointLayout, RaggedText, rotary_tables
 
 MIN_TEXT_BUCKET = 16
 
@@ -126,7 +126,7 @@ class NamiTransformer(LoraOnFirstUse, ModelMixin, ConfigMixin):
         self.out_channels = out_channels or in_channels
         self.inner_dim = num_attention_heads * attention_head_dim
 
-        self.pos_embed = FluxPosEmbed(theta=10000, axes_dim=list(axes_dims_rope))
+        self.pos_embed = RotaryEmbedding(theta=10000, axes_dim=axes_dims_rope)
         self.time_text_embed = CombinedTimestepTextProjEmbeddings(
             embedding_dim=self.inner_dim, pooled_projection_dim=pooled_projection_dim
         )
@@ -149,9 +149,6 @@ class NamiTransformer(LoraOnFirstUse, ModelMixin, ConfigMixin):
         self.gradient_checkpointing = False
         self.compilation = None  # `model.compiled.Compilation` once `compile_blocks` ran
         self._compiled_step = None
-        for module in self.modules():
-            if isinstance(module, FluxAttention):
-                module.set_processor(RaggedAttnProcessor())
 
     @property
     def depth(self) -> int:

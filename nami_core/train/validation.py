@@ -55,8 +55,8 @@ class Validation:
         return [self.seed + i for i in range(len(self.prompts))]
 
     def pipeline(self, transformer, device):
-        """A `NamiPipeline` around `transformer` with the run's scheduler, codec and text encoder."""
-        from ..pipeline import NamiPipeline
+        """A `SamplingPipeline` around `transformer` with the run's scheduler, codec and text encoder."""
+        from ..sampling_pipeline import SamplingPipeline
         from .export import pipeline_parts
 
         if self._parts is None:
@@ -65,9 +65,7 @@ class Validation:
                 scheduler = type(scheduler).from_pretrained(self._base_model / "scheduler")
             encoder.load_models()
             self._parts = (scheduler, codec.to(device), encoder.to(device))
-        pipe = NamiPipeline(transformer, *self._parts)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return SamplingPipeline(transformer, *self._parts)
 
     def draw(self, transformer, device) -> list:
         """One PIL image per prompt, prompt i with seed `seed + i`, the model's default steps and

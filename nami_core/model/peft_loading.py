@@ -1,13 +1,12 @@
-"""diffusers' FLUX transformer module (`diffusers.models.transformers.transformer_flux`) and the
-diffusers modules it imports, without peft until LoRA is asked for.
+"""diffusers' modules without peft until LoRA is asked for.
 
-Importing them imports peft when it is installed (about 0.5 s of a cold start; docs/benchmarks.md,
-"Cold start"), only because two of diffusers' modules import a peft class at their top
-(`hooks.layerwise_casting`, `loaders.lora_base`) and pipeline construction checks whether a
-component is a peft model. Sampling and training without LoRA use none of that. So nami imports
-them, and builds its pipeline, with peft hidden from diffusers (`peft_hidden`); `with_peft`, called
-by `model.lora.with_lora` before any LoRA method runs, imports peft and gives those two modules the
-names they would have had.
+Importing diffusers' pipeline module imports peft when it is installed (about 0.5 s of a cold
+start; docs/benchmarks.md, "Cold start"), only because two of diffusers' modules import a peft
+class at their top (`hooks.layerwise_casting`, `loaders.lora_base`) and pipeline construction
+checks whether a component is a peft model. Sampling and training without LoRA use none of that.
+So nami imports them, and builds its pipeline, with peft hidden from diffusers (`peft_hidden`);
+`with_peft`, called by `model.lora.with_lora` before any LoRA method runs, imports peft and gives
+those two modules the names they would have had.
 """
 
 from __future__ import annotations
@@ -49,13 +48,3 @@ def with_peft() -> None:
     if lora_base is not None:
         lora_base.BaseTunerLayer = BaseTunerLayer
 
-
-with peft_hidden():
-    from diffusers.models.transformers.transformer_flux import (  # noqa: F401 (names nami's modules import)
-        FluxAttention,
-        FluxAttnProcessor,
-        FluxPosEmbed,
-        FluxSingleTransformerBlock,
-        FluxTransformerBlock,
-    )
-    from diffusers.models.transformers.transformer_flux import _get_qkv_projections as get_qkv_projections  # noqa: F401
