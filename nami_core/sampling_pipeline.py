@@ -72,9 +72,14 @@ class SamplingPipeline:
                 "text_encoder": self.text_encoder, "bridge": self.bridge}
 
     @property
-    def _execution_device(self) -> torch.device:
-        """Where sampling runs: the transformer's device (diffusers' pipelines also follow offload hooks)."""
+    def device(self) -> torch.device:
+        """The transformer's device (where `modeldir.load_pipeline` put the parts)."""
         return next(self.transformer.parameters()).device
+
+    @property
+    def _execution_device(self) -> torch.device:
+        """Where sampling runs: `device` (diffusers' pipelines also follow offload hooks)."""
+        return self.device
 
     def progress_bar(self, total: int):
         """A bar that draws nothing (callers show progress through `__call__`'s `callback`)."""

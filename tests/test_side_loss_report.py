@@ -50,3 +50,9 @@ def test_bad_input_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         side_loss.main(["--ratios", "0.9,x"])
     assert str(exit_.value) == "error: --ratios must be comma-separated numbers, got '0.9,x'"
+
+
+def test_report_on_a_model_directory(tiny_model_dir, capsys):
+    """The script's own path: `load_pipeline` (a `SamplingPipeline`) and the report table."""
+    side_loss.main(["--model", str(tiny_model_dir), "--scenes", "2", "--ratios", "0.5"])
+    assert "| window | r |" in capsys.readouterr().out
