@@ -148,6 +148,8 @@ def load_saved_pipeline(path: Path, variant: str | None):
         if not isinstance(entry, list) or tuple(entry) not in allowed:
             names = " or ".join(f"[{module!r}, {cls!r}]" for module, cls in allowed)
             raise NamiError(f"{index_path}: {name} must be {names}, got {entry!r}")
+        if not (path / name).is_dir():
+            raise NamiError(f"model directory {path} is missing its {name}/ folder (model_index.json names one)")
         module, cls = entry
         options = {"variant": variant} if name == "transformer" and variant else {}
         parts[name] = getattr(importlib.import_module(module), cls).from_pretrained(path / name, **options)

@@ -28,8 +28,9 @@ class NamiPipeline(LoraOnFirstUse, DiffusionPipeline, SamplingPipeline):
     resolutions, windows, jump, defaults), `codec` (PixelCodec or FluxVAECodec),
     `text_encoder` (NamiTextEncoder) and, for bridged weights, `bridge` (BridgeJump).
     Generation is `SamplingPipeline`'s; diffusers' pipeline gives it loading and saving, model
-    offload (`enable_model_cpu_offload`), the device and the progress bar. diffusers' LoRA methods (`load_lora_weights`, `fuse_lora`, ...: `FluxLoraLoaderMixin`) join
-    the class when one is first used (`model.lora.with_lora`).
+    offload (`enable_model_cpu_offload`), the device and the progress bar. diffusers' LoRA
+    methods (`load_lora_weights`, `fuse_lora`, ...: `FluxLoraLoaderMixin`) join the class when
+    one is first used (`model.lora.with_lora`).
     """
 
     lora_methods = PIPELINE_LORA_METHODS  # diffusers' FluxLoraLoaderMixin, on first use

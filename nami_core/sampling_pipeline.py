@@ -4,8 +4,7 @@ NAMI transformer -> codec -> images.
 `SamplingPipeline` holds the parts (`transformer`, `scheduler`, `codec`, `text_encoder`, `bridge`)
 and generates with them. It is what `nami sample` and the benchmark generators load
 (`modeldir.load_pipeline`): it imports none of diffusers' pipeline machinery, whose module imports
-every model and pipeline diffusers ships (about 2 s of a cold start; docs/benchmarks.md, "Cold
-start"). `NamiPipeline` (`nami_core.pipeline`) is the same generation as a diffusers
+every model diffusers ships (docs/benchmarks.md, "Cold start"). `NamiPipeline` (`nami_core.pipeline`) is the same generation as a diffusers
 `DiffusionPipeline`: `from_pretrained` / `save_pretrained`, model offload, progress bars and
 diffusers' LoRA methods.
 """
@@ -31,6 +30,7 @@ from .model.peft_loading import peft_hidden
 
 with peft_hidden():  # diffusers' `ModelMixin.device` imports its hooks, which import peft; sampling needs none
     import diffusers.hooks  # noqa: F401
+
 
 @dataclass(frozen=True)
 class SamplingSettings:

@@ -348,3 +348,16 @@ def test_model_index_of_another_pipeline_is_one_line(tiny_model_dir, tmp_path, c
     code, _, err = sample(capsys, model, tmp_path / "s")
     assert code == 2 and one_error(err) == (f"error: {model / 'model_index.json'} is not a nami model's (its "
                                             "_class_name is 'FluxPipeline', not 'NamiPipeline')")
+
+
+def test_model_index_naming_a_bridge_without_its_folder_is_one_line(tiny_model_dir, tmp_path, capsys):
+    """An optional part that model_index.json names must have its folder (diffusers' loader would
+    otherwise look for it on the Hugging Face hub)."""
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "checksums.json").unlink(missing_ok=True)
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "bridge": ["nami_core.flow.jump", "BridgeJump"]}))
+    code, _, err = sample(capsys, model, tmp_path / "s")
+    assert code == 2 and one_error(err) == (f"error: model directory {model} is missing its bridge/ folder "
+                                            "(model_index.json names one)")

@@ -145,3 +145,25 @@ def test_nami_sample_applies_an_adapter_at_its_scale(tmp_path, capsys):
     assert meta["lora"] == [[str(adapter), 1.0]]
     code, _, err = run_cli(["sample", "a red circle", "--model", str(model), "--lora", str(tmp_path / "none")], capsys)
     assert code == 2 and err.strip() == f"error: --lora {tmp_path / 'none'}: {tmp_path / 'none'} does not exist"
+
+
+def test_benchmark_generator_applies_adapters_and_a_sampling_pipeline_refuses_them(tmp_path):
+    """`eval.generation.Generator(..., loras=...)` (what benchmark scripts score an adapter with)
+    loads a `NamiPipeline` and applies each adapter; `apply_loras` on a `SamplingPipeline` (what
+    `load_pipeline` returns by default) says how to load one that takes adapters."""
+    from nami_core.eval.generation import Generator
+    from nami_core.model.lora import apply_loras
+
+    model = tmp_path / "model"
+    build_tiny_pipeline().save_pretrained(model)
+    pipe = build_tiny_pipeline()
+    trained_adapter(pipe)
+    adapter = save_lora(pipe.transformer, tmp_path / "adapter")
+
+    plain, adapted = Generator(str(model), device="cpu"), Generator(str(model), device="cpu", loras=[str(adapter)])
+    assert type(plain.pipe).__name__ == "SamplingPipeline" and type(adapted.pipe).__name__ == "NamiPipeline"
+    a, b = (g.pipe("a red circle", **KW).images for g in (plain, adapted))
+    assert (a - b).abs().max() > 1e-3
+    with pytest.raises(TypeError, match=r"not a SamplingPipeline: load the model with "
+                                        r"load_pipeline\(\.\.\., diffusers_pipeline=True\)"):
+        apply_loras(plain.pipe, [str(adapter)])

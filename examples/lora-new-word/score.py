@@ -39,7 +39,6 @@ from nami_core.data.shapes import CLASSES, COLORS, noun_phrase
 from nami_core.eval.detectors.shapes import ShapesDetector
 from nami_core.eval.generation import Generator
 from nami_core.eval.geneval import evaluate_image, keep_detections
-from nami_core.model.lora import apply_loras
 
 
 def _single(word: str, cls: str, color: str) -> tuple[str, dict]:
@@ -139,9 +138,7 @@ def main() -> None:
             ap.error(f"--variant {spec}: expected NAME=MODEL[+ADAPTER[:SCALE]]")
         model, _, adapter = source.partition("+")
         t0 = time.perf_counter()
-        gen = Generator(model, device="cpu")
-        if adapter:
-            apply_loras(gen.pipe, [adapter])
+        gen = Generator(model, device="cpu", loras=[adapter] if adapter else [])
         result = {"model": model, "lora": adapter or None}
         for set_name, items in sets.items():
             save = args.save_images / name / set_name if args.save_images else None

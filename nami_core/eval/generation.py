@@ -75,10 +75,12 @@ class GenerationSettings:
 
 
 class Generator:
-    """A loaded NamiPipeline with the steps and guidance every image of a run uses."""
+    """A loaded model (`SamplingPipeline`, or a `NamiPipeline` with `loras` applied: each
+    `ADAPTER[:SCALE]`) with the steps and guidance every image of a run uses."""
 
     def __init__(self, model: str | None, device: str = "auto", steps: str | None = None,
-                 cfg: str | float | None = None, dtype: str = "auto") -> None:
+                 cfg: str | float | None = None, dtype: str = "auto", loras: Sequence[str] = ()) -> None:
+        from ..model.lora import apply_loras
         from ..modeldir import load_pipeline
         from ..runtime import dtype_name, resolve_device, resolve_dtype
 
@@ -87,7 +89,8 @@ class Generator:
         self.model_name = str(model or "default")
         resolved = resolve_device(device)
         self.dtype = dtype_name(dtype, resolved)
-        self.pipe = load_pipeline(model, resolved, resolve_dtype(self.dtype))
+        self.pipe = load_pipeline(model, resolved, resolve_dtype(self.dtype), diffusers_pipeline=bool(loras))
+        apply_loras(self.pipe, list(loras))
         run = self.pipe.settings(steps=steps, cfg=cfg)
         self.stage_steps, self.guidance = run.steps, run.guidance
 

@@ -198,6 +198,9 @@ def apply_loras(pipe, specs: list[str], on_warning: Callable[[str], None] | None
     model lacks) goes to `on_warning`, one line each (Python's warnings by default)."""
     from .adapter_check import check_adapter
 
+    if specs and "load_lora_weights" not in getattr(pipe, "lora_methods", ()):
+        raise TypeError(f"LoRA adapters load into a NamiPipeline, not a {type(pipe).__name__}: load the model with "
+                        "load_pipeline(..., diffusers_pipeline=True)")
     warn = on_warning or (lambda text: warnings.warn(text, UserWarning, stacklevel=3))
     loaded = []
     for i, spec in enumerate(specs):
