@@ -1,10 +1,11 @@
 """diffusers' modules without peft until LoRA is asked for.
 
-Importing diffusers' pipeline module imports peft when it is installed (about 0.5 s of a cold
-start; docs/benchmarks.md, "Cold start"), only because two of diffusers' modules import a peft
-class at their top (`hooks.layerwise_casting`, `loaders.lora_base`) and pipeline construction
-checks whether a component is a peft model. Sampling and training without LoRA use none of that.
-So nami imports them, and builds its pipeline, with peft hidden from diffusers (`peft_hidden`);
+Importing diffusers' pipeline module, or its hooks (which `ModelMixin.device` imports on first
+use), imports peft when it is installed (about 0.5 s of a cold start; docs/benchmarks.md, "Cold
+start"), only because two of diffusers' modules import a peft class at their top
+(`hooks.layerwise_casting`, `loaders.lora_base`) and pipeline construction checks whether a
+component is a peft model. Sampling and training without LoRA use none of that. So nami imports
+them (`sampling_pipeline`, `pipeline`), and builds its pipeline, with peft hidden from diffusers (`peft_hidden`);
 `with_peft`, called by `model.lora.with_lora` before any LoRA method runs, imports peft and gives
 those two modules the names they would have had.
 """
